@@ -1,0 +1,262 @@
+"""HTTP + WebRTC server: flags, routes and the session lifecycle.
+
+Run `python app.py --help` for the flags. The API is LiveTalking-compatible
+(see DESIGN.md); every error answers `{code: -1, msg}` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aioice.ice
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from avatar import AvatarError, AvatarStore, check_avatar_id
+from basereal import EngineConfig
+from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
+from httpapi import BadRequest, error_middleware, ok, read_json, require_str
+from media import SUPPORTED_FPS
+from session import Session, SessionLimitError, SessionRegistry
+
+logger = logging.getLogger("app")
+
+ROOT = Path(__file__).resolve().parent
+WEB_DIR = ROOT / "web"
+DEFAULT_AVATAR_ID = "default"
+CONNECT_TIMEOUT_S = 30.0
+REAPER_INTERVAL_S = 1.0
+MAX_SDP_CHARS = 100_000
+ICE_URL_PATTERN = re.compile(r"^(stun|stuns|turn|turns):(?:(?P<user>[^:@/]+):(?P<cred>[^@/]+)@)?(?P<rest>[^@\s]+)$")
+
+
+def parse_ice_server(text: str) -> RTCIceServer:
+    """`stun:host:port` or `turn:USER:SECRET@host:port?transport=udp` -> RTCIceServer."""
+    match = ICE_URL_PATTERN.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"bad ICE server {text!r}: use stun:HOST:PORT or turn:USER:SECRET@HOST:PORT"
+        )
+    url = f"{match.group(1)}:{match.group('rest')}"
+    if match.group(1).startswith("turn") and not match.group("user"):
+        raise argparse.ArgumentTypeError(f"TURN server {text!r} needs credentials: turn:USER:SECRET@HOST:PORT")
+    return RTCIceServer(urls=url, username=match.group("user"), credential=match.group("cred"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Real-time talking avatar server (WebRTC).")
+    parser.add_argument("--transport", choices=["webrtc"], default="webrtc")
+    parser.add_argument("--model", choices=MODEL_CHOICES, default="auto",
+                        help="lip-sync engine; auto = musetalk when its weights are in models/, else lite")
+    parser.add_argument("--avatar_id", default=DEFAULT_AVATAR_ID, help="avatar used when an offer names none")
+    parser.add_argument("--listenport", type=int, default=8010)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 serves the LAN)")
+    parser.add_argument("--max_session", type=int, default=8, help="concurrent sessions allowed")
+    parser.add_argument("--fps", type=int, default=25, choices=SUPPORTED_FPS)
+    parser.add_argument("--batch_size", type=int, default=8, help="frames per inference batch (musetalk)")
+    parser.add_argument("--ice-server", dest="ice_servers", action="append", type=parse_ice_server, default=[],
+                        metavar="URL", help="STUN/TURN server, repeatable: stun:HOST:PORT, turn:USER:SECRET@HOST:PORT")
+    parser.add_argument("--ice-host", dest="ice_hosts", action="append", default=[], metavar="ADDR",
+                        help="offer only these local addresses as ICE host candidates (repeatable)")
+    parser.add_argument("--idle-timeout", dest="idle_timeout", type=float, default=600.0,
+                        help="close a session after this many seconds without a request or heartbeat (0: never)")
+    parser.add_argument("--data-dir", dest="data_dir", type=Path, default=ROOT / "data")
+    parser.add_argument("--models-dir", dest="models_dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--log-level", dest="log_level", default="INFO")
+    return parser
+
+
+@dataclass
+class ServerContext:
+    """Process-wide state handed to the route handlers (no module globals)."""
+
+    args: argparse.Namespace
+    avatars: AvatarStore
+    engines: EngineFactory
+    sessions: SessionRegistry
+    background: set[asyncio.Task] = field(default_factory=set)
+
+
+CONTEXT_KEY = web.AppKey("context", ServerContext)
+
+
+def restrict_ice_hosts(addresses: list[str]) -> None:
+    """Make aioice gather host candidates only on the given addresses.
+
+    aioice offers every interface (docker bridges included) and never loopback;
+    this is the documented way to choose (it patches aioice, process-wide).
+    """
+    chosen = list(addresses)
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(chosen)
+
+
+def context_of(request: web.Request) -> ServerContext:
+    return request.app[CONTEXT_KEY]
+
+
+async def offer(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    body = await read_json(request)
+    sdp = require_str(body, "sdp", max_len=MAX_SDP_CHARS)
+    if body.get("type") != "offer":
+        raise BadRequest("'type' must be \"offer\"")
+    avatar_id = body.get("avatar") or ctx.args.avatar_id
+    try:
+        check_avatar_id(avatar_id)
+    except AvatarError as exc:
+        raise BadRequest(str(exc)) from None
+    if not ctx.avatars.exists(avatar_id):
+        known = ", ".join(ctx.avatars.available()) or "none"
+        raise BadRequest(f"unknown avatar {avatar_id!r} (available: {known})", status=404)
+    try:
+        session_id = ctx.sessions.reserve()
+    except SessionLimitError as exc:
+        raise BadRequest(str(exc), status=503) from None
+
+    loop = asyncio.get_running_loop()
+    engine = None
+    pc = None
+    try:
+        engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
+        session = Session(session_id, engine, pc, loop)
+        pc.addTrack(session.player.audio)
+        pc.addTrack(session.player.video)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as exc:  # aiortc raises ValueError and others for bad SDP
+            raise BadRequest(f"could not negotiate the offer SDP: {exc}") from None
+    except BaseException as exc:
+        ctx.sessions.release_reservation()
+        if pc is not None:
+            await pc.close()
+        if engine is not None:
+            await loop.run_in_executor(None, engine.stop)
+        if isinstance(exc, AvatarError):
+            raise BadRequest(str(exc), status=404) from None
+        raise
+    ctx.sessions.add(session)
+    watch_connection(ctx, session)
+    logger.info("session %s started (avatar %s, engine %s, %d live)", session_id, avatar_id, ctx.engines.model, len(ctx.sessions))
+    return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "sessionid": session_id})
+
+
+def watch_connection(ctx: ServerContext, session: Session) -> None:
+    pc = session.pc
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        logger.info("session %s connection %s", session.id, pc.connectionState)
+        if pc.connectionState in ("failed", "closed"):
+            await ctx.sessions.close(session.id, f"connection {pc.connectionState}")
+
+    @pc.on("datachannel")
+    def on_channel(channel) -> None:
+        session.events.channel = channel
+
+        @channel.on("message")
+        def on_message(_message) -> None:
+            session.touch()  # any message is a heartbeat
+
+
+async def reap_sessions(ctx: ServerContext) -> None:
+    """Close sessions that never connected or went quiet for --idle-timeout."""
+    while True:
+        await asyncio.sleep(REAPER_INTERVAL_S)
+        now = time.monotonic()
+        for session in ctx.sessions.all():
+            age = now - session.created
+            if session.pc.connectionState != "connected" and age > CONNECT_TIMEOUT_S:
+                await ctx.sessions.close(session.id, f"not connected after {CONNECT_TIMEOUT_S:.0f} s")
+            elif ctx.args.idle_timeout > 0 and now - session.last_activity > ctx.args.idle_timeout:
+                await ctx.sessions.close(session.id, f"idle for {ctx.args.idle_timeout:.0f} s")
+
+
+async def client_config(request: web.Request) -> web.Response:
+    """What the page needs to connect: ICE servers and which engine runs."""
+    ctx = context_of(request)
+    ice = [{"urls": s.urls, **({"username": s.username, "credential": s.credential} if s.username else {})}
+           for s in ctx.args.ice_servers]
+    return ok(iceServers=ice, model=ctx.engines.model, fps=ctx.args.fps,
+              avatar=ctx.args.avatar_id, avatars=ctx.avatars.available())
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
+def session_from(ctx: ServerContext, body: dict) -> Session:
+    session_id = require_str(body, "sessionid", max_len=64)
+    session = ctx.sessions.get(session_id)
+    if session is None:
+        raise BadRequest(f"unknown sessionid {session_id!r}: post /offer first", status=404)
+    session.touch()
+    return session
+
+
+async def is_speaking(request: web.Request) -> web.Response:
+    session = session_from(context_of(request), await read_json(request))
+    return ok(data=session.speaking)
+
+
+def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -> web.Application:
+    avatars = AvatarStore(args.data_dir / "avatars")
+    if engines is None:
+        config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
+        engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir)
+    ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session))
+    if args.ice_hosts:
+        restrict_ice_hosts(args.ice_hosts)
+
+    app = web.Application(middlewares=[error_middleware])
+    app[CONTEXT_KEY] = ctx
+    app.router.add_get("/", index)
+    app.router.add_get("/config", client_config)
+    app.router.add_post("/offer", offer)
+    app.router.add_post("/is_speaking", is_speaking)
+    app.router.add_static("/web", WEB_DIR)
+
+    async def start_reaper(app: web.Application) -> None:
+        task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")
+        ctx.background.add(task)
+
+    async def shutdown(app: web.Application) -> None:
+        for task in ctx.background:
+            task.cancel()
+        await ctx.sessions.close_all("server shutdown")
+        await asyncio.get_running_loop().run_in_executor(None, ctx.engines.close)
+
+    app.on_startup.append(start_reaper)
+    app.on_shutdown.append(shutdown)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = create_app(args)
+    except EngineUnavailable as exc:
+        logger.error("%s", exc)
+        return 2
+    ctx = app[CONTEXT_KEY]
+    if not ctx.avatars.exists(args.avatar_id):
+        logger.error("avatar %r not found in %s: build it with `python genavatar.py --avatar_id %s --image PHOTO`"
+                     " (the default one: `python genavatar.py --default`)", args.avatar_id, ctx.avatars.root, args.avatar_id)
+        return 2
+    logger.info("engine: %s; open http://%s:%d/", ctx.engines.model, args.host, args.listenport)
+    web.run_app(app, host=args.host, port=args.listenport, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Choosing and building the lip-sync engine each session runs.
+
+Heavy shared state (model weights, the GPU worker) is owned by the factory, one
+per process, and handed to each session's engine; prepared avatars come from
+the shared AvatarStore.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from avatar import AvatarStore
+from basereal import BaseReal, EngineConfig
+
+logger = logging.getLogger(__name__)
+
+MODEL_CHOICES = ("auto", "lite", "musetalk")
+
+
+class EngineUnavailable(Exception):
+    """The chosen engine cannot run here; the message says what to do."""
+
+
+def resolve_model(choice: str, models_dir: Path) -> str:
+    """auto -> musetalk when its weights are present, else lite."""
+    if choice not in MODEL_CHOICES:
+        raise EngineUnavailable(f"unknown model {choice!r}: choose one of {', '.join(MODEL_CHOICES)}")
+    if choice != "auto":
+        return choice
+    if (models_dir / "musetalkV15" / "unet.pth").is_file() or (models_dir / "musetalk" / "pytorch_model.bin").is_file():
+        return "musetalk"
+    return "lite"
+
+
+class EngineFactory:
+    """Builds one engine per session (blocking: call in an executor)."""
+
+    def __init__(self, model: str, avatars: AvatarStore, config: EngineConfig, models_dir: Path):
+        self.model = model
+        self.avatars = avatars
+        self.config = config
+        self.models_dir = models_dir
+        self._engine_class = self._load_engine_class(model)
+
+    def _load_engine_class(self, model: str) -> type[BaseReal]:
+        if model == "lite":
+            return BaseReal
+        raise EngineUnavailable(
+            f"the {model} engine is not available in this build: use --model lite"
+        )
+
+    def build(self, avatar_id: str, session_id: str) -> BaseReal:
+        avatar = self.avatars.get(avatar_id)
+        engine = self._engine_class(avatar, self.config, session_id)
+        engine.start()
+        return engine
+
+    def close(self) -> None:
+        """Release process-wide model state (workers, weights)."""

@@ -1,0 +1,166 @@
+"""One client's session (engine + tracks + peer connection) and the registry of them.
+
+The registry counts sessions that are still being built, so the limit holds
+under concurrent offers. Session ids are uuid4 and never listed by any endpoint:
+knowing an id is what lets a client drive that session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection
+
+from basereal import BaseReal
+from media import SpeechEvent
+from webrtc import HumanPlayer
+
+logger = logging.getLogger(__name__)
+
+EVENT_QUEUE_SIZE = 256
+
+
+class SessionLimitError(Exception):
+    pass
+
+
+class EventHub:
+    """Fans a session's events out to SSE subscribers and the page's data channel.
+
+    Lives on the event loop; threads publish through `publish_threadsafe`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._subscribers: set[asyncio.Queue] = set()
+        self.channel: RTCDataChannel | None = None
+
+    def subscribe(self) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self._subscribers.discard(q)
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for q in list(self._subscribers):
+            if q.full():
+                q.get_nowait()  # a stalled reader loses its oldest event, never blocks us
+            q.put_nowait(event)
+        channel = self.channel
+        if channel is not None and channel.readyState == "open":
+            channel.send(json.dumps(event))
+
+    def publish_threadsafe(self, event: dict[str, Any]) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.publish, event)
+
+    def close(self) -> None:
+        for q in list(self._subscribers):
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(None)  # tells SSE handlers to finish
+        self._subscribers.clear()
+
+
+class Session:
+    """Everything one connected client owns; close() releases all of it."""
+
+    def __init__(self, session_id: str, engine: BaseReal, pc: RTCPeerConnection, loop: asyncio.AbstractEventLoop):
+        self.id = session_id
+        self.engine = engine
+        self.pc = pc
+        self.events = EventHub(loop)
+        self.speaking = False
+        self.created = time.monotonic()
+        self.last_activity = self.created
+        self.closed = False
+        self.player = HumanPlayer(
+            engine.output,
+            engine.config.fps,
+            current_epoch=lambda: engine.epoch,
+            filler=engine.idle_bundle,
+            on_playout=self._on_playout,
+        )
+        self._close_lock = asyncio.Lock()
+        self.close_reason = ""
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def _on_playout(self, event: SpeechEvent) -> None:
+        """Called by the audio track when an event's chunk is handed to WebRTC."""
+        self.speaking = event.kind == "start"
+        self.events.publish(event.as_dict())
+
+    def interrupt(self) -> int:
+        epoch = self.engine.interrupt()
+        self.player.schedule.drop_pending()
+        if self.speaking:
+            self.speaking = False
+            self.events.publish({"type": "end", "interrupted": True})
+        return epoch
+
+    async def close(self, reason: str) -> None:
+        async with self._close_lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.close_reason = reason
+            logger.info("closing session %s: %s", self.id, reason)
+            self.player.stop()
+            self.events.publish({"type": "closed", "reason": reason})
+            self.events.close()
+            await asyncio.get_running_loop().run_in_executor(None, self.engine.stop)
+            await self.pc.close()
+
+
+class SessionRegistry:
+    """Live sessions by id, with a limit that counts sessions still being built."""
+
+    def __init__(self, max_sessions: int):
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, Session] = {}
+        self._reserved = 0
+
+    def reserve(self) -> str:
+        """Claim a slot for a session being built (raises SessionLimitError)."""
+        if len(self._sessions) + self._reserved >= self.max_sessions:
+            raise SessionLimitError(
+                f"server is at its limit of {self.max_sessions} sessions: try again later"
+            )
+        self._reserved += 1
+        return str(uuid.uuid4())
+
+    def release_reservation(self) -> None:
+        self._reserved -= 1
+
+    def add(self, session: Session) -> None:
+        self._reserved -= 1
+        self._sessions[session.id] = session
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def remove(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def all(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    async def close(self, session_id: str, reason: str) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            await session.close(reason)
+
+    async def close_all(self, reason: str) -> None:
+        await asyncio.gather(*(self.close(sid, reason) for sid in list(self._sessions)))

@@ -1,0 +1,85 @@
+"""An in-process aiortc receiver that talks to the server over loopback, as a browser would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+
+@dataclass
+class Received:
+    """One decoded frame: its pts, the wall time it arrived and its content."""
+
+    pts: int
+    arrival: float
+    data: np.ndarray
+
+
+@dataclass
+class ReceiverClient:
+    base_url: str
+    avatar: str | None = None
+    keep_video: bool = True
+    pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    video: list[Received] = field(default_factory=list)
+    audio: list[Received] = field(default_factory=list)
+    sessionid: str | None = None
+    channel_messages: list[str] = field(default_factory=list)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def connect(self, http: aiohttp.ClientSession, data_channel: bool = False) -> dict:
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTransceiver("audio", direction="recvonly")
+        if data_channel:
+            channel = self.pc.createDataChannel("events")
+            channel.on("message", self.channel_messages.append)
+
+        @self.pc.on("track")
+        def on_track(track) -> None:
+            self._tasks.append(asyncio.ensure_future(self._consume(track)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        if self.avatar:
+            body["avatar"] = self.avatar
+        async with http.post(f"{self.base_url}/offer", json=body) as response:
+            answer = await response.json()
+            assert response.status == 200, answer
+        self.sessionid = answer["sessionid"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        return answer
+
+    async def _consume(self, track) -> None:
+        sink = self.video if track.kind == "video" else self.audio
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            arrival = time.monotonic()
+            if track.kind == "video":
+                data = frame.to_ndarray(format="bgr24") if self.keep_video else np.empty(0)
+            else:
+                data = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0].copy()
+            sink.append(Received(frame.pts, arrival, data))
+
+    async def wait_for(self, video_frames: int = 0, audio_frames: int = 0, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.video) < video_frames or len(self.audio) < audio_frames:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"got {len(self.video)}/{video_frames} video and {len(self.audio)}/{audio_frames} audio frames"
+                )
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

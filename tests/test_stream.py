@@ -1,0 +1,108 @@
+"""A real aiortc peer receives the idle stream over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+
+from tests.rtc_client import ReceiverClient
+
+AUDIO_48K_FRAME = 960  # aiortc's Opus decoder yields 20 ms at 48 kHz
+
+
+async def test_idle_stream_is_paced_and_on_one_clock(server, http):
+    client = ReceiverClient(server.url)
+    await client.connect(http)
+    try:
+        await client.wait_for(video_frames=5, audio_frames=5)
+        start_video, start_audio = len(client.video), len(client.audio)
+        await asyncio.sleep(2.2)
+        video = client.video[start_video:]
+        audio = client.audio[start_audio:]
+    finally:
+        await client.close()
+
+    video_steps = np.diff([f.pts for f in video])
+    assert len(video) >= 45, f"only {len(video)} video frames in 2.2 s"
+    assert set(video_steps.tolist()) == {3600}, f"video pts steps {sorted(set(video_steps.tolist()))}"
+
+    audio_steps = np.diff([f.pts for f in audio])
+    assert len(audio) >= 100
+    assert set(audio_steps.tolist()) == {AUDIO_48K_FRAME}, "audio is not contiguous"
+
+    fps = (len(video) - 1) / (video[-1].arrival - video[0].arrival)
+    assert 23.0 <= fps <= 27.0, f"{fps:.1f} fps"
+
+    # Both tracks follow one clock: arrival time minus media time is the same
+    # offset for audio and video (up to jitter buffers), and neither drifts.
+    video_offset = np.array([f.arrival - (f.pts - video[0].pts) / 90000 for f in video])
+    audio_offset = np.array([f.arrival - (f.pts - audio[0].pts) / 48000 for f in audio])
+    first_gap = audio[0].arrival - video[0].arrival
+    skew = (np.median(audio_offset) - audio_offset[0]) - (np.median(video_offset) - video_offset[0])
+    assert abs(skew) < 0.06, f"audio and video run on different clocks: {skew * 1000:.0f} ms apart"
+    for offsets in (video_offset, audio_offset):
+        half = len(offsets) // 2
+        drift = np.median(offsets[half:]) - np.median(offsets[:half])
+        assert abs(drift) < 0.04, f"media time drifts from wall time by {drift * 1000:.0f} ms per second"
+    assert abs(first_gap) < 0.5
+
+
+async def test_idle_frames_follow_the_avatar_loop(server, http):
+    client = ReceiverClient(server.url)
+    await client.connect(http)
+    try:
+        await client.wait_for(video_frames=30, timeout=20)
+    finally:
+        await client.close()
+    # The test avatar has a white marker that moves right frame by frame and
+    # back (ping-pong): its x position on the received frames must go both ways.
+    positions = []
+    for frame in client.video[5:30]:
+        row = frame.data[8:22].mean(axis=(0, 2))
+        positions.append(int(np.argmax(row > 200)))
+    steps = np.sign(np.diff(positions))
+    assert (steps > 0).any() and (steps < 0).any(), positions
+
+
+async def test_closing_the_client_frees_the_session(server, http):
+    before = {t.name for t in threading.enumerate()}
+    client = ReceiverClient(server.url)
+    await client.connect(http)
+    await client.wait_for(video_frames=10, audio_frames=10)
+    assert len(server.context.sessions) == 1
+    session_tag = client.sessionid[:8]
+    engine_threads = [t for t in threading.enumerate() if t.name.endswith(session_tag)]
+    assert len(engine_threads) == 2, [t.name for t in engine_threads]
+
+    await client.close()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        alive = [t for t in threading.enumerate() if t.name.endswith(session_tag)]
+        if len(server.context.sessions) == 0 and not alive:
+            break
+        await asyncio.sleep(0.05)
+    assert len(server.context.sessions) == 0, "session still registered 2 s after the client closed"
+    assert not [t.name for t in threading.enumerate() if t.name.endswith(session_tag)]
+    leftover = {t.name for t in threading.enumerate()} - before
+    assert not any(name.startswith(("render-", "compose-")) for name in leftover)
+
+
+async def test_server_shutdown_closes_every_session(data_dir, http):
+    from tests.conftest import server_args, start_server
+
+    running = await start_server(server_args(data_dir))
+    clients = [ReceiverClient(running.url) for _ in range(2)]
+    for client in clients:
+        await client.connect(http)
+    for client in clients:
+        await client.wait_for(video_frames=3)
+    sessions = running.context.sessions.all()
+    await running.runner.cleanup()
+    assert len(running.context.sessions) == 0
+    assert all(s.closed for s in sessions)
+    assert not [t for t in threading.enumerate() if t.name.startswith(("render-", "compose-"))]
+    for client in clients:
+        await client.close()

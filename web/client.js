@@ -1,0 +1,178 @@
+// Browser side: one RTCPeerConnection receiving the avatar's audio+video,
+// a data channel for events and heartbeats, and the talk controls.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const HEARTBEAT_MS = 5000;
+const STATS_MS = 1000;
+
+const client = {
+  pc: null, sessionid: null, channel: null, timers: [], lastStats: null,
+};
+
+function log(text, cls) {
+  const item = document.createElement("li");
+  item.textContent = `${new Date().toLocaleTimeString()} ${text}`;
+  if (cls) item.className = cls;
+  $("log").prepend(item);
+}
+
+function setState(text, cls) {
+  $("state").textContent = text;
+  $("state").className = "pill " + (cls || "");
+}
+
+function setControls(connected) {
+  $("connect").disabled = connected;
+  $("disconnect").disabled = !connected;
+  for (const id of ["text", "mode", "barge", "send", "interrupt"]) $(id).disabled = !connected;
+}
+
+async function postJSON(path, body) {
+  const response = await fetch(path, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({ code: -1, msg: `HTTP ${response.status}` }));
+  if (!response.ok || data.code !== 0 && data.code !== undefined) {
+    throw new Error(data.msg || `HTTP ${response.status}`);
+  }
+  return data;
+}
+
+function waitForIceGathering(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (pc.iceGatheringState === "complete") {
+        pc.removeEventListener("icegatheringstatechange", check);
+        resolve();
+      }
+    };
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+function handleEvent(event) {
+  if (event.type === "start") {
+    $("speaking").textContent = "speaking";
+    $("speaking").className = "pill talk";
+    log(`▶ ${event.text || "speech"}`);
+  } else if (event.type === "end") {
+    $("speaking").textContent = "silent";
+    $("speaking").className = "pill";
+    if (event.interrupted) log("■ interrupted");
+  } else if (event.type === "error") {
+    log(`error: ${event.msg}`, "error");
+  } else if (event.type === "reply") {
+    log(`🗨 ${event.text}`);
+  } else if (event.type === "closed") {
+    log(`session closed: ${event.reason}`);
+  }
+}
+
+async function updateStats() {
+  if (!client.pc) return;
+  const report = await client.pc.getStats();
+  let video = null, audio = null;
+  report.forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "video") video = s;
+    if (s.type === "inbound-rtp" && s.kind === "audio") audio = s;
+  });
+  if (video) {
+    $("frames").textContent = video.framesDecoded ?? 0;
+    $("fps").textContent = video.framesPerSecond ?? "–";
+    const prev = client.lastStats;
+    if (prev) {
+      const kbps = (8 * (video.bytesReceived - prev.bytes)) / (video.timestamp - prev.timestamp);
+      $("bitrate").textContent = kbps.toFixed(0);
+    }
+    client.lastStats = { bytes: video.bytesReceived, timestamp: video.timestamp };
+  }
+  if (audio) $("samples").textContent = audio.totalSamplesReceived ?? 0;
+}
+
+async function connect() {
+  setControls(true);
+  $("connect").disabled = true;
+  setState("connecting");
+  try {
+    const config = await (await fetch("/config")).json();
+    $("engine").textContent = `engine: ${config.model}`;
+    const pc = new RTCPeerConnection({ iceServers: config.iceServers || [] });
+    client.pc = pc;
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    const stream = new MediaStream();
+    pc.addEventListener("track", (e) => {
+      stream.addTrack(e.track);
+      $("video").srcObject = stream;
+    });
+    pc.addEventListener("connectionstatechange", () => {
+      const state = pc.connectionState;
+      setState(state, state === "connected" ? "ok" : (state === "failed" || state === "closed") ? "bad" : "");
+      if (state === "failed") disconnect();
+    });
+    const channel = pc.createDataChannel("events");
+    client.channel = channel;
+    channel.addEventListener("message", (e) => handleEvent(JSON.parse(e.data)));
+    client.timers.push(setInterval(() => {
+      if (channel.readyState === "open") channel.send(JSON.stringify({ type: "ping" }));
+    }, HEARTBEAT_MS));
+    client.timers.push(setInterval(updateStats, STATS_MS));
+
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForIceGathering(pc);
+    const params = new URLSearchParams(location.search);
+    const answer = await postJSON("/offer", {
+      sdp: pc.localDescription.sdp, type: "offer", avatar: params.get("avatar") || undefined,
+    });
+    client.sessionid = answer.sessionid;
+    document.body.dataset.sessionid = answer.sessionid;
+    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+    log(`session ${answer.sessionid.slice(0, 8)} (engine ${config.model})`);
+  } catch (err) {
+    log(`connect failed: ${err.message}`, "error");
+    disconnect();
+  }
+}
+
+function disconnect() {
+  for (const timer of client.timers) clearInterval(timer);
+  client.timers = [];
+  if (client.pc) client.pc.close();
+  client.pc = null;
+  client.sessionid = null;
+  client.lastStats = null;
+  setControls(false);
+  setState("closed");
+}
+
+async function send(event) {
+  event.preventDefault();
+  const text = $("text").value.trim();
+  if (!text || !client.sessionid) return;
+  try {
+    await postJSON("/human", {
+      sessionid: client.sessionid, text, type: $("mode").value, interrupt: $("barge").checked,
+    });
+    $("text").value = "";
+  } catch (err) {
+    log(`send failed: ${err.message}`, "error");
+  }
+}
+
+async function interrupt() {
+  if (!client.sessionid) return;
+  try {
+    await postJSON("/interrupt_talk", { sessionid: client.sessionid });
+  } catch (err) {
+    log(`interrupt failed: ${err.message}`, "error");
+  }
+}
+
+$("connect").addEventListener("click", connect);
+$("disconnect").addEventListener("click", disconnect);
+$("talk").addEventListener("submit", send);
+$("interrupt").addEventListener("click", interrupt);
+setControls(false);
+$("connect").disabled = false;
