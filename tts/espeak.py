@@ -1,0 +1,99 @@
+"""espeak-ng through ctypes, from the library and voice data inside the espeakng-loader wheel.
+
+Works offline. espeak-ng keeps one global synthesizer per process, so an
+`EspeakLibrary` (one per process, passed to every session's backend) serializes
+voice selection and synthesis with a lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from typing import Callable, Iterator
+
+import numpy as np
+
+from tts.base import Resampler, TTSBackend, TTSError
+
+logger = logging.getLogger(__name__)
+
+AUDIO_OUTPUT_SYNCHRONOUS = 2
+BUFFER_MS = 60  # espeak hands audio to the callback in pieces of about this length
+POS_CHARACTER = 1
+CHARS_UTF8 = 1
+PARAM_RATE = 1
+EE_OK = 0
+SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class EspeakLibrary:
+    """The process-wide espeak-ng instance."""
+
+    def __init__(self) -> None:
+        try:
+            import espeakng_loader
+        except ImportError:
+            raise TTSError("espeak TTS needs the espeakng-loader package: pip install -r requirements.txt") from None
+        self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self._lib.espeak_Initialize.restype = ctypes.c_int
+        self._lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self._lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self._lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
+            ctypes.c_void_p, ctypes.c_void_p,
+        ]
+        data_path = espeakng_loader.get_data_path().encode()
+        self.sample_rate = self._lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, BUFFER_MS, data_path, 0)
+        if self.sample_rate <= 0:
+            raise TTSError(f"espeak-ng failed to initialise with data at {data_path.decode()}")
+        self._lock = threading.Lock()
+        self._pieces: list[np.ndarray] = []
+        self._cancelled: Callable[[], bool] = lambda: False
+        self._callback = SYNTH_CALLBACK(self._on_audio)  # kept referenced for the library's lifetime
+        self._lib.espeak_SetSynthCallback(self._callback)
+        logger.info("espeak-ng ready (%d Hz)", self.sample_rate)
+
+    def _on_audio(self, wav, count: int, _events) -> int:
+        if count > 0 and wav:
+            self._pieces.append(np.ctypeslib.as_array(wav, shape=(count,)).astype(np.float32) / 32768.0)
+        return 1 if self._cancelled() else 0
+
+    def check_voice(self, voice: str) -> None:
+        with self._lock:
+            if self._lib.espeak_SetVoiceByName(voice.encode()) != EE_OK:
+                raise TTSError(f"espeak has no voice {voice!r}: try en-us, en, cmn, de, fr, es, ja")
+
+    def synthesize(self, text: str, voice: str, rate_wpm: int, cancelled: Callable[[], bool]) -> np.ndarray:
+        """Audio for `text` at self.sample_rate (blocking; espeak runs far faster than real time)."""
+        encoded = text.encode("utf-8")
+        with self._lock:
+            if self._lib.espeak_SetVoiceByName(voice.encode()) != EE_OK:
+                raise TTSError(f"espeak has no voice {voice!r}: try en-us, en, cmn, de, fr, es, ja")
+            self._lib.espeak_SetParameter(PARAM_RATE, rate_wpm, 0)
+            self._pieces, self._cancelled = [], cancelled
+            status = self._lib.espeak_Synth(encoded, len(encoded) + 1, 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
+            pieces, self._pieces, self._cancelled = self._pieces, [], (lambda: False)
+        if status != EE_OK and not cancelled():
+            raise TTSError(f"espeak-ng failed to synthesise (error {status})")
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+class EspeakTTS(TTSBackend):
+    """Offline TTS: fast, robotic, always available."""
+
+    name = "espeak"
+
+    def __init__(self, library: EspeakLibrary, voice: str = "en-us", rate_wpm: int = 165):
+        library.check_voice(voice)
+        self.library = library
+        self.voice = voice
+        self.rate_wpm = rate_wpm
+
+    def stream(self, text: str, cancelled: Callable[[], bool]) -> Iterator[np.ndarray]:
+        audio = self.library.synthesize(text, self.voice, self.rate_wpm, cancelled)
+        if cancelled() or audio.size == 0:
+            return
+        resampler = Resampler(self.library.sample_rate)
+        yield np.concatenate([resampler.push(audio), resampler.flush()])
