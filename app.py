@@ -24,6 +24,7 @@ from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
 from httpapi import BadRequest, error_middleware, ok, read_json, require_str
 from media import SUPPORTED_FPS
+from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
 from session import Session, SessionLimitError, SessionRegistry
 
 logger = logging.getLogger("app")
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_session", type=int, default=8, help="concurrent sessions allowed")
     parser.add_argument("--fps", type=int, default=25, choices=SUPPORTED_FPS)
     parser.add_argument("--batch_size", type=int, default=8, help="frames per inference batch (musetalk)")
+    parser.add_argument("-l", "--left-context", dest="left_context", type=int, default=DEFAULT_CONTEXT_CHUNKS,
+                        help="musetalk: past audio around each batch, in 20 ms chunks")
+    parser.add_argument("-r", "--right-context", dest="right_context", type=int, default=DEFAULT_CONTEXT_CHUNKS,
+                        help="musetalk: future audio around each batch, in 20 ms chunks (adds that much latency)")
     parser.add_argument("--ice-server", dest="ice_servers", action="append", type=parse_ice_server, default=[],
                         metavar="URL", help="STUN/TURN server, repeatable: stun:HOST:PORT, turn:USER:SECRET@HOST:PORT")
     parser.add_argument("--ice-host", dest="ice_hosts", action="append", default=[], metavar="ADDR",
@@ -212,7 +217,8 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     avatars = AvatarStore(args.data_dir / "avatars")
     if engines is None:
         config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
-        engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir)
+        musetalk = MuseTalkSettings(left_chunks=args.left_context, right_chunks=args.right_context)
+        engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
     ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session))
     if args.ice_hosts:
         restrict_ice_hosts(args.ice_hosts)

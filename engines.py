@@ -12,6 +12,7 @@ from pathlib import Path
 
 from avatar import AvatarStore
 from basereal import BaseReal, EngineConfig
+from musetalk.settings import MuseTalkSettings
 
 logger = logging.getLogger(__name__)
 
@@ -36,25 +37,42 @@ def resolve_model(choice: str, models_dir: Path) -> str:
 class EngineFactory:
     """Builds one engine per session (blocking: call in an executor)."""
 
-    def __init__(self, model: str, avatars: AvatarStore, config: EngineConfig, models_dir: Path):
+    def __init__(self, model: str, avatars: AvatarStore, config: EngineConfig, models_dir: Path,
+                 musetalk: MuseTalkSettings | None = None):
         self.model = model
         self.avatars = avatars
         self.config = config
         self.models_dir = models_dir
+        self.musetalk_settings = musetalk or MuseTalkSettings()
+        self._engine_kwargs: dict = {}  # process-wide state handed to every engine
+        self._musetalk = None  # MuseTalkRuntime: models + the one inference worker
         self._engine_class = self._load_engine_class(model)
 
     def _load_engine_class(self, model: str) -> type[BaseReal]:
         if model == "lite":
             return BaseReal
+        if model == "musetalk":
+            from musereal import MuseReal, MuseTalkRuntime
+            from musetalk.loader import WeightsError
+
+            try:
+                self._musetalk = MuseTalkRuntime.load(self.models_dir, self.musetalk_settings)
+            except WeightsError as exc:
+                raise EngineUnavailable(str(exc)) from None
+            self._engine_kwargs = {"runtime": self._musetalk}
+            return MuseReal
         raise EngineUnavailable(
             f"the {model} engine is not available in this build: use --model lite"
         )
 
     def build(self, avatar_id: str, session_id: str) -> BaseReal:
         avatar = self.avatars.get(avatar_id)
-        engine = self._engine_class(avatar, self.config, session_id)
+        engine = self._engine_class(avatar, self.config, session_id, **self._engine_kwargs)
         engine.start()
         return engine
 
     def close(self) -> None:
         """Release process-wide model state (workers, weights)."""
+        if self._musetalk is not None:
+            self._musetalk.close()
+            self._musetalk = None

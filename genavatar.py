@@ -102,7 +102,12 @@ def prepare(args: argparse.Namespace) -> Path:
     else:
         frames, source = read_video(args.video, args.fps, args.max_frames), str(args.video)
     frames = [even_size(frame) for frame in frames]
-    return write_avatar(args.data_dir / "avatars" / avatar_id, frames, {"source": source, "fps": args.fps})
+    folder = write_avatar(args.data_dir / "avatars" / avatar_id, frames, {"source": source, "fps": args.fps})
+    if args.model == "musetalk":
+        from musetalk.prepare import prepare_musetalk_avatar
+
+        prepare_musetalk_avatar(folder, args.models_dir)
+    return folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--max_frames", type=int, default=None)
     parser.add_argument("--data-dir", dest="data_dir", type=Path, default=ROOT / "data")
+    parser.add_argument("--model", choices=["lite", "musetalk"], default="lite",
+                        help="musetalk also stores the VAE latents its UNet needs (latents.pt)")
+    parser.add_argument("--models-dir", dest="models_dir", type=Path, default=ROOT / "models")
     return parser
 
 

@@ -1,0 +1,136 @@
+"""MuseReal: a session engine that lip-syncs the avatar with MuseTalk.
+
+The heavy state is process-wide and lives in `MuseTalkRuntime` (built once by
+EngineFactory): the models, the single inference worker that batches all
+sessions, and per-avatar assets (latents, paste-back plans) shared read-only.
+A MuseReal only keeps its session's audio context and asks the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avatar import Avatar, AvatarError
+from basereal import BaseReal, EngineConfig, FrameWork
+from blending import BlendPlan, paste_back
+from museasr import MuseASR, edge_mode_for
+from musetalk.loader import MuseTalkModels, load_models
+from musetalk.prepare import load_latents
+from musetalk.settings import MuseTalkSettings
+from musetalk.worker import InferenceWorker, LipSyncRequest
+
+logger = logging.getLogger(__name__)
+
+MAX_CACHED_AVATARS = 8
+
+
+@dataclass(frozen=True)
+class MuseAvatarAssets:
+    """What MuseTalk needs per avatar frame: UNet input latents and the paste-back plan."""
+
+    latents: torch.Tensor  # (N, 8, 32, 32) float32, CPU
+    plans: tuple[BlendPlan, ...]
+
+    @staticmethod
+    def build(avatar: Avatar) -> "MuseAvatarAssets":
+        if not avatar.has_face_data or avatar.face_boxes is None:
+            raise AvatarError(
+                f"avatar {avatar.avatar_id} has no face data (landmarks, boxes, masks): rebuild it with "
+                f"`python genavatar.py --model musetalk --avatar_id {avatar.avatar_id} ...`"
+            )
+        latents = load_latents(avatar.folder, avatar.frame_count)
+        plans = tuple(BlendPlan.build(frame.shape, face, crop, mask) for frame, face, crop, mask
+                      in zip(avatar.frames, avatar.face_boxes, avatar.crop_boxes, avatar.masks))
+        return MuseAvatarAssets(latents=latents, plans=plans)
+
+
+class MuseTalkRuntime:
+    """Process-wide MuseTalk state: models, the inference worker, avatar assets."""
+
+    def __init__(self, models: MuseTalkModels, settings: MuseTalkSettings):
+        self.models = models
+        self.settings = settings
+        self.worker = InferenceWorker(models, settings.max_batch)
+        self._assets: dict[str, tuple[Avatar, MuseAvatarAssets]] = {}
+        self._lock = threading.Lock()
+        self.worker.start()
+
+    @staticmethod
+    def load(models_dir: Path, settings: MuseTalkSettings) -> "MuseTalkRuntime":
+        """Load the weights (raises musetalk.loader.WeightsError) and start the worker."""
+        return MuseTalkRuntime(load_models(models_dir, settings.version, settings.device), settings)
+
+    def assets_for(self, avatar: Avatar) -> MuseAvatarAssets:
+        with self._lock:
+            cached = self._assets.get(avatar.avatar_id)
+            if cached is not None and cached[0] is avatar:
+                return cached[1]
+        assets = MuseAvatarAssets.build(avatar)
+        with self._lock:
+            if len(self._assets) >= MAX_CACHED_AVATARS and avatar.avatar_id not in self._assets:
+                del self._assets[next(iter(self._assets))]
+            self._assets[avatar.avatar_id] = (avatar, assets)
+        return assets
+
+    def close(self) -> None:
+        self.worker.stop()
+
+
+class MuseReal(BaseReal):
+    """One session: batches its speech frames through the shared worker and pastes faces back."""
+
+    name = "musetalk"
+
+    def __init__(self, avatar: Avatar, config: EngineConfig, session_id: str = "", *, runtime: MuseTalkRuntime):
+        super().__init__(avatar, config, session_id)
+        self.assets = runtime.assets_for(avatar)
+        self.worker = runtime.worker
+        self.settings = runtime.settings
+        self.asr = MuseASR(config.fps, runtime.settings.left_chunks, runtime.settings.right_chunks,
+                           edge_mode_for(runtime.models.version))
+        self._in_speech = False
+
+    def frames_per_step(self, speech_pending: bool) -> int:
+        if not speech_pending:
+            return 1
+        if not self._in_speech:
+            return max(1, min(self.settings.first_batch, self.config.batch_size))
+        return max(1, self.config.batch_size)
+
+    def render_frames(self, work: list[FrameWork]) -> list[Any]:
+        chunks = [chunk for item in work for chunk in item.chunks]
+        if not any(item.speech for item in work):
+            self._in_speech = False
+            self.asr.push(chunks)
+            return [None] * len(work)
+        self._in_speech = True
+        epoch = work[0].epoch
+        window = self.asr.window(chunks, self.peek_audio(self.asr.right))
+        request = LipSyncRequest(
+            owner=self.session_id,
+            window=window,
+            asr=self.asr,
+            latents=self.assets.latents[[item.index for item in work]],
+            is_current=lambda: self.epoch == epoch and not self.stopped,
+        )
+        try:
+            faces = self.worker.infer(request, self._stopping)
+        except Exception:
+            logger.exception("session %s: musetalk batch failed, showing idle frames", self.session_id[:8])
+            return [None] * len(work)
+        if faces is None:
+            return [None] * len(work)
+        return [face if item.speech else None for item, face in zip(work, faces)]
+
+    def compose(self, work: FrameWork, result: np.ndarray | None) -> np.ndarray:
+        frame = self.avatar.frames[work.index]
+        if result is None:
+            return frame
+        return paste_back(frame, result, self.assets.plans[work.index])

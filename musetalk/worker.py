@@ -1,0 +1,166 @@
+"""The process-wide MuseTalk inference worker: one thread owns the models and the device.
+
+Sessions submit requests (a batch of frames each) to one bounded queue. The
+worker takes whatever is queued, up to `max_batch` frames over all sessions,
+drops requests whose session was interrupted meanwhile (stale epoch), runs the
+whisper encoder, the UNet and the VAE decoder once for the lot, and hands each
+session back its own faces. Batching across sessions is what keeps a GPU busy
+when several people talk at once; one owner keeps CUDA single-threaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from museasr import AudioWindow, MuseASR, encode_windows
+from musetalk.loader import MuseTalkModels
+from musetalk.vae import decode_to_bgr
+
+logger = logging.getLogger(__name__)
+
+REQUEST_QUEUE_SIZE = 64
+POLL_S = 0.05
+JOIN_TIMEOUT_S = 5.0
+
+
+@dataclass
+class LipSyncRequest:
+    """One session's batch: its audio window, its avatar latents and a staleness check."""
+
+    owner: str
+    window: AudioWindow
+    asr: MuseASR
+    latents: torch.Tensor  # (frames, 8, 32, 32), float32 on the CPU
+    is_current: Callable[[], bool]
+    faces: np.ndarray | None = None  # (frames, 256, 256, 3) BGR uint8 once done
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def frames(self) -> int:
+        return int(self.latents.shape[0])
+
+    def finish(self, faces: np.ndarray | None = None, error: BaseException | None = None) -> None:
+        self.faces, self.error = faces, error
+        self.done.set()
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    frames: int = 0
+    dropped: int = 0  # requests dropped as stale
+    shared_batches: int = 0  # batches that held more than one session's frames
+
+
+class InferenceWorker:
+    """Owns MuseTalkModels; `infer` is called from many session threads, inference runs on one."""
+
+    def __init__(self, models: MuseTalkModels, max_batch: int):
+        self.models = models
+        self.max_batch = max_batch
+        self.stats = WorkerStats()
+        self._requests: queue.Queue[LipSyncRequest] = queue.Queue(maxsize=REQUEST_QUEUE_SIZE)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="musetalk-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(JOIN_TIMEOUT_S)
+        if self._thread.is_alive():
+            logger.error("musetalk worker did not stop within %.0f s", JOIN_TIMEOUT_S)
+        while True:
+            try:
+                self._requests.get_nowait().finish()
+            except queue.Empty:
+                return
+
+    def infer(self, request: LipSyncRequest, cancelled: threading.Event) -> np.ndarray | None:
+        """Queue `request` and wait for its faces; None if it went stale or `cancelled` was set."""
+        while True:
+            if cancelled.is_set() or self._stopping.is_set():
+                return None
+            try:
+                self._requests.put(request, timeout=POLL_S)
+                break
+            except queue.Full:
+                continue
+        while not request.done.wait(POLL_S):
+            if cancelled.is_set() or self._stopping.is_set():
+                return None
+        if request.error is not None:
+            raise request.error
+        return request.faces
+
+    # ---- worker thread --------------------------------------------------------
+    def _run(self) -> None:
+        carry: LipSyncRequest | None = None
+        while not self._stopping.is_set():
+            if carry is None:
+                try:
+                    carry = self._requests.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
+            batch, carry = self._gather(carry)
+            live = [r for r in batch if r.is_current()]
+            for request in batch:
+                if request not in live:
+                    self.stats.dropped += 1
+                    request.finish()
+            if not live:
+                continue
+            try:
+                faces = self._infer(live)
+            except Exception as exc:
+                logger.exception("musetalk inference failed for %d requests", len(live))
+                for request in live:
+                    request.finish(error=exc)
+                continue
+            start = 0
+            for request in live:
+                request.finish(faces[start:start + request.frames])
+                start += request.frames
+            self.stats.batches += 1
+            self.stats.frames += start
+            if len({r.owner for r in live}) > 1:
+                self.stats.shared_batches += 1
+        if carry is not None:
+            carry.finish()
+
+    def _gather(self, first: LipSyncRequest) -> tuple[list[LipSyncRequest], LipSyncRequest | None]:
+        """`first` plus whatever is queued, up to max_batch frames; the request that did not fit is carried."""
+        batch, frames = [first], first.frames
+        while frames < self.max_batch:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return batch, None
+            if frames + request.frames > self.max_batch:
+                return batch, request
+            batch.append(request)
+            frames += request.frames
+        return batch, None
+
+    @torch.inference_mode()
+    def _infer(self, requests: list[LipSyncRequest]) -> np.ndarray:
+        models = self.models
+        layers = encode_windows(models, [r.window for r in requests])
+        audio = torch.cat([r.asr.features(lay, r.window) for r, lay in zip(requests, layers)])
+        audio = models.pe(audio.float()).to(models.dtype)
+        latents = torch.cat([r.latents for r in requests]).to(models.device, models.dtype)
+        faces = []
+        for start in range(0, latents.shape[0], self.max_batch):
+            part = slice(start, start + self.max_batch)
+            out = models.unet(latents[part], 0, encoder_hidden_states=audio[part]).sample
+            faces.append(decode_to_bgr(models.vae, out))
+        return np.concatenate(faces)
