@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,28 +89,34 @@ class MuseReal(BaseReal):
     name = "musetalk"
 
     def __init__(self, avatar: Avatar, config: EngineConfig, session_id: str = "", *, runtime: MuseTalkRuntime):
+        # A batch must be computed while the previous one plays: keep a batch of frames ahead of the wire.
+        config = replace(config, lookahead_frames=max(config.lookahead_frames, config.batch_size))
         super().__init__(avatar, config, session_id)
         self.assets = runtime.assets_for(avatar)
         self.worker = runtime.worker
         self.settings = runtime.settings
         self.asr = MuseASR(config.fps, runtime.settings.left_chunks, runtime.settings.right_chunks,
                            edge_mode_for(runtime.models.version))
-        self._in_speech = False
+        self._next_batch = self._first_batch()
+
+    def _first_batch(self) -> int:
+        return max(1, min(self.settings.first_batch, self.config.batch_size))
 
     def frames_per_step(self, speech_pending: bool) -> int:
-        if not speech_pending:
-            return 1
-        if not self._in_speech:
-            return max(1, min(self.settings.first_batch, self.config.batch_size))
-        return max(1, self.config.batch_size)
+        """1 while idle; after silence a small batch, doubling up to batch_size.
+
+        A small first batch puts the first voiced frame on the wire sooner, and
+        each batch takes about as long to compute as the one before it plays.
+        """
+        return self._next_batch if speech_pending else 1
 
     def render_frames(self, work: list[FrameWork]) -> list[Any]:
         chunks = [chunk for item in work for chunk in item.chunks]
         if not any(item.speech for item in work):
-            self._in_speech = False
+            self._next_batch = self._first_batch()
             self.asr.push(chunks)
             return [None] * len(work)
-        self._in_speech = True
+        self._next_batch = min(2 * self._next_batch, max(1, self.config.batch_size))
         epoch = work[0].epoch
         window = self.asr.window(chunks, self.peek_audio(self.asr.right))
         request = LipSyncRequest(

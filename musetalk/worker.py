@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 REQUEST_QUEUE_SIZE = 64
 POLL_S = 0.05
 JOIN_TIMEOUT_S = 5.0
+GATHER_S = 0.02  # how long a batch waits for other speaking sessions' requests
+ACTIVE_S = 1.0  # a session that sent a request this recently counts as speaking
 
 
 @dataclass
@@ -58,6 +61,7 @@ class WorkerStats:
     frames: int = 0
     dropped: int = 0  # requests dropped as stale
     shared_batches: int = 0  # batches that held more than one session's frames
+    busy_s: float = 0.0  # time spent in inference
 
 
 class InferenceWorker:
@@ -69,6 +73,7 @@ class InferenceWorker:
         self.stats = WorkerStats()
         self._requests: queue.Queue[LipSyncRequest] = queue.Queue(maxsize=REQUEST_QUEUE_SIZE)
         self._stopping = threading.Event()
+        self._last_seen: dict[str, float] = {}  # owner -> monotonic time of its last request
         self._thread = threading.Thread(target=self._run, name="musetalk-worker", daemon=True)
 
     def start(self) -> None:
@@ -119,6 +124,7 @@ class InferenceWorker:
                     request.finish()
             if not live:
                 continue
+            started = time.perf_counter()
             try:
                 faces = self._infer(live)
             except Exception as exc:
@@ -130,6 +136,7 @@ class InferenceWorker:
             for request in live:
                 request.finish(faces[start:start + request.frames])
                 start += request.frames
+            self.stats.busy_s += time.perf_counter() - started
             self.stats.batches += 1
             self.stats.frames += start
             if len({r.owner for r in live}) > 1:
@@ -138,13 +145,25 @@ class InferenceWorker:
             carry.finish()
 
     def _gather(self, first: LipSyncRequest) -> tuple[list[LipSyncRequest], LipSyncRequest | None]:
-        """`first` plus whatever is queued, up to max_batch frames; the request that did not fit is carried."""
+        """`first` plus more requests, up to max_batch frames; the request that did not fit is carried.
+
+        While other sessions are speaking (seen within ACTIVE_S), wait up to
+        GATHER_S for their next request so their frames share this pass:
+        otherwise two sessions fall into alternating single-session batches.
+        """
         batch, frames = [first], first.frames
+        now = time.monotonic()
+        self._last_seen[first.owner] = now
+        self._last_seen = {o: t for o, t in self._last_seen.items() if now - t < ACTIVE_S}
+        deadline = now + GATHER_S
         while frames < self.max_batch:
+            waiting_for_others = any(o not in {r.owner for r in batch} for o in self._last_seen)
+            remaining = deadline - time.monotonic() if waiting_for_others else 0.0
             try:
-                request = self._requests.get_nowait()
+                request = self._requests.get(timeout=remaining) if remaining > 0 else self._requests.get_nowait()
             except queue.Empty:
                 return batch, None
+            self._last_seen[request.owner] = time.monotonic()
             if frames + request.frames > self.max_batch:
                 return batch, request
             batch.append(request)

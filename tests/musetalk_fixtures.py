@@ -1,6 +1,6 @@
 """Tiny MuseTalk weights in the official file layouts, and avatars prepared for MuseTalk.
 
-The shapes are small (the UNet has two levels, the VAE 8-16 channels) but the
+The shapes are small (the UNet has two levels, the VAE 4-8 channels) but the
 files, key names and configs follow the published checkpoints, so the real
 loaders read them: musetalk.json + unet.pth / pytorch_model.bin, sd-vae-ft-mse
 (config without scaling_factor, legacy attention key names), HF whisper-tiny
@@ -46,8 +46,8 @@ FULL_UNET_CONFIG = {
 TINY_UNET_CONFIG = {
     **FULL_UNET_CONFIG,
     "block_out_channels": [32, 64],
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],  # attention at 16x16 only: fast on CPU
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
     "layers_per_block": 1,
     "sample_size": 32,
 }
@@ -55,12 +55,12 @@ TINY_VAE_CONFIG = {
     "_class_name": "AutoencoderKL",
     "_diffusers_version": "0.4.2",
     "act_fn": "silu",
-    "block_out_channels": [8, 16, 16, 16],
+    "block_out_channels": [4, 8, 8, 8],
     "down_block_types": ["DownEncoderBlock2D"] * 4,
     "in_channels": 3,
     "latent_channels": 4,
     "layers_per_block": 1,
-    "norm_num_groups": 8,
+    "norm_num_groups": 4,
     "out_channels": 3,
     "sample_size": 256,
     "up_block_types": ["UpDecoderBlock2D"] * 4,

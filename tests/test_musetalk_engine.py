@@ -1,0 +1,221 @@
+"""The MuseTalk engine on tiny weights: the shared worker, avatar latents, and live WebRTC sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avatar import AvatarError, load_avatar
+from media import CHUNK_SAMPLES, AudioChunk
+from museasr import MuseASR
+from musetalk.loader import load_models
+from musetalk.prepare import LATENTS_FILE, add_musetalk_latents, load_latents
+from musetalk.worker import InferenceWorker, LipSyncRequest
+from tests.conftest import server_args, start_server
+from tests.musetalk_fixtures import (MOUTH_REGION, voiced_speech, write_face_avatar, write_tiny_weights)
+from tests.rtc_client import ReceiverClient
+
+AVATARS = {"museface": 90, "museface2": 200}  # avatar id -> background grey level
+CODEC_NOISE = 12.0  # mean |difference| a VP8 round trip may leave in the mouth region
+
+
+@pytest.fixture(scope="module")
+def muse_env(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("muse")
+    models_dir = write_tiny_weights(root / "models")
+    models = load_models(models_dir, device="cpu")
+    for avatar_id, background in AVATARS.items():
+        folder = write_face_avatar(root / "data" / "avatars" / avatar_id, background)
+        add_musetalk_latents(folder, models)
+    return models_dir, root / "data"
+
+
+@pytest.fixture(scope="module")
+def models(muse_env):
+    return load_models(muse_env[0], device="cpu")
+
+
+def test_latents_match_the_avatar(muse_env):
+    folder = muse_env[1] / "avatars" / "museface"
+    latents = load_latents(folder, frame_count=6)
+    assert latents.shape == (6, 8, 32, 32)
+    # every frame has the same face region here, so the same latents
+    assert torch.allclose(latents[0], latents[5])
+    with pytest.raises(AvatarError, match="genavatar.py --model musetalk"):
+        load_latents(folder, frame_count=7)
+    with pytest.raises(AvatarError, match=r"no MuseTalk latents \(latents\.pt\).*genavatar\.py --model musetalk"):
+        load_latents(folder.parent / "nowhere", frame_count=6)
+    assert (folder / LATENTS_FILE).is_file()
+
+
+def _request(models, owner: str, avatar_folder: Path, seed: int, current=lambda: True) -> LipSyncRequest:
+    asr = MuseASR(fps=25, left_chunks=10, right_chunks=10, edge="zero")
+    audio = voiced_speech(0.4, seed=seed)
+    chunks = [AudioChunk(audio[i:i + CHUNK_SAMPLES], True, 0) for i in range(0, len(audio), CHUNK_SAMPLES)]
+    window = asr.window(chunks[:8], chunks[8:])
+    latents = load_latents(avatar_folder, 6)[:4]
+    return LipSyncRequest(owner=owner, window=window, asr=asr, latents=latents, is_current=current)
+
+
+def _infer_all(worker: InferenceWorker, requests: list[LipSyncRequest]) -> list[np.ndarray]:
+    results: list = [None] * len(requests)
+    never = threading.Event()
+
+    def run(index: int) -> None:
+        results[index] = worker.infer(requests[index], never)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    return results, threads
+
+
+def test_worker_batches_sessions_without_mixing(muse_env, models):
+    """Faces for a session batched with another equal the faces it gets alone."""
+    avatars = muse_env[1] / "avatars"
+    solo_worker = InferenceWorker(models, max_batch=32)
+    solo_worker.start()
+    never = threading.Event()
+    alone_a = solo_worker.infer(_request(models, "a", avatars / "museface", seed=1), never)
+    alone_b = solo_worker.infer(_request(models, "b", avatars / "museface2", seed=2), never)
+    solo_worker.stop()
+    assert alone_a.shape == (4, 256, 256, 3)
+    assert np.abs(alone_a.astype(int) - alone_b).mean() > 1.0
+
+    worker = InferenceWorker(models, max_batch=32)
+    requests = [_request(models, "a", avatars / "museface", seed=1),
+                _request(models, "b", avatars / "museface2", seed=2)]
+    results, threads = _infer_all(worker, requests)
+    deadline = time.monotonic() + 5
+    while worker._requests.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.start()  # both requests are queued: one UNet pass serves them
+    for thread in threads:
+        thread.join(10)
+    worker.stop()
+    assert worker.stats.batches == 1 and worker.stats.shared_batches == 1 and worker.stats.frames == 8
+    assert np.abs(results[0].astype(int) - alone_a).max() <= 1
+    assert np.abs(results[1].astype(int) - alone_b).max() <= 1
+
+
+def test_worker_drops_stale_requests(muse_env, models):
+    worker = InferenceWorker(models, max_batch=32)
+    worker.start()
+    try:
+        stale = _request(models, "a", muse_env[1] / "avatars" / "museface", seed=1, current=lambda: False)
+        assert worker.infer(stale, threading.Event()) is None
+        assert worker.stats.dropped == 1 and worker.stats.batches == 0
+    finally:
+        worker.stop()
+    assert not worker._thread.is_alive()
+
+
+def _mouth_diff(received: np.ndarray, idle: np.ndarray) -> float:
+    return float(np.abs(received[MOUTH_REGION].astype(np.float32) - idle[MOUTH_REGION]).mean())
+
+
+async def _speak(session, seconds: float, seed: int) -> None:
+    audio = voiced_speech(seconds, seed=seed)
+    chunks = [AudioChunk(audio[i:i + CHUNK_SAMPLES], True, session.engine.epoch)
+              for i in range(0, len(audio), CHUNK_SAMPLES)]
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, lambda: [session.engine.put_audio(chunk) for chunk in chunks])
+
+
+def _speech_run(diffs: list[float]) -> tuple[int, int]:
+    """First and last index of frames whose mouth region differs from the idle frame."""
+    changed = [i for i, d in enumerate(diffs) if d > CODEC_NOISE]
+    assert changed, f"no frame changed in the mouth region: {[round(d, 1) for d in diffs]}"
+    return changed[0], changed[-1]
+
+
+async def _wait_until_spoken(session, worker_frames, frames: int, timeout: float = 30.0) -> None:
+    """Until the session's audio is consumed and the worker has made `frames` faces in all."""
+    deadline = time.monotonic() + timeout
+    while session.engine.audio_in.qsize() or worker_frames() < frames:
+        assert time.monotonic() < deadline, f"worker made {worker_frames()} of {frames} frames"
+        await asyncio.sleep(0.05)
+
+
+def _check_speech_then_idle(diffs: list[float], speech_frames: int, late_ticks: int) -> None:
+    """Idle frames, one run of lip-synced frames as long as the speech, idle frames again.
+
+    On a busy CPU the tiny model can fall behind real time; the wire then repeats
+    the last frame (counted in late_ticks), which may lengthen the run.
+    """
+    first, last = _speech_run(diffs)
+    assert first >= 8 and all(d <= CODEC_NOISE for d in diffs[:first]), "mouth moved before any speech"
+    run = diffs[first:last + 1]
+    assert speech_frames - 6 <= len(run) <= speech_frames + late_ticks + 2, (len(run), speech_frames, late_ticks)
+    assert sum(d > CODEC_NOISE for d in run) >= 0.9 * len(run)
+    after = diffs[last + 1:]
+    assert len(after) >= 20 and all(d <= CODEC_NOISE for d in after), "silence did not return to idle frames"
+
+
+async def test_live_session_lip_syncs_speech_and_idles_in_silence(muse_env, http):
+    models_dir, data_dir = muse_env
+    running = await start_server(server_args(data_dir, "--model", "musetalk", "--models-dir", str(models_dir),
+                                             "--avatar_id", "museface"))
+    client = ReceiverClient(running.url)
+    try:
+        await client.connect(http)
+        await client.wait_for(video_frames=15)
+        session = running.context.sessions.get(client.sessionid)
+        assert type(session.engine).__name__ == "MuseReal"
+        worker = running.context.engines._musetalk.worker
+        assert worker.stats.frames == 0  # silence so far: no inference at all
+        await _speak(session, 1.6, seed=0)  # 80 chunks = 40 video frames
+        await _wait_until_spoken(session, lambda: worker.stats.frames, 40)
+        await client.wait_for(video_frames=len(client.video) + 40, timeout=30)
+        stats, late = worker.stats, session.player.stats.late_ticks
+    finally:
+        await client.close()
+        await running.runner.cleanup()
+
+    idle = load_avatar(data_dir / "avatars" / "museface").frames[0]
+    _check_speech_then_idle([_mouth_diff(frame.data, idle) for frame in client.video], 40, late)
+    assert 40 <= stats.frames <= 48  # a batch may end with a few silent frames
+    assert not worker._thread.is_alive(), "the worker outlived the server"
+
+
+async def test_two_sessions_share_one_worker_and_keep_their_frames(muse_env, http):
+    models_dir, data_dir = muse_env
+    running = await start_server(server_args(data_dir, "--model", "musetalk", "--models-dir", str(models_dir),
+                                             "--avatar_id", "museface"))
+    clients = {avatar_id: ReceiverClient(running.url, avatar=avatar_id) for avatar_id in AVATARS}
+    seconds = {"museface": 1.6, "museface2": 0.8}
+    try:
+        for client in clients.values():
+            await client.connect(http)
+        for client in clients.values():
+            await client.wait_for(video_frames=12)
+        assert len([t for t in threading.enumerate() if t.name == "musetalk-worker"]) == 1
+        worker = running.context.engines._musetalk.worker
+        sessions = {a: running.context.sessions.get(c.sessionid) for a, c in clients.items()}
+        await asyncio.gather(*(_speak(sessions[a], seconds[a], seed=i) for i, a in enumerate(AVATARS)))
+        for session in sessions.values():
+            await _wait_until_spoken(session, lambda: worker.stats.frames, 60)
+        for client in clients.values():
+            await client.wait_for(video_frames=len(client.video) + 30, timeout=30)
+        stats = worker.stats
+        late = {a: s.player.stats.late_ticks for a, s in sessions.items()}
+    finally:
+        for client in clients.values():
+            await client.close()
+        await running.runner.cleanup()
+
+    assert stats.shared_batches >= 1, stats  # both sessions' frames went through one UNet pass
+    for avatar_id, client in clients.items():
+        avatar = load_avatar(data_dir / "avatars" / avatar_id)
+        background = AVATARS[avatar_id]
+        for frame in client.video:
+            corner = frame.data[140:158, 2:18].astype(np.float32).mean()
+            assert abs(corner - background) < 10, f"{avatar_id} received another avatar's frame"
+        diffs = [_mouth_diff(frame.data, avatar.frames[0]) for frame in client.video]
+        _check_speech_then_idle(diffs, round(seconds[avatar_id] * 25), late[avatar_id])
