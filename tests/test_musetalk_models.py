@@ -36,7 +36,7 @@ def test_v15_layout_loads_every_model(weights):
     assert models.version == "v15" and models.dtype == torch.float32
     assert models.unet.config.in_channels == 8 and models.unet.config.cross_attention_dim == 384
     saved = torch.load(weights / "musetalkV15" / "unet.pth", weights_only=True)
-    for key in ("conv_in.weight", "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"):
+    for key in ("conv_in.weight", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"):
         assert torch.equal(models.unet.state_dict()[key], saved[key])
     # sd-vae-ft-mse: no scaling_factor in config.json -> 0.18215; legacy attention names converted.
     assert models.vae.config.scaling_factor == pytest.approx(0.18215)
