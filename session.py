@@ -134,11 +134,13 @@ class Session:
             self.player.stop()
             self.events.publish({"type": "closed", "reason": reason})
             self.events.close()
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, self.tts.stop)
-            await loop.run_in_executor(None, self.engine.stop)
-            await loop.run_in_executor(None, self.tts_backend.close)
+            await asyncio.get_running_loop().run_in_executor(None, self._stop_threads)
             await self.pc.close()
+
+    def _stop_threads(self) -> None:
+        self.tts.stop()
+        self.engine.stop()
+        self.tts_backend.close()
 
 
 class SessionRegistry:
@@ -178,9 +180,11 @@ class SessionRegistry:
         return list(self._sessions.values())
 
     async def close(self, session_id: str, reason: str) -> None:
-        session = self._sessions.pop(session_id, None)
+        """Close a session and forget it; concurrent calls all wait for the one close."""
+        session = self._sessions.get(session_id)
         if session is not None:
             await session.close(reason)
+            self._sessions.pop(session_id, None)
 
     async def close_all(self, reason: str) -> None:
         await asyncio.gather(*(self.close(sid, reason) for sid in list(self._sessions)))
