@@ -141,8 +141,7 @@ async def offer(request: web.Request) -> web.Response:
         raise BadRequest(str(exc), status=503) from None
 
     loop = asyncio.get_running_loop()
-    engine = None
-    pc = None
+    session = None
     try:
         backend = await loop.run_in_executor(None, ctx.tts.create)
         engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
@@ -158,17 +157,16 @@ async def offer(request: web.Request) -> web.Response:
             raise BadRequest(f"could not negotiate the offer SDP: {exc}") from None
     except BaseException as exc:
         ctx.sessions.release_reservation()
-        if pc is not None:
-            await pc.close()
-        if engine is not None:
-            await loop.run_in_executor(None, engine.stop)
+        if session is not None:
+            await session.close("offer failed")
         if isinstance(exc, AvatarError):
             raise BadRequest(str(exc), status=404) from None
         raise
     ctx.sessions.add(session)
     watch_connection(ctx, session)
     logger.info("session %s started (avatar %s, engine %s, %d live)", session_id, avatar_id, ctx.engines.model, len(ctx.sessions))
-    return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "sessionid": session_id})
+    answer = session.pc.localDescription
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "sessionid": session_id})
 
 
 def watch_connection(ctx: ServerContext, session: Session) -> None:
