@@ -1,15 +1,18 @@
 """Streaming LLM replies, cut into sentences for TTS, with per-session history.
 
 One `LLMClient` per process holds the settings and one `openai.AsyncOpenAI`
-(an HTTP connection pool). Each session has a `Conversation` that owns its
-`ChatHistory`. `Conversation.reply(text)` is an async generator of sentences;
-cancelling the task that iterates it (or `aclose()`-ing it) closes the HTTP
-stream at once. The session reports what was heard with `mark_spoken(sentence)`
-and `interrupt()`, so after barge-in the history keeps only what was spoken.
+(an HTTP connection pool); each session has a `Conversation` owning its
+`ChatHistory`. `Conversation.reply(text)` is an async generator of sentences,
+each released as soon as it ends. The HTTP stream is read by a task of its own,
+so `interrupt()` closes it at once; cancelling the consuming task or closing the
+generator closes it too. The session reports playback with `mark_spoken(sentence)`
+and `interrupt()`, so after barge-in the history keeps only what was heard.
+All methods run on the event loop; one reply at a time per conversation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import logging
@@ -260,31 +263,33 @@ class Conversation:
         self.client = client
         settings = client.settings
         self.history = history or ChatHistory(settings.max_history_turns, settings.max_history_chars)
+        self._readers: set[asyncio.Task] = set()  # HTTP streams of replies in progress
 
     async def reply(self, user_text: str) -> AsyncIterator[str]:
         """Sentences of the answer, each as soon as it is complete.
 
-        Stops without another sentence once `interrupt()` is called; closing the generator
-        or cancelling its task closes the HTTP stream.
+        Ends quietly, without another sentence, once `interrupt()` is called. Cancelling the
+        task that iterates it, or closing the generator, also closes the HTTP stream.
         """
         if not self.client.configured:
             raise LLMError(self.client.settings.problem() or NOT_CONFIGURED, LLMErrorKind.NOT_CONFIGURED)
         turn = self.history.start(user_text)
-        messages = self.history.messages(self.client.settings.system_prompt)
         aggregator = SentenceAggregator(self.client.settings.min_comma_chars)
+        deltas: asyncio.Queue[str | LLMError | None] = asyncio.Queue()  # holds at most one reply
+        reader = asyncio.create_task(self._read_stream(self.history.messages(self.client.settings.system_prompt), deltas))
+        self._readers.add(reader)
         started = time.perf_counter()
         try:
-            async with contextlib.aclosing(self.client.stream(messages)) as deltas:
-                async for delta in deltas:
-                    for sentence in aggregator.push(delta):
-                        if turn.interrupted:
-                            return
-                        if not turn.generated:
-                            logger.info("llm: first sentence after %.0f ms", 1000 * (time.perf_counter() - started))
-                        turn.generated.append(sentence)
-                        yield sentence
+            while (delta := await deltas.get()) is not None:
+                if isinstance(delta, LLMError):
+                    raise delta
+                for sentence in aggregator.push(delta):
                     if turn.interrupted:
                         return
+                    if not turn.generated:
+                        logger.info("llm: first sentence after %.0f ms", 1000 * (time.perf_counter() - started))
+                    turn.generated.append(sentence)
+                    yield sentence
             tail = aggregator.flush()
             if tail and not turn.interrupted:
                 turn.generated.append(tail)
@@ -292,6 +297,25 @@ class Conversation:
         except BaseException:
             turn.interrupted = True  # cancelled, closed early or failed: keep only what gets heard
             raise
+        finally:
+            self._readers.discard(reader)
+            if not reader.done():
+                reader.cancel()
+                await asyncio.wait([reader])
+
+    async def _read_stream(self, messages: list[dict[str, str]], deltas: asyncio.Queue[str | LLMError | None]) -> None:
+        """Reads the HTTP stream in its own task, so `interrupt()` can close it at once."""
+        try:
+            async with contextlib.aclosing(self.client.stream(messages)) as stream:
+                async for delta in stream:
+                    deltas.put_nowait(delta)
+        except LLMError as error:
+            deltas.put_nowait(error)
+        except Exception as error:
+            logger.exception("llm: reading the stream failed")
+            deltas.put_nowait(LLMError(f"chat failed unexpectedly ({error!r}): see the server log", LLMErrorKind.SERVER))
+        finally:
+            deltas.put_nowait(None)
 
     def mark_spoken(self, sentence: str) -> None:
         """The audio of `sentence` was played out in full (sentences play in order)."""
@@ -302,7 +326,10 @@ class Conversation:
         logger.debug("llm: spoken sentence not awaited by any turn: %r", sentence)
 
     def interrupt(self) -> None:
-        """Playback was cut: sentences not yet heard leave the history, the running reply stops."""
+        """Playback was cut: sentences not yet heard leave the history; a running reply ends
+        now (its HTTP stream is closed) without another sentence."""
         for turn in self.history.turns:
             if turn.spoken < len(turn.generated) or turn is self.history.turns[-1]:
                 turn.interrupted = True
+        for reader in self._readers:
+            reader.cancel()

@@ -121,6 +121,27 @@ async def test_interrupt_stops_the_reply_and_closes_the_stream(llm_server, clien
     await asyncio.wait_for(llm_server.disconnected.wait(), WAIT)
 
 
+async def test_interrupt_closes_a_stalled_stream_at_once(llm_server):
+    client = LLMClient(settings_for(llm_server.base_url, timeout=30))
+    llm_server.queue(Script(deltas=["One. ", "Two. "], stall_after=1))
+    conversation = Conversation(client)
+    got = []
+    first = asyncio.Event()
+
+    async def consume():
+        async for sentence in conversation.reply("hi"):
+            got.append(sentence)
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), WAIT)
+    conversation.interrupt()  # the server sends nothing more; the reply must not wait for it
+    await asyncio.wait_for(task, WAIT)  # ends quietly
+    await asyncio.wait_for(llm_server.disconnected.wait(), WAIT)
+    assert got == ["One."]
+    await client.close()
+
+
 async def test_history_keeps_what_was_spoken(llm_server, client):
     llm_server.queue(
         Script(deltas=["Paris is the capital. ", "It is big."]),

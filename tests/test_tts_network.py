@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 
 import edge_tts.communicate
@@ -104,11 +103,10 @@ async def test_edge_stops_and_hangs_up_when_cancelled(edge_service):
 
 
 async def test_edge_notices_a_cancel_while_waiting_for_the_service(edge_service):
-    service = await edge_service(seconds=3.0, delay=0.5)
-    cancel = threading.Event()
-    threading.Timer(0.2, cancel.set).start()
-    got = await asyncio.to_thread(lambda: list(EdgeTTS().stream("Hello", cancel.is_set)))
-    assert got == [] and service.log.sent_pieces == 0  # returned during the first wait
+    service = await edge_service(seconds=3.0, delay=1.0)
+    cancelled = lambda: len(service.log.requests) == 2  # the request is in; its first audio is 1 s away
+    got = await asyncio.to_thread(lambda: list(EdgeTTS().stream("Hello", cancelled)))
+    assert got == [] and service.log.sent_pieces == 0  # returned during the wait
     await asyncio.wait_for(service.log.hung_up.wait(), WAIT)
 
 
