@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import re
 import sys
@@ -22,10 +23,13 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from avatar import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
-from httpapi import BadRequest, error_middleware, ok, read_json, require_str
+from audiofile import AudioDecodeError, decode_audio
+from httpapi import BadRequest, error_middleware, ok, optional_bool, read_json, require_str
 from media import SUPPORTED_FPS
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
 from session import Session, SessionLimitError, SessionRegistry
+from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
+from tts.base import TTSError
 
 logger = logging.getLogger("app")
 
@@ -35,6 +39,8 @@ DEFAULT_AVATAR_ID = "default"
 CONNECT_TIMEOUT_S = 30.0
 REAPER_INTERVAL_S = 1.0
 MAX_SDP_CHARS = 100_000
+MAX_TEXT_CHARS = 20_000
+SSE_KEEPALIVE_S = 15.0
 ICE_URL_PATTERN = re.compile(r"^(stun|stuns|turn|turns):(?:(?P<user>[^:@/]+):(?P<cred>[^@/]+)@)?(?P<rest>[^@\s]+)$")
 
 
@@ -72,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="offer only these local addresses as ICE host candidates (repeatable)")
     parser.add_argument("--idle-timeout", dest="idle_timeout", type=float, default=600.0,
                         help="close a session after this many seconds without a request or heartbeat (0: never)")
+    parser.add_argument("--tts", choices=TTS_CHOICES, default="auto",
+                        help="speech engine; auto = edgetts when it can be reached, else espeak (offline)")
+    parser.add_argument("--voice", default=None, help="TTS voice (espeak: en-us, cmn, ...; edgetts: en-US-AriaNeural, ...)")
+    parser.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=20.0,
+                        help="largest /humanaudio upload accepted")
     parser.add_argument("--data-dir", dest="data_dir", type=Path, default=ROOT / "data")
     parser.add_argument("--models-dir", dest="models_dir", type=Path, default=ROOT / "models")
     parser.add_argument("--log-level", dest="log_level", default="INFO")
@@ -86,6 +97,7 @@ class ServerContext:
     avatars: AvatarStore
     engines: EngineFactory
     sessions: SessionRegistry
+    tts: TTSFactory
     background: set[asyncio.Task] = field(default_factory=set)
 
 
@@ -100,6 +112,14 @@ def restrict_ice_hosts(addresses: list[str]) -> None:
     """
     chosen = list(addresses)
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(chosen)
+
+
+def resolve_tts(choice: str) -> str:
+    """auto -> edgetts when the service answers, else the offline espeak."""
+    if choice != "auto":
+        return choice
+    logger.info("tts: espeak (offline)")
+    return "espeak"
 
 
 def context_of(request: web.Request) -> ServerContext:
@@ -126,12 +146,12 @@ async def offer(request: web.Request) -> web.Response:
         raise BadRequest(str(exc), status=503) from None
 
     loop = asyncio.get_running_loop()
-    engine = None
-    pc = None
+    session = None
     try:
+        backend = await loop.run_in_executor(None, ctx.tts.create)
         engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
-        session = Session(session_id, engine, pc, loop)
+        session = Session(session_id, engine, pc, loop, backend)
         pc.addTrack(session.player.audio)
         pc.addTrack(session.player.video)
         try:
@@ -142,17 +162,16 @@ async def offer(request: web.Request) -> web.Response:
             raise BadRequest(f"could not negotiate the offer SDP: {exc}") from None
     except BaseException as exc:
         ctx.sessions.release_reservation()
-        if pc is not None:
-            await pc.close()
-        if engine is not None:
-            await loop.run_in_executor(None, engine.stop)
+        if session is not None:
+            await session.close("offer failed")
         if isinstance(exc, AvatarError):
             raise BadRequest(str(exc), status=404) from None
         raise
     ctx.sessions.add(session)
     watch_connection(ctx, session)
     logger.info("session %s started (avatar %s, engine %s, %d live)", session_id, avatar_id, ctx.engines.model, len(ctx.sessions))
-    return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "sessionid": session_id})
+    answer = session.pc.localDescription
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "sessionid": session_id})
 
 
 def watch_connection(ctx: ServerContext, session: Session) -> None:
@@ -213,22 +232,140 @@ async def is_speaking(request: web.Request) -> web.Response:
     return ok(data=session.speaking)
 
 
+def requested_backend(ctx: ServerContext, session: Session, body: dict):
+    """The session's TTS backend, or one the request names: `tts: "espeak"` or `{backend, voice}`."""
+    choice = body.get("tts")
+    if choice is None:
+        return session.tts_backend
+    if isinstance(choice, str):
+        choice = {"backend": choice}
+    if not isinstance(choice, dict) or not all(isinstance(choice.get(k, ""), str) for k in ("backend", "voice")):
+        raise BadRequest("'tts' must be a backend name or {\"backend\": name, \"voice\": voice}")
+    try:
+        return ctx.tts.create(choice.get("backend") or None, choice.get("voice") or None)
+    except TTSError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+async def human(request: web.Request) -> web.Response:
+    """Speak text (echo) or answer it (chat); `interrupt: true` first silences current speech."""
+    ctx = context_of(request)
+    body = await read_json(request)
+    session = session_from(ctx, body)
+    text = require_str(body, "text", max_len=MAX_TEXT_CHARS)
+    kind = body.get("type", "echo")
+    if kind not in ("echo", "chat"):
+        raise BadRequest("'type' must be \"echo\" or \"chat\"")
+    interrupt = optional_bool(body, "interrupt")
+    loop = asyncio.get_running_loop()
+    backend = await loop.run_in_executor(None, requested_backend, ctx, session, body)
+    if interrupt:
+        session.interrupt()
+    if kind == "chat":
+        raise BadRequest("chat is not configured on this server", status=501)
+    try:
+        utterance_id, sentences = session.tts.say(text, backend)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    except QueueFull as exc:
+        raise BadRequest(str(exc), status=429) from None
+    return ok(data={"utterance": utterance_id, "sentences": sentences})
+
+
+async def interrupt_talk(request: web.Request) -> web.Response:
+    session = session_from(context_of(request), await read_json(request))
+    epoch = session.interrupt()
+    return ok(data={"epoch": epoch})
+
+
+async def human_audio(request: web.Request) -> web.Response:
+    """Play an uploaded audio file (any format FFmpeg decodes) through the avatar."""
+    ctx = context_of(request)
+    limit = int(ctx.args.max_upload_mb * 1024 * 1024)
+    if request.content_length is not None and request.content_length > limit + 64 * 1024:
+        raise BadRequest(f"upload over the {ctx.args.max_upload_mb:g} MB limit", status=413)
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest("send multipart/form-data with fields 'sessionid' and 'file'")
+    fields: dict[str, str] = {}
+    data: bytes | None = None
+    filename = "upload"
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if part.name == "file":
+            filename = part.filename or filename
+            chunks, size = [], 0
+            while piece := await part.read_chunk(256 * 1024):
+                size += len(piece)
+                if size > limit:
+                    raise BadRequest(f"upload over the {ctx.args.max_upload_mb:g} MB limit", status=413)
+                chunks.append(piece)
+            data = b"".join(chunks)
+        elif part.name == "sessionid":
+            fields["sessionid"] = (await part.read(decode=True)).decode(errors="replace")[:100]
+        else:
+            await part.release()
+    session = session_from(ctx, fields)
+    if not data:
+        raise BadRequest("field 'file' is missing or empty")
+    try:
+        audio = await asyncio.get_running_loop().run_in_executor(None, decode_audio, data)
+    except AudioDecodeError as exc:
+        raise BadRequest(str(exc), status=415) from None
+    try:
+        utterance_id = session.tts.play(audio, filename)
+    except QueueFull as exc:
+        raise BadRequest(str(exc), status=429) from None
+    return ok(data={"utterance": utterance_id, "seconds": round(audio.size / 16000, 3)})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events of one session: speech start/end at playout, errors, close."""
+    ctx = context_of(request)
+    session = session_from(ctx, {"sessionid": request.query.get("sessionid")})
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    queue = session.events.subscribe()
+    try:
+        await response.write(b": connected\n\n")
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+            except asyncio.TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if event is None:
+                break
+            session.touch()
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        session.events.unsubscribe(queue)
+    return response
+
+
 def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -> web.Application:
     avatars = AvatarStore(args.data_dir / "avatars")
     if engines is None:
         config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
         musetalk = MuseTalkSettings(left_chunks=args.left_context, right_chunks=args.right_context)
         engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
-    ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session))
+    ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session),
+                        tts=TTSFactory(TTSSettings(backend=resolve_tts(args.tts), voice=args.voice)))
     if args.ice_hosts:
         restrict_ice_hosts(args.ice_hosts)
 
-    app = web.Application(middlewares=[error_middleware])
+    upload_limit = int(args.max_upload_mb * 1024 * 1024) + 1024 * 1024
+    app = web.Application(middlewares=[error_middleware], client_max_size=upload_limit)
     app[CONTEXT_KEY] = ctx
     app.router.add_get("/", index)
     app.router.add_get("/config", client_config)
     app.router.add_post("/offer", offer)
     app.router.add_post("/is_speaking", is_speaking)
+    app.router.add_post("/human", human)
+    app.router.add_post("/humanaudio", human_audio)
+    app.router.add_post("/interrupt_talk", interrupt_talk)
+    app.router.add_get("/events", events)
     app.router.add_static("/web", WEB_DIR)
 
     async def start_reaper(app: web.Application) -> None:

@@ -18,6 +18,8 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 
 from basereal import BaseReal
 from media import SpeechEvent
+from ttsreal import TTSWorker
+from tts.base import TTSBackend
 from webrtc import HumanPlayer
 
 logger = logging.getLogger(__name__)
@@ -72,11 +74,20 @@ class EventHub:
 class Session:
     """Everything one connected client owns; close() releases all of it."""
 
-    def __init__(self, session_id: str, engine: BaseReal, pc: RTCPeerConnection, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        session_id: str,
+        engine: BaseReal,
+        pc: RTCPeerConnection,
+        loop: asyncio.AbstractEventLoop,
+        tts_backend: TTSBackend,
+    ):
         self.id = session_id
         self.engine = engine
         self.pc = pc
         self.events = EventHub(loop)
+        self.tts_backend = tts_backend
+        self.tts = TTSWorker(engine, self._on_tts_error, name=f"tts-{session_id[:8]}")
         self.speaking = False
         self.created = time.monotonic()
         self.last_activity = self.created
@@ -94,12 +105,18 @@ class Session:
     def touch(self) -> None:
         self.last_activity = time.monotonic()
 
+    def _on_tts_error(self, message: str) -> None:
+        """Called from the TTS thread when synthesis fails; the session keeps going."""
+        self.events.publish_threadsafe({"type": "error", "source": "tts", "msg": message})
+
     def _on_playout(self, event: SpeechEvent) -> None:
         """Called by the audio track when an event's chunk is handed to WebRTC."""
         self.speaking = event.kind == "start"
         self.events.publish(event.as_dict())
 
     def interrupt(self) -> int:
+        """Silence the avatar now: drop queued speech everywhere, keep the stream running."""
+        self.tts.clear()
         epoch = self.engine.interrupt()
         self.player.schedule.drop_pending()
         if self.speaking:
@@ -117,8 +134,13 @@ class Session:
             self.player.stop()
             self.events.publish({"type": "closed", "reason": reason})
             self.events.close()
-            await asyncio.get_running_loop().run_in_executor(None, self.engine.stop)
+            await asyncio.get_running_loop().run_in_executor(None, self._stop_threads)
             await self.pc.close()
+
+    def _stop_threads(self) -> None:
+        self.tts.stop()
+        self.engine.stop()
+        self.tts_backend.close()
 
 
 class SessionRegistry:
@@ -158,9 +180,11 @@ class SessionRegistry:
         return list(self._sessions.values())
 
     async def close(self, session_id: str, reason: str) -> None:
-        session = self._sessions.pop(session_id, None)
+        """Close a session and forget it; concurrent calls all wait for the one close."""
+        session = self._sessions.get(session_id)
         if session is not None:
             await session.close(reason)
+            self._sessions.pop(session_id, None)
 
     async def close_all(self, reason: str) -> None:
         await asyncio.gather(*(self.close(sid, reason) for sid in list(self._sessions)))

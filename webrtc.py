@@ -52,7 +52,7 @@ class SessionClock:
 
     def current_tick(self) -> int:
         assert self.t0 is not None, "clock not started"
-        return int((self._now() - self.t0) // self.frame_period)
+        return int((self._now() - self.t0) * self.fps + 1e-6)
 
     def now(self) -> float:
         return self._now()

@@ -53,7 +53,7 @@ def free_port() -> int:
 
 def server_args(data_dir: Path, *extra: str):
     return server_app.build_parser().parse_args(
-        ["--data-dir", str(data_dir), "--avatar_id", TEST_AVATAR_ID, "--model", "lite",
+        ["--data-dir", str(data_dir), "--avatar_id", TEST_AVATAR_ID, "--model", "lite", "--tts", "espeak",
          "--models-dir", str(data_dir / "no-models"), *extra]
     )
 

@@ -75,7 +75,7 @@ async def test_closing_the_client_frees_the_session(server, http):
     assert len(server.context.sessions) == 1
     session_tag = client.sessionid[:8]
     engine_threads = [t for t in threading.enumerate() if t.name.endswith(session_tag)]
-    assert len(engine_threads) == 2, [t.name for t in engine_threads]
+    assert sorted(t.name.split("-")[0] for t in engine_threads) == ["compose", "render", "tts"]
 
     await client.close()
     deadline = time.monotonic() + 2.0
@@ -87,7 +87,7 @@ async def test_closing_the_client_frees_the_session(server, http):
     assert len(server.context.sessions) == 0, "session still registered 2 s after the client closed"
     assert not [t.name for t in threading.enumerate() if t.name.endswith(session_tag)]
     leftover = {t.name for t in threading.enumerate()} - before
-    assert not any(name.startswith(("render-", "compose-")) for name in leftover)
+    assert not any(name.startswith(("render-", "compose-", "tts-")) for name in leftover)
 
 
 async def test_server_shutdown_closes_every_session(data_dir, http):
@@ -103,6 +103,6 @@ async def test_server_shutdown_closes_every_session(data_dir, http):
     await running.runner.cleanup()
     assert len(running.context.sessions) == 0
     assert all(s.closed for s in sessions)
-    assert not [t for t in threading.enumerate() if t.name.startswith(("render-", "compose-"))]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("render-", "compose-", "tts-"))]
     for client in clients:
         await client.close()

@@ -1,8 +1,10 @@
 """espeak-ng through ctypes, from the library and voice data inside the espeakng-loader wheel.
 
-Works offline. espeak-ng keeps one global synthesizer per process, so an
-`EspeakLibrary` (one per process, passed to every session's backend) serializes
-voice selection and synthesis with a lock.
+Works offline. espeak-ng keeps one global synthesizer per process (one callback,
+one current voice), so there is exactly one `EspeakLibrary` per process,
+obtained with `EspeakLibrary.shared()`; it serializes voice selection and
+synthesis with a lock. A second initialisation would steal the callback from
+the first, which is why the constructor is not called directly.
 """
 
 from __future__ import annotations
@@ -28,7 +30,17 @@ SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), 
 
 
 class EspeakLibrary:
-    """The process-wide espeak-ng instance."""
+    """The process-wide espeak-ng instance (mirrors the C library's global state)."""
+
+    _shared: "EspeakLibrary | None" = None
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> "EspeakLibrary":
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
 
     def __init__(self) -> None:
         try:

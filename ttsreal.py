@@ -1,0 +1,213 @@
+"""The per-session speech stage: utterances -> TTS -> 20 ms chunks with start/end events.
+
+A `TTSWorker` owns one daemon thread and a bounded queue of segments (text for
+a backend to speak, or ready audio from /humanaudio). It cuts audio into 20 ms
+chunks, marks an utterance's first chunk with a `start` event and its last with
+an `end` event, pads each utterance to whole video frames, and hands the chunks
+to the engine (which blocks it when the engine is full: back-pressure).
+Every segment carries the epoch it was queued in; an interrupt bumps the
+engine's epoch, which cancels the synthesis in progress and drops the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from basereal import BaseReal
+from media import CHUNK_SAMPLES, AudioChunk, SpeechEvent
+from textproc import clean_for_speech, split_sentences
+from tts.base import TTSBackend, TTSError
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_QUEUE_SIZE = 256
+JOIN_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of an utterance: text for `backend`, or ready 16 kHz audio."""
+
+    utterance_id: str
+    utterance_text: str
+    epoch: int
+    first: bool
+    last: bool
+    text: str = ""
+    audio: np.ndarray | None = None
+    backend: TTSBackend | None = None
+
+
+class QueueFull(Exception):
+    """The session already has too much speech queued."""
+
+
+class TTSWorker:
+    """Speaks queued segments into one engine, in order, honouring interrupts."""
+
+    def __init__(self, engine: BaseReal, on_error: Callable[[str], None], name: str = "tts"):
+        self.engine = engine
+        self._on_error = on_error
+        self._segments: queue.Queue[Segment] = queue.Queue(maxsize=SEGMENT_QUEUE_SIZE)
+        self._stopping = threading.Event()
+        self._open: str | None = None  # utterance whose start went out and whose end has not
+        self._open_chunks = 0
+        self._start: SpeechEvent | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # ---- producers (event loop side) --------------------------------------
+    def say(self, text: str, backend: TTSBackend) -> tuple[str, int]:
+        """Queue text as one utterance; returns (utterance id, sentence count)."""
+        sentences = split_sentences(clean_for_speech(text))
+        if not sentences:
+            raise ValueError("nothing speakable in the text (only markup, emoji or punctuation)")
+        utterance_id = uuid.uuid4().hex[:12]
+        epoch = self.engine.epoch
+        segments = [
+            Segment(utterance_id, text, epoch, first=i == 0, last=i == len(sentences) - 1, text=s, backend=backend)
+            for i, s in enumerate(sentences)
+        ]
+        self._enqueue(segments)
+        return utterance_id, len(sentences)
+
+    def play(self, audio: np.ndarray, label: str) -> str:
+        """Queue decoded 16 kHz float32 audio as one utterance."""
+        utterance_id = uuid.uuid4().hex[:12]
+        self._enqueue([Segment(utterance_id, label, self.engine.epoch, first=True, last=True, audio=audio)])
+        return utterance_id
+
+    def _enqueue(self, segments: list[Segment]) -> None:
+        with self._segments.mutex:
+            room = self._segments.maxsize - len(self._segments.queue)
+        if len(segments) > room:
+            raise QueueFull(f"too much speech queued ({self._segments.maxsize} sentences): interrupt or wait")
+        for segment in segments:
+            self._segments.put_nowait(segment)
+
+    def clear(self) -> None:
+        """Drop queued segments (an interrupt; the epoch bump cancels the one in progress)."""
+        with self._segments.mutex:
+            self._segments.queue.clear()
+            self._segments.not_full.notify_all()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.clear()
+        self._thread.join(JOIN_TIMEOUT_S)
+
+    # ---- worker thread ----------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                segment = self._segments.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if segment.epoch != self.engine.epoch:
+                continue
+            try:
+                self._speak(segment)
+            except TTSError as exc:
+                logger.warning("TTS failed for utterance %s: %s", segment.utterance_id, exc)
+                self._on_error(str(exc))
+                self._close_utterance(segment)
+            except Exception as exc:
+                logger.exception("TTS crashed for utterance %s", segment.utterance_id)
+                self._on_error(f"speech synthesis failed: {exc}")
+                self._close_utterance(segment)
+
+    def _cancelled(self, epoch: int) -> Callable[[], bool]:
+        return lambda: self._stopping.is_set() or self.engine.epoch != epoch
+
+    def _audio_of(self, segment: Segment) -> Iterator[np.ndarray]:
+        if segment.audio is not None:
+            yield segment.audio
+        else:
+            assert segment.backend is not None
+            yield from segment.backend.stream(segment.text, self._cancelled(segment.epoch))
+
+    def _speak(self, segment: Segment) -> None:
+        cancelled = self._cancelled(segment.epoch)
+        if segment.first:
+            self._open = segment.utterance_id
+            self._open_chunks = 0
+            self._start = SpeechEvent("start", segment.utterance_id, segment.utterance_text)
+        pending: list[np.ndarray] = []  # the newest full chunk waits: it may need the end event
+        buffer = np.zeros(0, np.float32)
+        for piece in self._audio_of(segment):
+            if cancelled():
+                return
+            buffer = np.concatenate([buffer, np.asarray(piece, np.float32).reshape(-1)])
+            whole = len(buffer) // CHUNK_SAMPLES
+            pending.extend(buffer[i * CHUNK_SAMPLES:(i + 1) * CHUNK_SAMPLES] for i in range(whole))
+            buffer = buffer[whole * CHUNK_SAMPLES:]
+            if len(pending) > 1:
+                if not self._hand_over(pending[:-1], segment, end=False):
+                    return
+                pending = pending[-1:]
+        if cancelled():
+            return
+        if buffer.size:
+            pending.append(np.concatenate([buffer, np.zeros(CHUNK_SAMPLES - buffer.size, np.float32)]))
+        if segment.last:
+            while not pending or (self._open_chunks + len(pending)) % self.engine.chunks_per_frame:
+                pending.append(np.zeros(CHUNK_SAMPLES, np.float32))  # end on a whole video frame
+        self._hand_over(pending, segment, end=segment.last)
+
+    def _hand_over(self, chunks: list[np.ndarray], segment: Segment, end: bool) -> bool:
+        """Queue chunks into the engine, the start event on the first, end on the last."""
+        for i, samples in enumerate(chunks):
+            events: tuple[SpeechEvent, ...] = ()
+            if self._start is not None:
+                events, self._start = (self._start,), None
+            if end and i == len(chunks) - 1:
+                events += (SpeechEvent("end", segment.utterance_id, segment.utterance_text),)
+                self._open = None
+            if not self.engine.put_audio(AudioChunk(samples, True, segment.epoch, events)):
+                return False
+            self._open_chunks += 1
+        return True
+
+    def _close_utterance(self, segment: Segment) -> None:
+        """After a failure: skip the utterance's other sentences and end it if it had started."""
+        with self._segments.mutex:
+            kept = [s for s in self._segments.queue if s.utterance_id != segment.utterance_id]
+            self._segments.queue.clear()
+            self._segments.queue.extend(kept)
+        if self._open == segment.utterance_id and self._start is None:
+            end = SpeechEvent("end", segment.utterance_id, segment.utterance_text)
+            self.engine.put_audio(AudioChunk(np.zeros(CHUNK_SAMPLES, np.float32), False, segment.epoch, (end,)))
+        self._open, self._start = None, None
+
+
+TTS_CHOICES = ("auto", "espeak", "edgetts", "openai")
+
+
+@dataclass(frozen=True)
+class TTSSettings:
+    backend: str = "espeak"
+    voice: str | None = None
+
+
+class TTSFactory:
+    """Builds TTS backends for sessions; owns process-wide TTS state (espeak's library)."""
+
+    def __init__(self, settings: TTSSettings):
+        self.settings = settings
+
+    def create(self, backend: str | None = None, voice: str | None = None) -> TTSBackend:
+        """A backend by name (default: the server's), raising TTSError for unknown names or voices."""
+        name = backend or self.settings.backend
+        voice = voice or (self.settings.voice if name == self.settings.backend else None)
+        if name == "espeak":
+            from tts.espeak import EspeakLibrary, EspeakTTS
+
+            return EspeakTTS(EspeakLibrary.shared(), voice or "en-us")
+        raise TTSError(f"unknown TTS backend {name!r}: choose one of {', '.join(TTS_CHOICES[1:])}")
