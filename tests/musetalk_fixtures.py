@@ -189,16 +189,10 @@ def write_face_avatar(folder: Path, background: int, count: int = 6) -> Path:
     return folder
 
 
-def voiced_speech(seconds: float, seed: int = 0) -> np.ndarray:
-    """A speech-like 16 kHz signal: a gliding 110-180 Hz glottal pulse train through vowel-like formants,
-    with syllable-rate (4 Hz) amplitude modulation."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * 16000)
-    t = np.arange(n) / 16000
-    pitch = 140 + 35 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(pitch) / 16000
-    source = sum(np.sin(k * phase) / k for k in range(1, 30))
-    formants = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in (700, 1200, 2600)) * 0.2
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2
-    signal = (source * (1 + formants)) * envelope
-    return (0.3 * signal / np.abs(signal).max()).astype(np.float32)
+def spoken(text: str, seconds: float) -> np.ndarray:
+    """Real speech from espeak-ng (16 kHz float32), cut or padded to exactly `seconds`."""
+    from tts.espeak import EspeakLibrary, EspeakTTS
+
+    audio = np.concatenate(list(EspeakTTS(EspeakLibrary.shared()).stream(text, lambda: False)))
+    length = int(seconds * 16000)
+    return np.pad(audio[:length], (0, max(0, length - len(audio)))).astype(np.float32)

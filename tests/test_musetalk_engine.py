@@ -18,10 +18,11 @@ from musetalk.loader import load_models
 from musetalk.prepare import LATENTS_FILE, add_musetalk_latents, load_latents
 from musetalk.worker import InferenceWorker, LipSyncRequest
 from tests.conftest import server_args, start_server
-from tests.musetalk_fixtures import (MOUTH_REGION, voiced_speech, write_face_avatar, write_tiny_weights)
+from tests.musetalk_fixtures import MOUTH_REGION, spoken, write_face_avatar, write_tiny_weights
 from tests.rtc_client import ReceiverClient
 
 AVATARS = {"museface": 90, "museface2": 200}  # avatar id -> background grey level
+SENTENCES = ("The quick brown fox jumps over the lazy dog.", "Pack my box with five dozen liquor jugs.")
 CODEC_NOISE = 12.0  # mean |difference| a VP8 round trip may leave in the mouth region
 
 
@@ -56,7 +57,7 @@ def test_latents_match_the_avatar(muse_env):
 
 def _request(models, owner: str, avatar_folder: Path, seed: int, current=lambda: True) -> LipSyncRequest:
     asr = MuseASR(fps=25, left_chunks=10, right_chunks=10, edge="zero")
-    audio = voiced_speech(0.4, seed=seed)
+    audio = spoken(SENTENCES[seed % 2], 0.4)
     chunks = [AudioChunk(audio[i:i + CHUNK_SAMPLES], True, 0) for i in range(0, len(audio), CHUNK_SAMPLES)]
     window = asr.window(chunks[:8], chunks[8:])
     latents = load_latents(avatar_folder, 6)[:4]
@@ -82,15 +83,14 @@ def test_worker_batches_sessions_without_mixing(muse_env, models):
     solo_worker = InferenceWorker(models, max_batch=32)
     solo_worker.start()
     never = threading.Event()
-    alone_a = solo_worker.infer(_request(models, "a", avatars / "museface", seed=1), never)
-    alone_b = solo_worker.infer(_request(models, "b", avatars / "museface2", seed=2), never)
+    alone_a = solo_worker.infer(_request(models, "a", avatars / "museface", seed=0), never)
+    alone_b = solo_worker.infer(_request(models, "b", avatars / "museface2", seed=1), never)
     solo_worker.stop()
     assert alone_a.shape == (4, 256, 256, 3)
-    assert np.abs(alone_a.astype(int) - alone_b).mean() > 1.0
 
     worker = InferenceWorker(models, max_batch=32)
-    requests = [_request(models, "a", avatars / "museface", seed=1),
-                _request(models, "b", avatars / "museface2", seed=2)]
+    requests = [_request(models, "a", avatars / "museface", seed=0),
+                _request(models, "b", avatars / "museface2", seed=1)]
     results, threads = _infer_all(worker, requests)
     deadline = time.monotonic() + 5
     while worker._requests.qsize() < 2 and time.monotonic() < deadline:
@@ -100,8 +100,13 @@ def test_worker_batches_sessions_without_mixing(muse_env, models):
         thread.join(10)
     worker.stop()
     assert worker.stats.batches == 1 and worker.stats.shared_batches == 1 and worker.stats.frames == 8
-    assert np.abs(results[0].astype(int) - alone_a).max() <= 1
-    assert np.abs(results[1].astype(int) - alone_b).max() <= 1
+    # Batch composition changes float rounding only (GroupNorm and attention are per sample):
+    # each result stays far closer to its own solo faces than to the other session's.
+    apart = np.abs(alone_a.astype(np.float32) - alone_b).mean()
+    assert apart > 10
+    for result, own in zip(results, (alone_a, alone_b)):
+        error = np.abs(result.astype(np.float32) - own)
+        assert error.mean() < 0.5 and error.max() <= 16, (error.mean(), error.max())
 
 
 def test_worker_drops_stale_requests(muse_env, models):
@@ -121,7 +126,8 @@ def _mouth_diff(received: np.ndarray, idle: np.ndarray) -> float:
 
 
 async def _speak(session, seconds: float, seed: int) -> None:
-    audio = voiced_speech(seconds, seed=seed)
+    """Put `seconds` of espeak speech straight into the session's engine, as its TTS thread would."""
+    audio = spoken(SENTENCES[seed % 2], seconds)
     chunks = [AudioChunk(audio[i:i + CHUNK_SAMPLES], True, session.engine.epoch)
               for i in range(0, len(audio), CHUNK_SAMPLES)]
     loop = asyncio.get_running_loop()
