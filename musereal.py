@@ -110,6 +110,11 @@ class MuseReal(BaseReal):
         """
         return self._next_batch if speech_pending else 1
 
+    def interrupt(self) -> int:
+        """Requests in flight go stale (the worker drops them); the next speech starts small again."""
+        self._next_batch = self._first_batch()
+        return super().interrupt()
+
     def render_frames(self, work: list[FrameWork]) -> list[Any]:
         chunks = [chunk for item in work for chunk in item.chunks]
         if not any(item.speech for item in work):

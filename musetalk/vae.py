@@ -7,6 +7,21 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+# stabilityai/sd-vae-ft-mse config.json (no scaling_factor key).
+OFFICIAL_VAE_CONFIG = {
+    "_class_name": "AutoencoderKL",
+    "_diffusers_version": "0.4.2",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 256,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
 CROP_SIZE = 256
 LATENT_SIZE = CROP_SIZE // 8
 DEFAULT_SCALING = 0.18215  # sd-vae-ft-mse's config.json has no scaling_factor; diffusers' default applies

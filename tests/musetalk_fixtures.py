@@ -19,52 +19,20 @@ from diffusers import AutoencoderKL
 
 from avatar import CROP_BOXES_FILE, FACE_BOXES_FILE, LANDMARKS_FILE, MASKS_DIR, mask_path
 from genavatar import write_avatar
-from musetalk.unet import build_unet
+from musetalk.unet import OFFICIAL_UNET_CONFIG, build_unet
+from musetalk.vae import OFFICIAL_VAE_CONFIG
 from musetalk.whisper import EncoderDims, WhisperEncoder, encoder_to_hf_keys
 
-FULL_UNET_CONFIG = {
-    "_class_name": "UNet2DConditionModel",
-    "_diffusers_version": "0.6.0.dev0",
-    "act_fn": "silu",
-    "attention_head_dim": 8,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "center_input_sample": False,
-    "cross_attention_dim": 384,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 8,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}
 TINY_UNET_CONFIG = {
-    **FULL_UNET_CONFIG,
+    **OFFICIAL_UNET_CONFIG,
     "block_out_channels": [32, 64],
     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],  # attention at 16x16 only: fast on CPU
     "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
     "layers_per_block": 1,
     "sample_size": 32,
 }
-TINY_VAE_CONFIG = {
-    "_class_name": "AutoencoderKL",
-    "_diffusers_version": "0.4.2",
-    "act_fn": "silu",
-    "block_out_channels": [4, 8, 8, 8],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "in_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 1,
-    "norm_num_groups": 4,
-    "out_channels": 3,
-    "sample_size": 256,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-}
+TINY_VAE_CONFIG = {**OFFICIAL_VAE_CONFIG, "block_out_channels": [4, 8, 8, 8], "layers_per_block": 1,
+                   "norm_num_groups": 4}
 TINY_WHISPER = EncoderDims(n_mels=80, n_ctx=1500, n_state=384, n_head=6, n_layer=4, n_mlp=64)
 LEGACY_VAE_ATTENTION = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 

@@ -225,3 +225,33 @@ async def test_two_sessions_share_one_worker_and_keep_their_frames(muse_env, htt
             assert abs(corner - background) < 10, f"{avatar_id} received another avatar's frame"
         diffs = [_mouth_diff(frame.data, avatar.frames[0]) for frame in client.video]
         _check_speech_then_idle(diffs, round(seconds[avatar_id] * 25), late[avatar_id])
+
+
+def test_interrupt_drops_speech_in_flight(muse_env, models):
+    """After interrupt() no frame of the old epoch leaves the engine, even one the worker was computing."""
+    from avatar import load_avatar as load
+    from basereal import EngineConfig
+    from musereal import MuseReal, MuseTalkRuntime
+    from musetalk.settings import MuseTalkSettings
+
+    runtime = MuseTalkRuntime(models, MuseTalkSettings())
+    engine = MuseReal(load(muse_env[1] / "avatars" / "museface"), EngineConfig(batch_size=8), "interrupt",
+                      runtime=runtime)
+    engine.start()
+    try:
+        audio = spoken(SENTENCES[0], 1.6)
+        for start in range(0, len(audio), CHUNK_SAMPLES):
+            assert engine.put_audio(AudioChunk(audio[start:start + CHUNK_SAMPLES], True, 0))
+        deadline = time.monotonic() + 10
+        while runtime.worker.stats.frames < 2:  # speech is being lip-synced
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        epoch = engine.interrupt()
+        bundles = []
+        while len(bundles) < 20:
+            bundles.append(engine.output.get(timeout=5))
+        assert all(b.epoch == epoch and not b.speech for b in bundles)
+        assert runtime.worker.stats.frames < 40  # the rest of the utterance never reached the model
+    finally:
+        engine.stop()
+        runtime.close()

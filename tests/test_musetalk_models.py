@@ -16,7 +16,8 @@ from musetalk.unet import PositionalEncoding, expected_unet_keys
 from musetalk.vae import decode_to_bgr, encode_for_unet
 from musetalk.whisper import (LogMel, hf_to_encoder_keys, load_hf_encoder, load_openai_encoder, mel_filters,
                               _hz_to_mel, _mel_to_hz)
-from tests.musetalk_fixtures import FULL_UNET_CONFIG, TINY_UNET_CONFIG, write_tiny_weights
+from musetalk.unet import OFFICIAL_UNET_CONFIG
+from tests.musetalk_fixtures import TINY_UNET_CONFIG, write_tiny_weights
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +137,14 @@ def test_full_size_unet_on_meta_device(tmp_path):
     """The real musetalk.json: ~850 M parameters, and the loader asks for exactly diffusers' keys."""
     folder = tmp_path / "musetalkV15"
     folder.mkdir()
-    (folder / "musetalk.json").write_text(json.dumps(FULL_UNET_CONFIG, indent=2, sort_keys=True) + "\n")
+    (folder / "musetalk.json").write_text(json.dumps(OFFICIAL_UNET_CONFIG, indent=2, sort_keys=True) + "\n")
     assert len((folder / "musetalk.json").read_bytes()) == 748  # the size HF lists for the official file
 
-    kwargs = {k: v for k, v in FULL_UNET_CONFIG.items() if not k.startswith("_")}
+    kwargs = {k: v for k, v in OFFICIAL_UNET_CONFIG.items() if not k.startswith("_")}
     with torch.device("meta"):
         reference = UNet2DConditionModel(**kwargs)
     reference_keys = set(reference.state_dict())
-    assert expected_unet_keys(FULL_UNET_CONFIG) == reference_keys
+    assert expected_unet_keys(OFFICIAL_UNET_CONFIG) == reference_keys
 
     # A full-size checkpoint without data (meta tensors) goes through the real loader.
     torch.save(reference.state_dict(), folder / "unet.pth")
@@ -161,7 +162,7 @@ def test_full_size_unet_on_meta_device(tmp_path):
 
 
 def test_tiny_config_keeps_official_fields():
-    assert set(TINY_UNET_CONFIG) == set(FULL_UNET_CONFIG)
+    assert set(TINY_UNET_CONFIG) == set(OFFICIAL_UNET_CONFIG)
 
 
 def test_required_files_cover_what_the_loader_reads(weights):
@@ -233,3 +234,11 @@ def test_mel_front_end():
     centres = _mel_to_hz(np.linspace(0, _hz_to_mel(8000), 82))[1:-1]
     assert abs(int(mel[0, :, 10].argmax()) - int(np.argmin(np.abs(centres - 1000)))) <= 1
     assert float(mel.min()) == pytest.approx(float(mel.max()) - 2.0)  # log10 floored at max - 8, scaled by 1/4
+
+
+@pytest.mark.parametrize("version", ["v15", "v1"])
+def test_download_plan_writes_what_the_loader_reads(version, tmp_path):
+    import download_models
+
+    planned = {item.path(tmp_path) for item in download_models.plan(version)}
+    assert set(required_files(tmp_path, version)) <= planned
