@@ -31,7 +31,8 @@ MASK_TOP_RATIO = 0.5  # MuseTalk zeroes the upper half of the crop
 MASK_BLUR_RATIO = 0.1  # Gaussian kernel as a fraction of the crop width (MuseTalk realtime)
 MASK_MARGIN_RATIO = 0.14  # lower-face polygon grown by this fraction of the face width (room for the jaw to drop)
 DETECT_MAX_SIDE = 640  # faces are found on a copy at most this big (dlib's detector is the slow part)
-MIN_FACE_PX = 80  # dlib's detector misses faces smaller than this unless the image is upsampled
+MIN_FACE_PX = 80
+NEAR_OVERLAP = 0.2  # dlib's detector misses faces smaller than this unless the image is upsampled
 
 
 class FaceError(AvatarError):
@@ -63,8 +64,14 @@ class FaceLandmarker:
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(predictor_path()))
 
-    def detect(self, image_bgr: np.ndarray) -> tuple[int, int, int, int] | None:
-        """The best face rectangle (x1, y1, x2, y2) in image coordinates, or None."""
+    def detect(self, image_bgr: np.ndarray, near: tuple[int, int, int, int] | None = None
+               ) -> tuple[int, int, int, int] | None:
+        """The most confident face rectangle (x1, y1, x2, y2), or None.
+
+        With `near` (the face in the previous video frame) only faces overlapping
+        it count, so a hidden face is reported missing instead of jumping to
+        another face-like thing in the picture.
+        """
         height, width = image_bgr.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
         small = image_bgr if scale == 1.0 else cv2.resize(image_bgr, None, fx=scale, fy=scale,
@@ -72,21 +79,37 @@ class FaceLandmarker:
         rgb = np.ascontiguousarray(small[:, :, ::-1])
         upsample = 1 if min(small.shape[:2]) < 4 * MIN_FACE_PX else 0
         rects, scores, _ = self._detector.run(rgb, upsample, 0.0)
-        if not rects:
+        boxes = [tuple(int(round(v / scale)) for v in (r.left(), r.top(), r.right(), r.bottom())) for r in rects]
+        candidates = [i for i in range(len(boxes)) if near is None or overlap(boxes[i], near) > NEAR_OVERLAP]
+        if not candidates:
             return None
-        best = max(range(len(rects)), key=lambda i: scores[i])
-        rect = rects[best]
-        return tuple(int(round(v / scale)) for v in (rect.left(), rect.top(), rect.right(), rect.bottom()))
+        return boxes[max(candidates, key=lambda i: scores[i])]
 
-    def landmarks(self, image_bgr: np.ndarray, box: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
+    def landmarks(self, image_bgr: np.ndarray, box: tuple[int, int, int, int] | None = None,
+                  near: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
         """(68, 2) float32 landmarks of the best face (or of the face in `box`), None if no face."""
         if box is None:
-            box = self.detect(image_bgr)
+            box = self.detect(image_bgr, near)
             if box is None:
                 return None
         rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
         shape = self._predictor(rgb, self._dlib.rectangle(*box))
         return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+
+
+def overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two boxes."""
+    w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def landmark_box(landmarks: np.ndarray) -> tuple[int, int, int, int]:
+    x1, y1 = np.floor(landmarks.min(0)).astype(int)
+    x2, y2 = np.ceil(landmarks.max(0)).astype(int)
+    return int(x1), int(y1), int(x2), int(y2)
 
 
 def face_box(landmarks: np.ndarray, frame_shape: tuple[int, ...], bbox_shift: int = 0,

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from avatar import (AVATAR_FORMAT_VERSION, CROP_BOXES_FILE, FACE_BOXES_FILE, FRAMES_DIR, LANDMARKS_FILE, MASKS_DIR,
                     METADATA_FILE, AvatarError, check_avatar_id, frame_path, mask_path)
-from facegeom import FaceError, FaceLandmarker, crop_box, face_box, lower_face_mask
+from facegeom import FaceError, FaceLandmarker, crop_box, face_box, landmark_box, lower_face_mask
 from idleloop import IdleAnimator, loop_poses
 
 logger = logging.getLogger("genavatar")
@@ -159,8 +159,12 @@ def face_geometry(frames: list[np.ndarray], landmarks: np.ndarray, options: Prep
 def track_faces(frames: list[np.ndarray], landmarker: FaceLandmarker, source: str) -> tuple[np.ndarray, int]:
     """Landmarks for every frame and how many frames needed interpolation."""
     found: list[np.ndarray | None] = []
+    near = None
     for frame in tqdm(frames, desc="finding faces", unit="frame"):
-        found.append(landmarker.landmarks(frame))
+        points = landmarker.landmarks(frame, near=near)
+        found.append(points)
+        if points is not None:
+            near = landmark_box(points)
     missing = sum(lm is None for lm in found)
     if missing == len(found):
         raise FaceError(

@@ -73,6 +73,7 @@ class IdleAnimator:
         self.head_weight = self._head_weight(face_height)
         self.chest_weight = smoothstep((self.grid_y - (chin[1] + 0.3 * face_height)) / (0.8 * face_height))
         self.ex, self.ey = face_axes(self.landmarks)
+        self.lid_colors = self._lid_colors()
 
     def _head_weight(self, face_height: float) -> np.ndarray:
         """1 over the head (with hair), fading smoothly into the background and neck."""
@@ -90,44 +91,69 @@ class IdleAnimator:
         dy = (sin * rx + cos * ry - ry + pose.shift[1] - 0.6 * pose.breath) * weight
         return dx, dy
 
-    def _eyelid_shift(self, x: np.ndarray, y: np.ndarray, closure: float) -> np.ndarray:
-        """Backward vertical shift that slides each upper lid down by `closure` of the opening."""
-        total = np.zeros_like(x)
+    def _eyelids(self, x: np.ndarray, y: np.ndarray, closure: float) -> tuple[np.ndarray, ...]:
+        """Per pixel: backward vertical shift that slides each upper lid down by `closure`
+        of the opening, the lid colour over the covered eye, and its coverage and lash line."""
+        shift = np.zeros_like(x)
+        cover = np.zeros_like(x)
+        lash = np.zeros_like(x)
+        color = np.zeros(x.shape + (3,), np.float32)
         if closure <= 0:
-            return total
-        for corner_a, top_a, top_b, corner_b, bottom_b, bottom_a, brow_a, brow_b in EYES:
-            lm = self.landmarks
+            return shift, cover, lash, color
+        lm = self.landmarks
+        for (corner_a, top_a, top_b, corner_b, bottom_b, bottom_a, brow_a, brow_b), lid_color in zip(EYES, self.lid_colors):
             origin = lm[corner_a]
             u = (x - origin[0]) * self.ex[0] + (y - origin[1]) * self.ex[1]
             v = (x - origin[0]) * self.ey[0] + (y - origin[1]) * self.ey[1]
             rel = (lm - origin) @ np.stack([self.ex, self.ey], axis=1)
-            upper_u = rel[[corner_a, top_a, top_b, corner_b], 0]
-            upper_v = rel[[corner_a, top_a, top_b, corner_b], 1]
-            lower_u = rel[[corner_a, bottom_a, bottom_b, corner_b], 0]
-            lower_v = rel[[corner_a, bottom_a, bottom_b, corner_b], 1]
-            width = upper_u[-1]
+            width = rel[corner_b, 0]
             span = (u > -0.15 * width) & (u < 1.15 * width)
-            upper = np.interp(u, upper_u, upper_v)
-            lower = np.interp(u, lower_u, lower_v)
+            upper = np.interp(u, rel[[corner_a, top_a, top_b, corner_b], 0], rel[[corner_a, top_a, top_b, corner_b], 1])
+            lower = np.interp(u, rel[[corner_a, bottom_a, bottom_b, corner_b], 0],
+                              rel[[corner_a, bottom_a, bottom_b, corner_b], 1])
             opening = np.clip(lower - upper, 0, None) * closure
-            # The lid's fold sits a little above the lid; everything between is stretched skin.
+            # Skin between the brow and the lid is stretched down; the lid's own skin covers the eye.
             brow = np.interp(u, [0, width], [rel[brow_a, 1], rel[brow_b, 1]])
             fold = upper - 0.55 * (upper - brow)
             edge = upper + opening
             stretch = np.clip((v - fold) / np.maximum(edge - fold, 1e-3), 0, 1) * opening
-            shift = np.where(v <= edge, stretch, 0.0)
-            total += np.where(span, shift, 0.0).astype(np.float32)
-        return total
+            here = span & (opening > 0.3)
+            shift += np.where(here & (v <= edge), stretch, 0.0).astype(np.float32)
+            covered = smoothstep((v - upper + 0.5 + 1.5 * closure) / 1.5) * (1.0 - smoothstep((v - edge + 0.5) / 1.0))
+            covered = np.where(here, covered, 0.0).astype(np.float32)
+            cover = np.maximum(cover, covered)
+            color[covered > 0] = lid_color
+            lash = np.maximum(lash, np.where(here, np.exp(-(((v - edge) / 1.1) ** 2)) * min(1.0, closure * 1.4), 0.0))
+        return shift, cover, lash.astype(np.float32), color
+
+    def _lid_colors(self) -> list[np.ndarray]:
+        """The eyelid skin colour of each eye: skin under the brow and on the cheek below."""
+        colors = []
+        for corner_a, top_a, top_b, corner_b, _, _, brow_a, brow_b in EYES:
+            lid = self.landmarks[[top_a, top_b]].mean(0)
+            brow = self.landmarks[[brow_a, brow_b]].mean(0)
+            half = max(2, int(0.25 * abs(self.landmarks[corner_b, 0] - self.landmarks[corner_a, 0])))
+            samples = []
+            for cy in (lid[1] + 0.65 * (brow[1] - lid[1]), lid[1] + 1.6 * (lid[1] - brow[1])):  # under brow, cheek
+                cy, cx = int(round(cy)), int(round(lid[0]))
+                samples.append(self.image[max(cy - 1, 0) : cy + 2, max(cx - half, 0) : cx + half + 1].reshape(-1, 3))
+            colors.append(np.median(np.concatenate(samples), axis=0).astype(np.float32) * 0.93)
+        return colors
 
     def frame(self, pose: IdlePose) -> tuple[np.ndarray, np.ndarray]:
         """(frame, landmarks) for one pose."""
         dx, dy = self._head_displacement(pose, self.grid_x, self.grid_y, self.head_weight)
         dy = dy - pose.breath * self.chest_weight
         src_x, src_y = self.grid_x - dx, self.grid_y - dy
-        lid = self._eyelid_shift(src_x, src_y, pose.blink)
+        lid, cover, lash, color = self._eyelids(src_x, src_y, pose.blink)
         src_x = (src_x - lid * self.ey[0]).astype(np.float32)
         src_y = (src_y - lid * self.ey[1]).astype(np.float32)
         image = cv2.remap(self.image, src_x, src_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if pose.blink > 0:
+            blended = image.astype(np.float32)
+            blended += cover[..., None] * (color - blended)
+            blended *= (1.0 - 0.5 * lash)[..., None]
+            image = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
         return image, self._moved_landmarks(pose)
 
     def _moved_landmarks(self, pose: IdlePose) -> np.ndarray:
