@@ -45,7 +45,9 @@ class EngineFactory:
 
     def _load_engine_class(self, model: str) -> type[BaseReal]:
         if model == "lite":
-            return BaseReal
+            from litereal import LiteReal
+
+            return LiteReal
         raise EngineUnavailable(
             f"the {model} engine is not available in this build: use --model lite"
         )

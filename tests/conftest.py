@@ -13,11 +13,13 @@ import pytest
 from aiohttp import web
 
 import app as server_app
-from genavatar import write_avatar
+from genavatar import PrepareOptions, build_avatar, default_photo, write_avatar
 
 TEST_AVATAR_ID = "testface"
 TEST_AVATAR_SIZE = 160
 TEST_AVATAR_FRAMES = 6
+PHOTO_AVATAR_ID = "testphoto"  # the astronaut, small, with face data (lite lip movement)
+PHOTO_AVATAR_SIZE = 320
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +44,8 @@ def synthetic_frames(count: int = TEST_AVATAR_FRAMES, size: int = TEST_AVATAR_SI
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_avatar(root / "avatars" / TEST_AVATAR_ID, synthetic_frames(), {"source": "synthetic", "fps": 25})
+    photo = cv2.resize(default_photo(), (PHOTO_AVATAR_SIZE, PHOTO_AVATAR_SIZE), interpolation=cv2.INTER_AREA)
+    build_avatar(root / "avatars" / PHOTO_AVATAR_ID, PrepareOptions(loop_seconds=1.0), image=photo, source="astronaut")
     return root
 
 
