@@ -113,7 +113,7 @@ def contact_sheet(bundles: list[AVBundle], face_box: np.ndarray, fps: int, tiles
 def synthesize(text: str, voice: str) -> np.ndarray:
     from tts.espeak import EspeakLibrary, EspeakTTS
 
-    return np.concatenate(list(EspeakTTS(EspeakLibrary(), voice).stream(text, lambda: False)))
+    return np.concatenate(list(EspeakTTS(EspeakLibrary.shared(), voice).stream(text, lambda: False)))
 
 
 def main(argv: list[str] | None = None) -> int:
