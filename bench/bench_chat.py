@@ -17,30 +17,23 @@ import time
 
 import aiohttp
 
-from common import loopback_only, summary_ms
+from common import start_server, summary_ms
 
 import app as server_app  # noqa: E402
-from bench_latency import first_voiced, record_handover  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from bench_latency import record_handover  # noqa: E402
 from tests.llm_server import FakeLLMServer, Script  # noqa: E402
 from tests.rtc_client import ReceiverClient  # noqa: E402
+from tests.speech_helpers import wait_voiced  # noqa: E402
 
 REPLY = ["Sure", ",", " here", " is", " my", " answer", ".", " It", " has", " a", " second", " sentence", " too", "."]
 
 
 async def run(args) -> dict:
-    loopback_only()
     llm = FakeLLMServer()
     base_url = await llm.start()
-    parsed = server_app.build_parser().parse_args(
-        ["--model", args.model, "--tts", "espeak", "--avatar_id", args.avatar,
-         "--llm-base-url", base_url, "--llm-model", "bench"])
-    application = server_app.create_app(parsed)
-    runner = server_app.web.AppRunner(application)
-    await runner.setup()
-    port = free_port()
-    await server_app.web.TCPSite(runner, "127.0.0.1", port).start()
-    url = f"http://127.0.0.1:{port}"
+    application, runner, url = await start_server(
+        "--model", args.model, "--tts", "espeak", "--avatar_id", args.avatar,
+        "--llm-base-url", base_url, "--llm-model", "bench")
     results = {"token_to_voice": [], "floor": []}
     async with aiohttp.ClientSession() as http:
         client = ReceiverClient(url, keep_video=False)
@@ -54,7 +47,7 @@ async def run(args) -> dict:
             async with http.post(f"{url}/human", json={"sessionid": client.sessionid, "type": "chat",
                                                        "text": "Question?"}) as r:
                 assert r.status == 200
-            first = await first_voiced(client, since)
+            first = await wait_voiced(client, since)
             first_handed = next(t for t, voiced in handed[since_handed:] if voiced)
             token = llm.exchanges[-1].first_delta_at
             results["token_to_voice"].append(first.arrival - token)

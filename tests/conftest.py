@@ -90,6 +90,27 @@ async def server(data_dir):
 
 
 @pytest.fixture
+async def llm_server():
+    """A scripted OpenAI-compatible chat server on 127.0.0.1."""
+    from tests.llm_server import FakeLLMServer
+
+    server = FakeLLMServer()
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def connected_client(url: str, http, **options):
+    """A loopback receiver with a data channel, already receiving the stream."""
+    from tests.rtc_client import ReceiverClient
+
+    receiver = ReceiverClient(url, keep_video=False)
+    await receiver.connect(http, data_channel=True, **options)
+    await receiver.wait_for(video_frames=5, audio_frames=10)
+    return receiver
+
+
+@pytest.fixture
 async def http():
     async with aiohttp.ClientSession() as session:
         yield session

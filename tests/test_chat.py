@@ -7,21 +7,13 @@ import time
 
 import pytest
 
-from tests.conftest import free_port, server_args, start_server
-from tests.llm_server import FakeLLMServer, Script
+from tests.conftest import connected_client, free_port, server_args, start_server
+from tests.llm_server import Script
 from tests.rtc_client import ReceiverClient
 from tests.speech_helpers import channel_events, post, wait_silent, wait_voiced
 
 REPLY = ["Sure. ", "The first ", "sentence is short. ", "The second one ", "takes a little longer. ", "Done!"]
 SENTENCES = ["Sure.", "The first sentence is short.", "The second one takes a little longer.", "Done!"]
-
-
-@pytest.fixture
-async def llm_server():
-    server = FakeLLMServer()
-    await server.start()
-    yield server
-    await server.close()
 
 
 @pytest.fixture
@@ -35,9 +27,7 @@ async def chat_server(data_dir, llm_server):
 
 @pytest.fixture
 async def client(chat_server, http):
-    receiver = ReceiverClient(chat_server.url, keep_video=False)
-    await receiver.connect(http, data_channel=True)
-    await receiver.wait_for(video_frames=5, audio_frames=10)
+    receiver = await connected_client(chat_server.url, http)
     yield receiver
     await receiver.close()
 
