@@ -100,12 +100,12 @@ async def llm_server():
     await server.close()
 
 
-async def connected_client(url: str, http, **options):
+async def connected_client(url: str, http):
     """A loopback receiver with a data channel, already receiving the stream."""
     from tests.rtc_client import ReceiverClient
 
     receiver = ReceiverClient(url, keep_video=False)
-    await receiver.connect(http, data_channel=True, **options)
+    await receiver.connect(http, data_channel=True)
     await receiver.wait_for(video_frames=5, audio_frames=10)
     return receiver
 
