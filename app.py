@@ -26,6 +26,7 @@ from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_mod
 from audiofile import AudioDecodeError, decode_audio
 from httpapi import BadRequest, error_middleware, ok, optional_bool, read_json, require_str
 from media import SUPPORTED_FPS
+from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
 from session import Session, SessionLimitError, SessionRegistry
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
@@ -81,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tts", choices=TTS_CHOICES, default="auto",
                         help="speech engine; auto = edgetts when it can be reached, else espeak (offline)")
     parser.add_argument("--voice", default=None, help="TTS voice (espeak: en-us, cmn, ...; edgetts: en-US-AriaNeural, ...)")
+    parser.add_argument("--tts-proxy", dest="tts_proxy", default=None, help="HTTP proxy for edgetts")
+    parser.add_argument("--tts-base-url", dest="tts_base_url", default=None,
+                        help="OpenAI-compatible speech endpoint for --tts openai (e.g. http://127.0.0.1:8000/v1)")
+    parser.add_argument("--tts-model", dest="tts_model", default="tts-1", help="model for --tts openai")
+    parser.add_argument("--llm-base-url", dest="llm_base_url", default=None,
+                        help="OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM, DashScope...); key from "
+                             "OPENAI_API_KEY or DASHSCOPE_API_KEY")
+    parser.add_argument("--llm-model", dest="llm_model", default=None)
+    parser.add_argument("--llm-system-prompt", dest="llm_system_prompt", default=None,
+                        help="system prompt text, or a path to a .txt/.md file holding it")
     parser.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=20.0,
                         help="largest /humanaudio upload accepted")
     parser.add_argument("--data-dir", dest="data_dir", type=Path, default=ROOT / "data")
@@ -98,6 +109,7 @@ class ServerContext:
     engines: EngineFactory
     sessions: SessionRegistry
     tts: TTSFactory
+    llm: LLMClient
     background: set[asyncio.Task] = field(default_factory=set)
 
 
@@ -114,12 +126,24 @@ def restrict_ice_hosts(addresses: list[str]) -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(chosen)
 
 
-def resolve_tts(choice: str) -> str:
-    """auto -> edgetts when the service answers, else the offline espeak."""
-    if choice != "auto":
-        return choice
-    logger.info("tts: espeak (offline)")
-    return "espeak"
+def tts_settings(args: argparse.Namespace) -> TTSSettings:
+    """--tts auto picks edgetts when Microsoft's service answers, else the offline espeak."""
+    backend = args.tts
+    if backend == "auto":
+        from tts.edge import reachable
+
+        backend = "edgetts" if reachable(proxy=args.tts_proxy) else "espeak"
+        logger.info("tts auto: %s", "edgetts (service reachable)" if backend == "edgetts" else "espeak (offline)")
+    if backend == "openai" and not args.tts_base_url:
+        raise TTSError("--tts openai needs --tts-base-url (an OpenAI-compatible /v1 endpoint)")
+    return TTSSettings(backend=backend, voice=args.voice, proxy=args.tts_proxy,
+                       base_url=args.tts_base_url, model=args.tts_model)
+
+
+def llm_settings(args: argparse.Namespace) -> LLMSettings:
+    settings = LLMSettings.from_args(args.llm_base_url, args.llm_model, args.llm_system_prompt)
+    logger.info("chat: %s", settings.problem() or f"{settings.model} at {settings.base_url}")
+    return settings
 
 
 def context_of(request: web.Request) -> ServerContext:
@@ -151,7 +175,7 @@ async def offer(request: web.Request) -> web.Response:
         backend = await loop.run_in_executor(None, ctx.tts.create)
         engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
-        session = Session(session_id, engine, pc, loop, backend)
+        session = Session(session_id, engine, pc, loop, backend, ctx.llm)
         pc.addTrack(session.player.audio)
         pc.addTrack(session.player.video)
         try:
@@ -262,7 +286,11 @@ async def human(request: web.Request) -> web.Response:
     if interrupt:
         session.interrupt()
     if kind == "chat":
-        raise BadRequest("chat is not configured on this server", status=501)
+        problem = ctx.llm.settings.problem()
+        if problem:
+            raise BadRequest(problem, status=503)
+        session.chat(text, backend)
+        return ok(data={"chat": True})
     try:
         utterance_id, sentences = session.tts.say(text, backend)
     except ValueError as exc:
@@ -351,7 +379,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
         musetalk = MuseTalkSettings(left_chunks=args.left_context, right_chunks=args.right_context)
         engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
     ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session),
-                        tts=TTSFactory(TTSSettings(backend=resolve_tts(args.tts), voice=args.voice)))
+                        tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)))
     if args.ice_hosts:
         restrict_ice_hosts(args.ice_hosts)
 
@@ -376,6 +404,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
         for task in ctx.background:
             task.cancel()
         await ctx.sessions.close_all("server shutdown")
+        await ctx.llm.close()
         await asyncio.get_running_loop().run_in_executor(None, ctx.engines.close)
 
     app.on_startup.append(start_reaper)
@@ -388,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(args)
-    except EngineUnavailable as exc:
+    except (EngineUnavailable, TTSError, LLMError) as exc:
         logger.error("%s", exc)
         return 2
     ctx = app[CONTEXT_KEY]

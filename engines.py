@@ -50,7 +50,9 @@ class EngineFactory:
 
     def _load_engine_class(self, model: str) -> type[BaseReal]:
         if model == "lite":
-            return BaseReal
+            from litereal import LiteReal
+
+            return LiteReal
         if model == "musetalk":
             from musereal import MuseReal, MuseTalkRuntime
             from musetalk.loader import WeightsError

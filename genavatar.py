@@ -3,6 +3,11 @@
     python genavatar.py --default                      # the bundled public-domain photo
     python genavatar.py --image me.jpg --avatar_id me
     python genavatar.py --video me.mp4 --avatar_id me --max_frames 250
+
+Per frame it stores the 68 face landmarks (dlib), MuseTalk's face box, the
+1.5x square crop box and a feathered lower-face blend mask. A still photo is
+turned into a seamless idle loop (head sway, breathing, blinks). Frames of a
+video where no face is found get landmarks interpolated from their neighbours.
 """
 
 from __future__ import annotations
@@ -13,20 +18,58 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import av
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from avatar import AVATAR_FORMAT_VERSION, FRAMES_DIR, METADATA_FILE, AvatarError, check_avatar_id, frame_path
+from avatar import (AVATAR_FORMAT_VERSION, CROP_BOXES_FILE, FACE_BOXES_FILE, FRAMES_DIR, LANDMARKS_FILE, MASKS_DIR,
+                    METADATA_FILE, AvatarError, check_avatar_id, frame_path, mask_path)
+from facegeom import FaceError, FaceLandmarker, crop_box, face_box, landmark_box, lower_face_mask
+from idleloop import IdleAnimator, loop_poses
 
 logger = logging.getLogger("genavatar")
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_AVATAR_ID = "default"
 MAX_SIDE = 1280
+MODELS = ("lite", "musetalk")
+GENERATOR_VERSION = "genavatar-2"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    bbox_shift: int = 0
+    extra_margin: int = 10
+    fps: int = 25
+    max_frames: int | None = None
+    loop_seconds: float = 4.0  # length of the idle loop made from a still photo
+    model: str = "lite"
+    max_side: int = MAX_SIDE
+    models_dir: Path = ROOT / "models"  # MuseTalk weights, for --model musetalk
+
+
+@dataclass(frozen=True)
+class FaceData:
+    """Per-frame face geometry, in the layout avatar.py reads."""
+
+    landmarks: np.ndarray  # (N, 68, 2) float32
+    face_boxes: np.ndarray  # (N, 4) int32
+    crop_boxes: np.ndarray  # (N, 4) int32
+    masks: list[np.ndarray]  # crop-box sized uint8
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    folder: Path
+    frames: int
+    faces_detected: int
+    faces_interpolated: int
+    seconds: float
 
 
 def default_photo() -> np.ndarray:
@@ -47,6 +90,8 @@ def even_size(image: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise AvatarError(f"image {path} does not exist")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise AvatarError(f"cannot read image {path}: is it a JPEG/PNG file?")
@@ -55,6 +100,8 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_video(path: Path, fps: int, max_frames: int | None) -> list[np.ndarray]:
     """Decode a video, resampled to `fps` by picking the frame due at each tick."""
+    if not path.is_file():
+        raise AvatarError(f"video {path} does not exist")
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
@@ -64,50 +111,182 @@ def read_video(path: Path, fps: int, max_frames: int | None) -> list[np.ndarray]
         if not container.streams.video:
             raise AvatarError(f"{path} has no video stream")
         next_time = 0.0
-        for frame in container.decode(video=0):
-            if frame.time is not None and frame.time + 1e-6 < next_time:
-                continue
-            frames.append(frame.to_ndarray(format="bgr24"))
-            next_time += 1.0 / fps
-            if max_frames and len(frames) >= max_frames:
-                break
+        try:
+            for frame in container.decode(video=0):
+                if frame.time is not None and frame.time + 1e-6 < next_time:
+                    continue
+                frames.append(frame.to_ndarray(format="bgr24"))
+                next_time += 1.0 / fps
+                if max_frames and len(frames) >= max_frames:
+                    break
+        except av.error.FFmpegError as exc:
+            if not frames:
+                raise AvatarError(f"cannot decode video {path}: {exc}") from None
+            logger.warning("video %s is damaged after frame %d (%s): using the frames before", path, len(frames), exc)
     if not frames:
         raise AvatarError(f"{path} has no decodable frames")
     return frames
 
 
-def write_avatar(out_dir: Path, frames: list[np.ndarray], metadata: dict) -> Path:
-    """Write frames + metadata atomically (into a temp folder, then renamed)."""
+def interpolate_missing(found: list[np.ndarray | None]) -> np.ndarray:
+    """Fill frames without a face from their neighbours (linear in time; nearest at the ends)."""
+    known = [i for i, lm in enumerate(found) if lm is not None]
+    stacked = np.stack([found[i] for i in known]).reshape(len(known), -1)
+    filled = np.empty((len(found), stacked.shape[1]), np.float32)
+    for column in range(stacked.shape[1]):
+        filled[:, column] = np.interp(np.arange(len(found)), known, stacked[:, column])
+    return filled.reshape(len(found), 68, 2)
+
+
+def smooth_track(landmarks: np.ndarray) -> np.ndarray:
+    """Light temporal smoothing of a video's landmarks (dlib jitters by a pixel or so)."""
+    if len(landmarks) < 3:
+        return landmarks
+    padded = np.concatenate([landmarks[:1], landmarks, landmarks[-1:]])
+    return (0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]).astype(np.float32)
+
+
+def face_geometry(frames: list[np.ndarray], landmarks: np.ndarray, options: PrepareOptions) -> FaceData:
+    face_boxes, crop_boxes, masks = [], [], []
+    for frame, points in zip(frames, landmarks):
+        box = face_box(points, frame.shape, options.bbox_shift, options.extra_margin)
+        crop = crop_box(box)
+        face_boxes.append(box)
+        crop_boxes.append(crop)
+        masks.append(lower_face_mask(points, crop))
+    return FaceData(landmarks.astype(np.float32), np.stack(face_boxes), np.stack(crop_boxes), masks)
+
+
+def track_faces(frames: list[np.ndarray], landmarker: FaceLandmarker, source: str) -> tuple[np.ndarray, int]:
+    """Landmarks for every frame and how many frames needed interpolation."""
+    found: list[np.ndarray | None] = []
+    near = None
+    for frame in tqdm(frames, desc="finding faces", unit="frame"):
+        points = landmarker.landmarks(frame, near=near)
+        found.append(points)
+        if points is not None:
+            near = landmark_box(points)
+    missing = sum(lm is None for lm in found)
+    if missing == len(found):
+        raise FaceError(
+            f"no face found in {source}: use a photo or video with one clearly visible, roughly frontal face "
+            f"at least 80 px wide"
+        )
+    if missing:
+        logger.warning("no face in %d of %d frames: their landmarks are interpolated from neighbouring frames",
+                       missing, len(found))
+    return smooth_track(interpolate_missing(found)), missing
+
+
+def still_to_loop(image: np.ndarray, landmarks: np.ndarray, options: PrepareOptions) -> tuple[list, np.ndarray]:
+    count = max(1, int(round(options.loop_seconds * options.fps)))
+    if count == 1:
+        return [image], landmarks[None]
+    animator = IdleAnimator(image, landmarks)
+    frames, points = [], []
+    for pose in tqdm(loop_poses(count, animator.face_width, options.fps), desc="idle loop", unit="frame"):
+        frame, moved = animator.frame(pose)
+        frames.append(frame)
+        points.append(moved)
+    return frames, np.stack(points)
+
+
+def prepare_model_data(model: str, folder: Path, options: PrepareOptions) -> None:
+    """Engine-specific additions to a freshly written avatar folder (before it goes live).
+
+    lite needs nothing beyond the face data. MuseTalk's VAE latents come from
+    musetalk/prepare.py, which needs the MuseTalk weights under models/.
+    """
+    if model == "musetalk":
+        try:
+            from musetalk.prepare import prepare_avatar
+        except ImportError as exc:
+            raise AvatarError(f"MuseTalk preparation is not available ({exc}): build with --model lite") from None
+        prepare_avatar(folder, options)
+
+
+def write_avatar(out_dir: Path, frames: list[np.ndarray], metadata: dict, face: FaceData | None = None,
+                 finish: Callable[[Path], None] | None = None) -> Path:
+    """Write frames (+ face data) + metadata atomically: into a temp folder, then renamed.
+
+    `finish` runs on the temp folder before the rename (engine-specific extras).
+    """
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / FRAMES_DIR).mkdir(parents=True)
     for index, frame in enumerate(tqdm(frames, desc="writing frames", unit="frame")):
         cv2.imwrite(str(frame_path(tmp, index)), frame)
+    if face is not None:
+        (tmp / MASKS_DIR).mkdir()
+        for index, mask in enumerate(face.masks):
+            cv2.imwrite(str(mask_path(tmp, index)), mask)
+        np.save(tmp / LANDMARKS_FILE, face.landmarks.astype(np.float32))
+        np.save(tmp / FACE_BOXES_FILE, face.face_boxes.astype(np.int32))
+        np.save(tmp / CROP_BOXES_FILE, face.crop_boxes.astype(np.int32))
     height, width = frames[0].shape[:2]
     metadata = {**metadata, "version": AVATAR_FORMAT_VERSION, "frame_count": len(frames),
-                "width": width, "height": height, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                "width": width, "height": height, "has_face_data": face is not None,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    if finish is not None:
+        finish(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     logger.info("avatar written to %s (%d frames %dx%d)", out_dir, len(frames), width, height)
     return out_dir
 
 
-def prepare(args: argparse.Namespace) -> Path:
-    avatar_id = check_avatar_id(args.avatar_id)
-    if args.default:
-        frames, source = [default_photo()], "skimage.data.astronaut"
-    elif args.image:
-        frames, source = [read_image(args.image)], str(args.image)
+def build_avatar(out_dir: Path, options: PrepareOptions, *, image: np.ndarray | None = None,
+                 frames: list[np.ndarray] | None = None, source: str = "",
+                 landmarker: FaceLandmarker | None = None) -> PrepareReport:
+    """Prepare an avatar from one still `image` (made into an idle loop) or video `frames`."""
+    if (image is None) == (frames is None):
+        raise ValueError("give exactly one of image= or frames=")
+    if options.model not in MODELS:
+        raise AvatarError(f"unknown model {options.model!r}: choose one of {', '.join(MODELS)}")
+    started = time.monotonic()
+    landmarker = landmarker or FaceLandmarker()
+    if image is not None:
+        still = even_size(image, options.max_side)
+        points, missing = track_faces([still], landmarker, source)
+        frames, landmarks = still_to_loop(still, points[0], options)
     else:
-        frames, source = read_video(args.video, args.fps, args.max_frames), str(args.video)
-    frames = [even_size(frame) for frame in frames]
-    folder = write_avatar(args.data_dir / "avatars" / avatar_id, frames, {"source": source, "fps": args.fps})
-    if args.model == "musetalk":
-        from musetalk.prepare import prepare_musetalk_avatar
+        frames = [even_size(frame, options.max_side) for frame in frames]
+        landmarks, missing = track_faces(frames, landmarker, source)
+    face = face_geometry(frames, landmarks, options)
+    detected = 1 - missing if image is not None else len(frames) - missing
+    metadata = {
+        "source": source, "fps": options.fps, "model": options.model, "generator": GENERATOR_VERSION,
+        "kind": "photo" if image is not None else "video",
+        "bbox_shift": options.bbox_shift, "extra_margin": options.extra_margin,
+        "faces_detected": detected, "faces_interpolated": missing,
+    }
+    if image is not None:
+        metadata["idle_loop_seconds"] = len(frames) / options.fps
+    folder = write_avatar(out_dir, frames, metadata, face,
+                          finish=lambda tmp: prepare_model_data(options.model, tmp, options))
+    seconds = time.monotonic() - started
+    logger.info("prepared %s: %d frames, face found in %d, interpolated in %d, %.1f s",
+                out_dir.name, len(frames), detected, missing, seconds)
+    return PrepareReport(folder, len(frames), detected, missing, seconds)
 
-        prepare_musetalk_avatar(folder, args.models_dir)
-    return folder
+
+def options_from_args(args: argparse.Namespace) -> PrepareOptions:
+    return PrepareOptions(bbox_shift=args.bbox_shift, extra_margin=args.extra_margin, fps=args.fps,
+                          max_frames=args.max_frames, loop_seconds=args.loop_seconds, model=args.model,
+                          models_dir=args.models_dir)
+
+
+def prepare(args: argparse.Namespace) -> PrepareReport:
+    avatar_id = check_avatar_id(args.avatar_id)
+    options = options_from_args(args)
+    out_dir = args.data_dir / "avatars" / avatar_id
+    if args.default:
+        return build_avatar(out_dir, options, image=default_photo(), source="skimage.data.astronaut")
+    if args.image:
+        return build_avatar(out_dir, options, image=read_image(args.image), source=str(args.image))
+    return build_avatar(out_dir, options, frames=read_video(args.video, args.fps, args.max_frames),
+                        source=str(args.video))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,11 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--image", type=Path)
     source.add_argument("--default", action="store_true", help="build the default avatar from the bundled photo")
     parser.add_argument("--avatar_id", default=DEFAULT_AVATAR_ID)
+    parser.add_argument("--bbox_shift", type=int, default=0,
+                        help="pixels added to the nose point that splits the face box (MuseTalk v1.0)")
+    parser.add_argument("--extra_margin", type=int, default=10, help="pixels added below the chin")
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--max_frames", type=int, default=None)
+    parser.add_argument("--loop_seconds", type=float, default=PrepareOptions.loop_seconds,
+                        help="length of the idle loop made from a photo")
+    parser.add_argument("--model", choices=MODELS, default="lite",
+                        help="musetalk also precomputes its VAE latents (needs its weights)")
     parser.add_argument("--data-dir", dest="data_dir", type=Path, default=ROOT / "data")
-    parser.add_argument("--model", choices=["lite", "musetalk"], default="lite",
-                        help="musetalk also stores the VAE latents its UNet needs (latents.pt)")
     parser.add_argument("--models-dir", dest="models_dir", type=Path, default=ROOT / "models")
     return parser
 
@@ -130,10 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        prepare(args)
+        report = prepare(args)
     except AvatarError as exc:
         logger.error("%s", exc)
         return 2
+    print(f"avatar {report.folder.name}: {report.frames} frames, face found in {report.faces_detected}, "
+          f"interpolated in {report.faces_interpolated} ({report.seconds:.1f} s) -> {report.folder}")
     return 0
 
 

@@ -14,9 +14,12 @@ import time
 import uuid
 from typing import Any
 
+import contextlib
+
 from aiortc import RTCDataChannel, RTCPeerConnection
 
 from basereal import BaseReal
+from llm import Conversation, LLMClient, LLMError
 from media import SpeechEvent
 from ttsreal import TTSWorker
 from tts.base import TTSBackend
@@ -81,6 +84,7 @@ class Session:
         pc: RTCPeerConnection,
         loop: asyncio.AbstractEventLoop,
         tts_backend: TTSBackend,
+        llm: LLMClient,
     ):
         self.id = session_id
         self.engine = engine
@@ -88,7 +92,10 @@ class Session:
         self.events = EventHub(loop)
         self.tts_backend = tts_backend
         self.tts = TTSWorker(engine, self._on_tts_error, name=f"tts-{session_id[:8]}")
-        self.speaking = False
+        self.conversation = Conversation(llm)
+        self._reply_sentences: dict[str, str] = {}  # utterance id -> chat sentence awaiting playout
+        self._reply_task: asyncio.Task | None = None
+        self._playing: SpeechEvent | None = None  # the utterance on the wire now
         self.created = time.monotonic()
         self.last_activity = self.created
         self.closed = False
@@ -102,6 +109,11 @@ class Session:
         self._close_lock = asyncio.Lock()
         self.close_reason = ""
 
+    @property
+    def speaking(self) -> bool:
+        """True while an utterance's audio is being handed to WebRTC."""
+        return self._playing is not None
+
     def touch(self) -> None:
         self.last_activity = time.monotonic()
 
@@ -111,17 +123,50 @@ class Session:
 
     def _on_playout(self, event: SpeechEvent) -> None:
         """Called by the audio track when an event's chunk is handed to WebRTC."""
-        self.speaking = event.kind == "start"
+        self._playing = event if event.kind == "start" else None
         self.events.publish(event.as_dict())
+        if event.kind == "end" and event.utterance_id in self._reply_sentences:
+            self.conversation.mark_spoken(self._reply_sentences.pop(event.utterance_id))
+
+    def chat(self, text: str, backend: TTSBackend) -> None:
+        """Answer through the LLM: each sentence is spoken as soon as it is complete.
+
+        Replies run one at a time; a new question waits for the reply before it
+        (unless the caller interrupted first, which ends that reply at once).
+        """
+        previous = self._reply_task
+        self._reply_task = asyncio.create_task(self._reply(text, backend, previous), name=f"chat-{self.id[:8]}")
+
+    async def _reply(self, text: str, backend: TTSBackend, previous: asyncio.Task | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        epoch = self.engine.epoch
+        try:
+            async with contextlib.aclosing(self.conversation.reply(text)) as sentences:
+                async for sentence in sentences:
+                    if self.engine.epoch != epoch:
+                        return
+                    utterance_id, _ = self.tts.say(sentence, backend)
+                    self._reply_sentences[utterance_id] = sentence
+        except LLMError as exc:
+            logger.warning("chat failed in session %s: %s", self.id, exc)
+            self.events.publish({"type": "error", "source": "llm", "kind": exc.kind.name.lower(), "msg": str(exc)})
+        except ValueError:
+            logger.info("chat sentence had nothing speakable")
 
     def interrupt(self) -> int:
         """Silence the avatar now: drop queued speech everywhere, keep the stream running."""
         self.tts.clear()
+        self.conversation.interrupt()
+        if self._reply_task is not None:
+            self._reply_task.cancel()
+        self._reply_sentences.clear()
         epoch = self.engine.interrupt()
         self.player.schedule.drop_pending()
-        if self.speaking:
-            self.speaking = False
-            self.events.publish({"type": "end", "interrupted": True})
+        if self._playing is not None:
+            cut = SpeechEvent("end", self._playing.utterance_id, self._playing.text, interrupted=True)
+            self._playing = None
+            self.events.publish(cut.as_dict())
         return epoch
 
     async def close(self, reason: str) -> None:
@@ -132,6 +177,9 @@ class Session:
             self.close_reason = reason
             logger.info("closing session %s: %s", self.id, reason)
             self.player.stop()
+            if self._reply_task is not None:
+                self._reply_task.cancel()
+                await asyncio.wait([self._reply_task])
             self.events.publish({"type": "closed", "reason": reason})
             self.events.close()
             await asyncio.get_running_loop().run_in_executor(None, self._stop_threads)

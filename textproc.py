@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-MAX_SENTENCE_CHARS = 200
+from sentences import SentenceAggregator
 
 _CODE_BLOCK = re.compile(r"```.*?```", re.S)
 _INLINE_CODE = re.compile(r"`([^`]*)`")
@@ -19,10 +19,6 @@ _EMOJI = re.compile(
     "\U0000fe0f\U0000200d\U00002b00-\U00002bff\U0001f1e6-\U0001f1ff]+"
 )
 _SPACES = re.compile(r"[ \t\u3000]+")
-# A sentence ends after CJK or Latin terminal punctuation (Latin only when followed by space/end),
-# or at a line break.
-_SENTENCE_END = re.compile(r"(?<=[。！？；…])|(?<=[.!?;])(?=\s|$)|\n+")
-_CLAUSE_END = re.compile(r"(?<=[，、,：:])")
 
 
 def clean_for_speech(text: str) -> str:
@@ -42,25 +38,9 @@ def clean_for_speech(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
-    """Sentences in order; a sentence longer than max_chars is cut at clauses, then hard."""
-    sentences: list[str] = []
-    for piece in _SENTENCE_END.split(text):
-        piece = piece.strip()
-        if not piece:
-            continue
-        if len(piece) <= max_chars:
-            sentences.append(piece)
-            continue
-        current = ""
-        for clause in _CLAUSE_END.split(piece):
-            if current and len(current) + len(clause) > max_chars:
-                sentences.append(current.strip())
-                current = ""
-            current += clause
-            while len(current) > max_chars:
-                sentences.append(current[:max_chars].strip())
-                current = current[max_chars:]
-        if current.strip():
-            sentences.append(current.strip())
-    return [s for s in sentences if any(ch.isalnum() for ch in s)]
+def split_sentences(text: str) -> list[str]:
+    """Sentences in order, cut by the same rules as streamed LLM replies."""
+    aggregator = SentenceAggregator()
+    sentences = aggregator.push(text)
+    tail = aggregator.flush()
+    return sentences + ([tail] if tail else [])

@@ -188,12 +188,16 @@ class TTSWorker:
 
 
 TTS_CHOICES = ("auto", "espeak", "edgetts", "openai")
+TTS_BACKENDS = TTS_CHOICES[1:]
 
 
 @dataclass(frozen=True)
 class TTSSettings:
     backend: str = "espeak"
     voice: str | None = None
+    proxy: str | None = None  # edgetts
+    base_url: str | None = None  # openai
+    model: str = "tts-1"  # openai
 
 
 class TTSFactory:
@@ -210,4 +214,14 @@ class TTSFactory:
             from tts.espeak import EspeakLibrary, EspeakTTS
 
             return EspeakTTS(EspeakLibrary.shared(), voice or "en-us")
-        raise TTSError(f"unknown TTS backend {name!r}: choose one of {', '.join(TTS_CHOICES[1:])}")
+        if name == "edgetts":
+            from tts.edge import DEFAULT_VOICE, EdgeTTS
+
+            return EdgeTTS(voice or DEFAULT_VOICE, proxy=self.settings.proxy)
+        if name == "openai":
+            from tts.openai_speech import OpenAISpeechTTS
+
+            if not self.settings.base_url:
+                raise TTSError("the openai TTS backend needs the server started with --tts-base-url")
+            return OpenAISpeechTTS(self.settings.base_url, self.settings.model, voice or "alloy")
+        raise TTSError(f"unknown TTS backend {name!r}: choose one of {', '.join(TTS_BACKENDS)}")

@@ -21,12 +21,11 @@ import time
 import aiohttp
 import numpy as np
 
-from common import ROOT, loopback_only, summary_ms
+from common import ROOT, start_server, summary_ms
 
 import app as server_app  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 from tests.rtc_client import ReceiverClient  # noqa: E402
-from tests.speech_helpers import VOICED_LEVEL, is_voiced  # noqa: E402
+from tests.speech_helpers import VOICED_LEVEL, is_voiced, wait_voiced  # noqa: E402
 
 SENTENCES = ["Hello, how are you today?", "The weather is lovely this morning.", "Let me tell you a story."]
 LONG_TEXT = "This is a long answer that goes on for a while so that we can interrupt it in the middle. " * 4
@@ -48,15 +47,8 @@ def record_handover(session) -> list[tuple[float, bool]]:
 
 
 async def run(args) -> dict:
-    loopback_only()
-    parsed = server_app.build_parser().parse_args(
-        ["--model", args.model, "--tts", "espeak", "--avatar_id", args.avatar, "--max_session", "4"])
-    application = server_app.create_app(parsed)
-    runner = server_app.web.AppRunner(application)
-    await runner.setup()
-    port = free_port()
-    await server_app.web.TCPSite(runner, "127.0.0.1", port).start()
-    url = f"http://127.0.0.1:{port}"
+    application, runner, url = await start_server(
+        "--model", args.model, "--tts", "espeak", "--avatar_id", args.avatar, "--max_session", "4")
     results = {"speak": [], "speak_floor": [], "interrupt": [], "interrupt_floor": []}
     async with aiohttp.ClientSession() as http:
         client = ReceiverClient(url, keep_video=False)
@@ -72,7 +64,7 @@ async def run(args) -> dict:
             async with http.post(f"{url}/human", json={"sessionid": client.sessionid, "type": "echo",
                                                        "text": SENTENCES[trial % len(SENTENCES)]}) as r:
                 assert r.status == 200
-            first = await first_voiced(client, since)
+            first = await wait_voiced(client, since)
             first_handed = next(t for t, voiced in handed[since_handed:] if voiced)
             results["speak"].append(first.arrival - posted)
             results["speak_floor"].append(first.arrival - first_handed)
@@ -82,7 +74,7 @@ async def run(args) -> dict:
             async with http.post(f"{url}/human", json={"sessionid": client.sessionid, "type": "echo",
                                                        "text": LONG_TEXT}) as r:
                 assert r.status == 200
-            await first_voiced(client, len(client.audio))
+            await wait_voiced(client, len(client.audio))
             await asyncio.sleep(0.5 + (trial % 5) * 0.013)  # land at varied points within a frame
             posted = time.monotonic()
             async with http.post(f"{url}/interrupt_talk", json={"sessionid": client.sessionid}) as r:
@@ -99,16 +91,6 @@ async def run(args) -> dict:
     results["late_ticks"] = stats.late_ticks
     results["ticks"] = stats.ticks
     return results
-
-
-async def first_voiced(client: ReceiverClient, since: int, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for frame in client.audio[since:]:
-            if is_voiced(frame):
-                return frame
-        await asyncio.sleep(0.002)
-    raise TimeoutError("no speech")
 
 
 def main() -> None:

@@ -28,3 +28,17 @@ def percentile(values: list[float], q: float) -> float:
 
 def summary_ms(values: list[float]) -> str:
     return f"p50 {statistics.median(values) * 1000:.0f} ms, p95 {percentile(values, 95) * 1000:.0f} ms (n={len(values)})"
+
+
+async def start_server(*flags: str):
+    """The app in this process on a free loopback port: (application, runner, url)."""
+    import app as server_app
+    from tests.conftest import free_port
+
+    loopback_only()
+    application = server_app.create_app(server_app.build_parser().parse_args(list(flags)))
+    runner = server_app.web.AppRunner(application)
+    await runner.setup()
+    port = free_port()
+    await server_app.web.TCPSite(runner, "127.0.0.1", port).start()
+    return application, runner, f"http://127.0.0.1:{port}"

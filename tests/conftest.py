@@ -13,11 +13,13 @@ import pytest
 from aiohttp import web
 
 import app as server_app
-from genavatar import write_avatar
+from genavatar import PrepareOptions, build_avatar, default_photo, write_avatar
 
 TEST_AVATAR_ID = "testface"
 TEST_AVATAR_SIZE = 160
 TEST_AVATAR_FRAMES = 6
+PHOTO_AVATAR_ID = "testphoto"  # the astronaut, small, with face data (lite lip movement)
+PHOTO_AVATAR_SIZE = 320
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +44,8 @@ def synthetic_frames(count: int = TEST_AVATAR_FRAMES, size: int = TEST_AVATAR_SI
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_avatar(root / "avatars" / TEST_AVATAR_ID, synthetic_frames(), {"source": "synthetic", "fps": 25})
+    photo = cv2.resize(default_photo(), (PHOTO_AVATAR_SIZE, PHOTO_AVATAR_SIZE), interpolation=cv2.INTER_AREA)
+    build_avatar(root / "avatars" / PHOTO_AVATAR_ID, PrepareOptions(loop_seconds=1.0), image=photo, source="astronaut")
     return root
 
 
@@ -83,6 +87,27 @@ async def server(data_dir):
     running = await start_server(server_args(data_dir, "--max_session", "3"))
     yield running
     await running.runner.cleanup()
+
+
+@pytest.fixture
+async def llm_server():
+    """A scripted OpenAI-compatible chat server on 127.0.0.1."""
+    from tests.llm_server import FakeLLMServer
+
+    server = FakeLLMServer()
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def connected_client(url: str, http):
+    """A loopback receiver with a data channel, already receiving the stream."""
+    from tests.rtc_client import ReceiverClient
+
+    receiver = ReceiverClient(url, keep_video=False)
+    await receiver.connect(http, data_channel=True)
+    await receiver.wait_for(video_frames=5, audio_frames=10)
+    return receiver
 
 
 @pytest.fixture

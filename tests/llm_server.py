@@ -41,6 +41,7 @@ class Exchange:
     finished: float | None = None  # sent [DONE] (or the error response)
     disconnected: float | None = None  # the client hung up mid-stream
     sent_deltas: int = 0
+    first_delta_at: float | None = None  # when the first content token was written
 
 
 class FakeLLMServer:
@@ -99,6 +100,8 @@ class FakeLLMServer:
             await asyncio.sleep(script.delay)
             await response.write(self._event(chunk_id, {"content": delta}, None))
             exchange.sent_deltas += 1
+            if exchange.first_delta_at is None:
+                exchange.first_delta_at = time.monotonic()
         if script.malformed_after == len(script.deltas):
             await response.write(b"data: {not json\n\n")
         await response.write(self._event(chunk_id, {}, "stop"))

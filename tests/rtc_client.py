@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 
@@ -31,14 +31,15 @@ class ReceiverClient:
     audio: list[Received] = field(default_factory=list)
     sessionid: str | None = None
     channel_messages: list[str] = field(default_factory=list)
+    channel: RTCDataChannel | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def connect(self, http: aiohttp.ClientSession, data_channel: bool = False) -> dict:
         self.pc.addTransceiver("video", direction="recvonly")
         self.pc.addTransceiver("audio", direction="recvonly")
         if data_channel:
-            channel = self.pc.createDataChannel("events")
-            channel.on("message", self.channel_messages.append)
+            self.channel = self.pc.createDataChannel("events")
+            self.channel.on("message", self.channel_messages.append)
 
         @self.pc.on("track")
         def on_track(track) -> None:

@@ -17,18 +17,10 @@ from llm import (
     LLMErrorKind,
     LLMSettings,
 )
-from tests.llm_server import MODEL, FakeLLMServer, Script
+from tests.llm_server import MODEL, Script
 
 TIMEOUT = 0.5  # seconds; the openai client must give up fast in tests
 WAIT = 5.0  # bound on every wait for the server
-
-
-@pytest.fixture
-async def llm_server():
-    server = FakeLLMServer()
-    await server.start()
-    yield server
-    await server.close()
 
 
 def settings_for(base_url: str, **options) -> LLMSettings:

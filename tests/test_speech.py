@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.rtc_client import ReceiverClient
+from tests.conftest import connected_client
 from tests.speech_helpers import channel_events, post, voiced_frames, wait_silent, wait_voiced
 from tts.espeak import EspeakLibrary, EspeakTTS
 
@@ -22,9 +22,7 @@ LONG_TEXT = " ".join(["This is a long sentence that keeps the avatar talking for
 
 @pytest.fixture
 async def client(server, http):
-    receiver = ReceiverClient(server.url, keep_video=False)
-    await receiver.connect(http, data_channel=True)
-    await receiver.wait_for(video_frames=5, audio_frames=10)
+    receiver = await connected_client(server.url, http)
     yield receiver
     await receiver.close()
 

@@ -106,3 +106,26 @@ async def test_server_shutdown_closes_every_session(data_dir, http):
     assert not [t for t in threading.enumerate() if t.name.startswith(("render-", "compose-", "tts-"))]
     for client in clients:
         await client.close()
+
+
+async def test_idle_timeout_closes_a_quiet_session_but_not_one_that_sends_heartbeats(data_dir, http):
+    from tests.conftest import server_args, start_server
+
+    running = await start_server(server_args(data_dir, "--idle-timeout", "1.5"))
+    quiet = ReceiverClient(running.url)
+    chatty = ReceiverClient(running.url)
+    try:
+        await quiet.connect(http)
+        await chatty.connect(http, data_channel=True)
+        await chatty.wait_for(video_frames=3)
+        for _ in range(14):  # 4.2 s, well past the timeout
+            if chatty.channel.readyState == "open":
+                chatty.channel.send('{"type": "ping"}')
+            await asyncio.sleep(0.3)
+        ids = {s.id for s in running.context.sessions.all()}
+        assert quiet.sessionid not in ids, "a silent session outlived --idle-timeout"
+        assert chatty.sessionid in ids, "a session sending heartbeats was closed"
+    finally:
+        await quiet.close()
+        await chatty.close()
+        await running.runner.cleanup()

@@ -43,6 +43,8 @@ class EspeakLibrary:
             return cls._shared
 
     def __init__(self) -> None:
+        if EspeakLibrary._shared is not None:
+            raise RuntimeError("espeak-ng is process-global: use EspeakLibrary.shared()")
         try:
             import espeakng_loader
         except ImportError:

@@ -1,0 +1,171 @@
+"""A still photo -> a short idle loop: subtle head motion, breathing and blinks.
+
+The loop is played ping-pong (forward, then backward) by the engines, so every
+motion is a sum of cos(pi*k*t) terms over t in [0, 1]: they all have zero
+velocity at both ends, so the turn-around points are invisible. Each frame is
+one backward warp of the photo (cv2.remap): the head moves as a soft-edged
+rigid patch around the neck, the chest rises, and the upper eyelids slide down
+over the eyes. Landmarks are carried along analytically, so the generated
+frames need no second detection pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from facegeom import JAW, face_axes, smoothstep
+
+HEAD_SHIFT_RATIO = 0.012  # head sway amplitude as a fraction of the face width
+HEAD_ROLL_DEG = 0.9
+BREATH_RATIO = 0.01  # chest rise as a fraction of the face width
+BLINK_PROFILE = (0.35, 0.8, 1.0, 0.85, 0.55, 0.25, 0.08)  # lid closure per frame at 25 fps (~280 ms)
+BLINK_AT = 0.45  # where in the loop the blink happens (fraction of its length)
+EYES = ((36, 37, 38, 39, 40, 41, 17, 21), (42, 43, 44, 45, 46, 47, 22, 26))  # corners, lids, brow ends
+
+
+@dataclass(frozen=True)
+class IdlePose:
+    """Motion of one loop frame, in pixels / degrees / closure fraction."""
+
+    shift: tuple[float, float]
+    roll_deg: float
+    breath: float
+    blink: float
+
+
+def loop_poses(count: int, face_width: float, fps: int) -> list[IdlePose]:
+    """Deterministic, natural-looking motion curves with zero velocity at both ends."""
+    t = np.linspace(0.0, 1.0, count) if count > 1 else np.zeros(1)
+    amp = HEAD_SHIFT_RATIO * face_width
+    sway_x = amp * (0.7 * np.cos(np.pi * t) + 0.3 * np.cos(3 * np.pi * t))
+    sway_y = amp * 0.5 * (np.cos(2 * np.pi * t) - 0.4 * np.cos(np.pi * t))
+    roll = HEAD_ROLL_DEG * (0.4 * np.cos(2 * np.pi * t) - 0.6 * np.cos(np.pi * t))
+    breath = BREATH_RATIO * face_width * 0.5 * (1 - np.cos(2 * np.pi * t))
+    blink = np.zeros(count)
+    profile = np.array(BLINK_PROFILE)
+    if fps != 25:
+        profile = np.interp(np.linspace(0, len(profile) - 1, max(2, round(len(profile) * fps / 25))),
+                            np.arange(len(profile)), profile)
+    if count >= len(profile) + 4:
+        start = min(int(BLINK_AT * count), count - len(profile) - 2)
+        blink[start : start + len(profile)] = profile
+    return [IdlePose((float(sway_x[i]), float(sway_y[i])), float(roll[i]), float(breath[i]), float(blink[i]))
+            for i in range(count)]
+
+
+class IdleAnimator:
+    """Warps one photo with known landmarks into idle-loop frames."""
+
+    def __init__(self, image: np.ndarray, landmarks: np.ndarray):
+        self.image = image
+        self.landmarks = landmarks.astype(np.float32)
+        height, width = image.shape[:2]
+        self.grid_x, self.grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        jaw = self.landmarks[JAW]
+        self.face_width = float(np.ptp(jaw[:, 0]))
+        chin = self.landmarks[8]
+        brow_y = float(self.landmarks[17:27, 1].min())
+        face_height = float(chin[1] - brow_y)
+        self.pivot = chin + np.array([0.0, 0.35 * face_height], np.float32)  # the neck
+        self.head_weight = self._head_weight(face_height)
+        self.chest_weight = smoothstep((self.grid_y - (chin[1] + 0.3 * face_height)) / (0.8 * face_height))
+        self.ex, self.ey = face_axes(self.landmarks)
+        self.lid_colors = self._lid_colors()
+
+    def _head_weight(self, face_height: float) -> np.ndarray:
+        """1 over the head (with hair), fading smoothly into the background and neck."""
+        center = self.landmarks[[27, 8]].mean(0) - np.array([0.0, 0.25 * face_height], np.float32)
+        rx, ry = 0.95 * self.face_width, 0.95 * face_height
+        dist = np.sqrt(((self.grid_x - center[0]) / rx) ** 2 + ((self.grid_y - center[1]) / ry) ** 2)
+        return (1.0 - smoothstep((dist - 0.85) / 0.6)).astype(np.float32)
+
+    def _head_displacement(self, pose: IdlePose, x: np.ndarray, y: np.ndarray,
+                           weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        angle = np.deg2rad(pose.roll_deg)
+        cos, sin = float(np.cos(angle)), float(np.sin(angle))
+        rx, ry = x - self.pivot[0], y - self.pivot[1]
+        dx = (cos * rx - sin * ry - rx + pose.shift[0]) * weight
+        dy = (sin * rx + cos * ry - ry + pose.shift[1] - 0.6 * pose.breath) * weight
+        return dx, dy
+
+    def _eyelids(self, x: np.ndarray, y: np.ndarray, closure: float) -> tuple[np.ndarray, ...]:
+        """Per pixel: backward vertical shift that slides each upper lid down by `closure`
+        of the opening, the lid colour over the covered eye, and its coverage and lash line."""
+        shift = np.zeros_like(x)
+        cover = np.zeros_like(x)
+        lash = np.zeros_like(x)
+        color = np.zeros(x.shape + (3,), np.float32)
+        if closure <= 0:
+            return shift, cover, lash, color
+        lm = self.landmarks
+        for (corner_a, top_a, top_b, corner_b, bottom_b, bottom_a, brow_a, brow_b), lid_color in zip(EYES, self.lid_colors):
+            origin = lm[corner_a]
+            u = (x - origin[0]) * self.ex[0] + (y - origin[1]) * self.ex[1]
+            v = (x - origin[0]) * self.ey[0] + (y - origin[1]) * self.ey[1]
+            rel = (lm - origin) @ np.stack([self.ex, self.ey], axis=1)
+            width = rel[corner_b, 0]
+            span = (u > -0.15 * width) & (u < 1.15 * width)
+            upper = np.interp(u, rel[[corner_a, top_a, top_b, corner_b], 0], rel[[corner_a, top_a, top_b, corner_b], 1])
+            lower = np.interp(u, rel[[corner_a, bottom_a, bottom_b, corner_b], 0],
+                              rel[[corner_a, bottom_a, bottom_b, corner_b], 1])
+            opening = np.clip(lower - upper, 0, None) * closure
+            # Skin between the brow and the lid is stretched down; the lid's own skin covers the eye.
+            brow = np.interp(u, [0, width], [rel[brow_a, 1], rel[brow_b, 1]])
+            fold = upper - 0.55 * (upper - brow)
+            edge = upper + opening
+            stretch = np.clip((v - fold) / np.maximum(edge - fold, 1e-3), 0, 1) * opening
+            here = span & (opening > 0.3)
+            shift += np.where(here & (v <= edge), stretch, 0.0).astype(np.float32)
+            covered = smoothstep((v - upper + 0.5 + 1.5 * closure) / 1.5) * (1.0 - smoothstep((v - edge + 0.5) / 1.0))
+            covered = np.where(here, covered, 0.0).astype(np.float32)
+            cover = np.maximum(cover, covered)
+            color[covered > 0] = lid_color
+            lash = np.maximum(lash, np.where(here, np.exp(-(((v - edge) / 1.1) ** 2)) * min(1.0, closure * 1.4), 0.0))
+        return shift, cover, lash.astype(np.float32), color
+
+    def _lid_colors(self) -> list[np.ndarray]:
+        """The eyelid skin colour of each eye: skin under the brow and on the cheek below."""
+        colors = []
+        for corner_a, top_a, top_b, corner_b, _, _, brow_a, brow_b in EYES:
+            lid = self.landmarks[[top_a, top_b]].mean(0)
+            brow = self.landmarks[[brow_a, brow_b]].mean(0)
+            half = max(2, int(0.25 * abs(self.landmarks[corner_b, 0] - self.landmarks[corner_a, 0])))
+            samples = []
+            for cy in (lid[1] + 0.65 * (brow[1] - lid[1]), lid[1] + 1.6 * (lid[1] - brow[1])):  # under brow, cheek
+                cy, cx = int(round(cy)), int(round(lid[0]))
+                samples.append(self.image[max(cy - 1, 0) : cy + 2, max(cx - half, 0) : cx + half + 1].reshape(-1, 3))
+            colors.append(np.median(np.concatenate(samples), axis=0).astype(np.float32) * 0.93)
+        return colors
+
+    def frame(self, pose: IdlePose) -> tuple[np.ndarray, np.ndarray]:
+        """(frame, landmarks) for one pose."""
+        dx, dy = self._head_displacement(pose, self.grid_x, self.grid_y, self.head_weight)
+        dy = dy - pose.breath * self.chest_weight
+        src_x, src_y = self.grid_x - dx, self.grid_y - dy
+        lid, cover, lash, color = self._eyelids(src_x, src_y, pose.blink)
+        src_x = (src_x - lid * self.ey[0]).astype(np.float32)
+        src_y = (src_y - lid * self.ey[1]).astype(np.float32)
+        image = cv2.remap(self.image, src_x, src_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if pose.blink > 0:
+            blended = image.astype(np.float32)
+            blended += cover[..., None] * (color - blended)
+            blended *= (1.0 - 0.5 * lash)[..., None]
+            image = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        return image, self._moved_landmarks(pose)
+
+    def _moved_landmarks(self, pose: IdlePose) -> np.ndarray:
+        """Forward-map the landmarks (fixed-point inverse of the backward warp)."""
+        points = self.landmarks.copy()
+        lx, ly = self.landmarks[:, 0], self.landmarks[:, 1]
+        weight = cv2.remap(self.head_weight, lx[None], ly[None], cv2.INTER_LINEAR)[0]
+        for _ in range(3):
+            dx, dy = self._head_displacement(pose, points[:, 0], points[:, 1], weight)
+            points = np.stack([lx + dx, ly + dy], axis=1).astype(np.float32)
+        if pose.blink > 0:
+            for corner_a, top_a, top_b, corner_b, bottom_b, bottom_a, _, _ in EYES:
+                for top, bottom in ((top_a, bottom_a), (top_b, bottom_b)):
+                    points[top] += (points[bottom] - points[top]) * pose.blink
+        return points
