@@ -25,12 +25,11 @@ import numpy as np
 import torch
 
 from media import CHUNK_SAMPLES, AudioChunk, chunks_per_frame
+from musetalk.settings import DEFAULT_CONTEXT_CHUNKS
 
 FRAMES_BEFORE = 4  # encoder frames before a video frame's own audio
 FEATURE_FRAMES = 10  # encoder frames per video frame
 EDGE_MODES = ("zero", "clamp")  # v1.5 zero-pads, v1.0 replicates the edge
-DEFAULT_LEFT_CHUNKS = 10
-DEFAULT_RIGHT_CHUNKS = 10
 
 
 def edge_mode_for(version: str) -> str:
@@ -72,8 +71,8 @@ class AudioWindow:
 class MuseASR:
     """Builds each batch's audio window from a session's stream and maps features back to frames."""
 
-    def __init__(self, fps: int, left_chunks: int = DEFAULT_LEFT_CHUNKS,
-                 right_chunks: int = DEFAULT_RIGHT_CHUNKS, edge: str = "zero"):
+    def __init__(self, fps: int, left_chunks: int = DEFAULT_CONTEXT_CHUNKS,
+                 right_chunks: int = DEFAULT_CONTEXT_CHUNKS, edge: str = "zero"):
         if left_chunks < 0 or right_chunks < 0:
             raise ValueError("audio context must be >= 0 chunks")
         if edge not in EDGE_MODES:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from avatar import AvatarError, load_avatar
 from musetalk.loader import MuseTalkModels, WeightsError, load_models
-from musetalk.vae import CROP_SIZE, encode_for_unet
+from musetalk.vae import CROP_SIZE, LATENT_SIZE, encode_for_unet
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +57,10 @@ def add_musetalk_latents(avatar_folder: Path, models: MuseTalkModels, batch_size
     return path
 
 
-def prepare_musetalk_avatar(avatar_folder: Path, models_dir: Path) -> Path:
-    """genavatar.py --model musetalk: load the weights, then write latents.pt."""
+def prepare_avatar(avatar_folder: Path, options) -> Path:
+    """genavatar.py --model musetalk: load the weights from options.models_dir, then write latents.pt."""
     try:
-        models = load_models(models_dir)
+        models = load_models(options.models_dir)
     except WeightsError as exc:
         raise AvatarError(str(exc)) from None
     return add_musetalk_latents(avatar_folder, models)
@@ -77,7 +77,7 @@ def load_latents(avatar_folder: Path, frame_count: int) -> torch.Tensor:
         latents = data["latents"].float()
     except Exception as exc:
         raise AvatarError(f"cannot read {path} ({type(exc).__name__}): {hint}") from None
-    if latents.ndim != 4 or tuple(latents.shape[1:]) != (8, CROP_SIZE // 8, CROP_SIZE // 8) \
+    if latents.ndim != 4 or tuple(latents.shape[1:]) != (8, LATENT_SIZE, LATENT_SIZE) \
             or latents.shape[0] != frame_count:
         raise AvatarError(f"{path} holds latents of shape {tuple(latents.shape)} for {frame_count} frames: {hint}")
     return latents

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SAMPLE_RATE = 16000
+from media import SAMPLE_RATE
+
 N_FFT = 400
-HOP_LENGTH = 160
+HOP_LENGTH = 160  # 10 ms; conv2's stride 2 then gives one encoder frame per 20 ms chunk
 N_MELS = 80
-MEL_FRAMES_PER_ENCODER_FRAME = 2  # conv2 has stride 2: one encoder frame per 20 ms
 LOG_MEL_DYNAMIC_RANGE = 8.0
 
 
@@ -191,7 +191,6 @@ class WhisperEncoder(nn.Module):
 OPENAI_CHECKPOINT = "tiny.pt"
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "pytorch_model.bin"
-HF_PREPROCESSOR = "preprocessor_config.json"
 
 _HF_BLOCK_NAMES = {
     "self_attn.q_proj": "attn.query",
