@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+import genavatar
 from avatar import AvatarError, load_avatar
+from basereal import EngineConfig, FrameWork
 from media import CHUNK_SAMPLES, AudioChunk
 from museasr import MuseASR
+from musereal import MuseReal, MuseTalkRuntime
 from musetalk.loader import load_models
 from musetalk.prepare import LATENTS_FILE, add_musetalk_latents, load_latents
+from musetalk.settings import MuseTalkSettings
 from musetalk.worker import InferenceWorker, LipSyncRequest
 from tests.conftest import server_args, start_server
 from tests.musetalk_fixtures import MOUTH_REGION, spoken, write_face_avatar, write_tiny_weights
@@ -229,13 +233,9 @@ async def test_two_sessions_share_one_worker_and_keep_their_frames(muse_env, htt
 
 def test_interrupt_drops_speech_in_flight(muse_env, models):
     """After interrupt() no frame of the old epoch leaves the engine, even one the worker was computing."""
-    from avatar import load_avatar as load
-    from basereal import EngineConfig
-    from musereal import MuseReal, MuseTalkRuntime
-    from musetalk.settings import MuseTalkSettings
 
     runtime = MuseTalkRuntime(models, MuseTalkSettings())
-    engine = MuseReal(load(muse_env[1] / "avatars" / "museface"), EngineConfig(batch_size=8), "interrupt",
+    engine = MuseReal(load_avatar(muse_env[1] / "avatars" / "museface"), EngineConfig(batch_size=8), "interrupt",
                       runtime=runtime)
     engine.start()
     try:
@@ -255,3 +255,41 @@ def test_interrupt_drops_speech_in_flight(muse_env, models):
     finally:
         engine.stop()
         runtime.close()
+
+
+def test_genavatar_prepares_musetalk_latents_for_a_real_face(muse_env, tmp_path, models):
+    """genavatar --model musetalk on the astronaut photo (real dlib landmarks): latents per frame,
+    and the MuseTalk engine lip-syncs that avatar."""
+
+    models_dir = muse_env[0]
+    argv = ["--default", "--avatar_id", "astro", "--model", "musetalk", "--loop_seconds", "0.4",
+            "--data-dir", str(tmp_path), "--models-dir", str(models_dir)]
+    assert genavatar.main(argv) == 0
+    avatar = load_avatar(tmp_path / "avatars" / "astro")
+    latents = load_latents(avatar.folder, avatar.frame_count)
+    assert latents.shape == (avatar.frame_count, 8, 32, 32)
+
+    runtime = MuseTalkRuntime(models, MuseTalkSettings())
+    engine = MuseReal(avatar, EngineConfig(batch_size=4), "astro", runtime=runtime)
+    try:
+        audio = spoken(SENTENCES[1], 0.16)
+        chunks = [AudioChunk(audio[i:i + CHUNK_SAMPLES], True, 0) for i in range(0, len(audio), CHUNK_SAMPLES)]
+        work = [FrameWork(index=k, chunks=chunks[2 * k:2 * k + 2], epoch=0) for k in range(4)]
+        faces = engine.render_frames(work)
+        frame = engine.compose(work[0], faces[0])
+        x1, y1, x2, y2 = avatar.face_boxes[0]
+        lower = slice((y1 + y2) // 2 + 4, y2), slice(x1 + 4, x2 - 4)
+        assert np.abs(frame[lower].astype(int) - avatar.frames[0][lower]).mean() > 5  # the mouth was redrawn
+        assert np.array_equal(frame[: max(y1 - 40, 1)], avatar.frames[0][: max(y1 - 40, 1)])  # far above: untouched
+    finally:
+        engine.stop()
+        runtime.close()
+
+
+def test_genavatar_musetalk_without_weights_says_what_to_run(tmp_path, caplog):
+
+    argv = ["--default", "--avatar_id", "astro", "--model", "musetalk", "--loop_seconds", "0.2",
+            "--data-dir", str(tmp_path), "--models-dir", str(tmp_path / "empty")]
+    assert genavatar.main(argv) == 2
+    assert "download_models.py" in caplog.text
+    assert not (tmp_path / "avatars" / "astro").exists()  # nothing half-made goes live
