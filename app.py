@@ -188,8 +188,8 @@ async def offer(request: web.Request) -> web.Response:
         ctx.sessions.release_reservation()
         if session is not None:
             await session.close("offer failed")
-        if isinstance(exc, AvatarError):
-            raise BadRequest(str(exc), status=404) from None
+        if isinstance(exc, AvatarError):  # it exists (checked above) but is not usable by this engine
+            raise BadRequest(str(exc), status=422) from None
         raise
     ctx.sessions.add(session)
     watch_connection(ctx, session)
