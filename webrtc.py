@@ -27,7 +27,7 @@ from media import CHUNK_SAMPLES, SAMPLE_RATE, VIDEO_CLOCK_RATE, AVBundle, Speech
 
 logger = logging.getLogger(__name__)
 
-MAX_LAG_TICKS = 5  # a consumer further behind than this skips to the present
+MAX_LAG_TICKS = 12  # a consumer further behind (~0.5 s) skips to the present; less is caught up
 CACHE_TICKS = 50  # bundles kept for a track that never pulls (e.g. audio not negotiated)
 LATE_LOG_INTERVAL_S = 5.0
 
@@ -159,10 +159,9 @@ class PlayerStreamTrack(MediaStreamTrack):
         tick, part = divmod(index, per_tick)
         behind = clock.current_tick() - tick
         if behind > MAX_LAG_TICKS:
-            skip_to = clock.current_tick() * per_tick
             self._player.stats.skipped_ticks += behind
             logger.warning("%s consumer %d ticks behind real time: skipping ahead", self.kind, behind)
-            index = skip_to
+            index = clock.current_tick() * per_tick
             tick, part = divmod(index, per_tick)
         delay = clock.due(tick, part / per_tick) - clock.now()
         if delay > 0:
