@@ -21,7 +21,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from basereal import BaseReal
 from llm import Conversation, LLMClient, LLMError
 from media import SpeechEvent
-from ttsreal import TTSWorker
+from ttsreal import QueueFull, TTSWorker
 from tts.base import TTSBackend
 from webrtc import HumanPlayer
 
@@ -153,6 +153,8 @@ class Session:
             self.events.publish({"type": "error", "source": "llm", "kind": exc.kind.name.lower(), "msg": str(exc)})
         except ValueError:
             logger.info("chat sentence had nothing speakable")
+        except QueueFull as exc:
+            self.events.publish({"type": "error", "source": "tts", "msg": str(exc)})
 
     def interrupt(self) -> int:
         """Silence the avatar now: drop queued speech everywhere, keep the stream running."""

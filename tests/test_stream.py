@@ -129,3 +129,29 @@ async def test_idle_timeout_closes_a_quiet_session_but_not_one_that_sends_heartb
         await quiet.close()
         await chatty.close()
         await running.runner.cleanup()
+
+
+async def test_many_connect_disconnect_cycles_leak_no_sessions_threads_or_engines(server, http):
+    import gc
+
+    from basereal import BaseReal
+    from session import Session
+
+    def live_engines() -> int:
+        gc.collect()
+        return sum(1 for obj in gc.get_objects() if isinstance(obj, (BaseReal, Session)))
+
+    baseline_threads = threading.active_count()
+    for _ in range(8):
+        client = ReceiverClient(server.url, keep_video=False)
+        await client.connect(http)
+        await client.wait_for(video_frames=3, audio_frames=3)
+        await client.close()
+        deadline = time.monotonic() + 2.0
+        while len(server.context.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(server.context.sessions) == 0
+    await asyncio.sleep(0.3)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("render-", "compose-", "tts-"))]
+    assert threading.active_count() <= baseline_threads + 2
+    assert live_engines() == 0, "closed sessions are still referenced"
