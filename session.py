@@ -146,13 +146,14 @@ class Session:
                 async for sentence in sentences:
                     if self.engine.epoch != epoch:
                         return
-                    utterance_id, _ = self.tts.say(sentence, backend)
+                    try:
+                        utterance_id, _ = self.tts.say(sentence, backend)
+                    except ValueError:
+                        continue  # only emoji or markup: nothing to speak
                     self._reply_sentences[utterance_id] = sentence
         except LLMError as exc:
             logger.warning("chat failed in session %s: %s", self.id, exc)
             self.events.publish({"type": "error", "source": "llm", "kind": exc.kind.name.lower(), "msg": str(exc)})
-        except ValueError:
-            logger.info("chat sentence had nothing speakable")
         except QueueFull as exc:
             self.events.publish({"type": "error", "source": "tts", "msg": str(exc)})
 
