@@ -28,8 +28,8 @@ from blending import BlendPlan, paste_back
 from facegeom import JAW, MOUTH_LEFT, MOUTH_RIGHT, NOSE_TIP, CHIN, face_axes, smoothstep, to_face_coords
 from lipshape import MouthShape
 
-JAW_DROP = 0.45  # jaw opening at jaw=1, in mouth half-widths
-LIP_PART = 0.3  # extra lip parting at lips=1
+JAW_DROP = 0.34  # jaw opening at jaw=1, in mouth half-widths
+LIP_PART = 0.22  # extra lip parting at lips=1
 CORNER_SHIFT = 0.14  # corner movement at width=+-1
 UPPER_LIP_SHARE = 0.35  # of the lip parting, how much is the upper lip lifting
 SEAM = (48, 60, 67, 66, 65, 64, 54)  # outer corner, lower inner lip, outer corner
