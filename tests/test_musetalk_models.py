@@ -242,3 +242,36 @@ def test_download_plan_writes_what_the_loader_reads(version, tmp_path):
 
     planned = {item.path(tmp_path) for item in download_models.plan(version)}
     assert set(required_files(tmp_path, version)) <= planned
+
+
+def test_hf_layout_names_are_those_of_transformers_whisper_encoder():
+    """Written out by hand from transformers' WhisperEncoder naming (not derived from our mapping),
+    so a wrong mapping cannot pass by round-tripping through its own inverse."""
+    from musetalk.whisper import EncoderDims, WhisperEncoder, encoder_to_hf_keys
+
+    encoder = WhisperEncoder(EncoderDims(n_ctx=8, n_state=8, n_head=2, n_layer=2, n_mlp=16), ln_post_on_last=True)
+    expected = {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "embed_positions.weight",
+                "layer_norm.weight", "layer_norm.bias"}
+    for i in range(2):
+        for name in ("self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.weight",
+                     "self_attn.v_proj.weight", "self_attn.v_proj.bias", "self_attn.out_proj.weight",
+                     "self_attn.out_proj.bias", "self_attn_layer_norm.weight", "self_attn_layer_norm.bias",
+                     "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
+                     "final_layer_norm.weight", "final_layer_norm.bias"):
+            expected.add(f"layers.{i}.{name}")
+    produced = set(encoder_to_hf_keys(encoder.state_dict(), prefix=""))
+    assert produced == expected, (produced ^ expected)
+
+
+def test_encoder_names_are_those_of_openai_whisper_audio_encoder():
+    """Hand-written from openai-whisper's AudioEncoder (the `tiny.pt` layout, under `encoder.`)."""
+    from musetalk.whisper import EncoderDims, WhisperEncoder
+
+    encoder = WhisperEncoder(EncoderDims(n_ctx=8, n_state=8, n_head=2, n_layer=1, n_mlp=32), ln_post_on_last=False)
+    expected = {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "positional_embedding",
+                "ln_post.weight", "ln_post.bias"}
+    for name in ("attn.query.weight", "attn.query.bias", "attn.key.weight", "attn.value.weight",
+                 "attn.value.bias", "attn.out.weight", "attn.out.bias", "attn_ln.weight", "attn_ln.bias",
+                 "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "mlp_ln.weight", "mlp_ln.bias"):
+        expected.add(f"blocks.0.{name}")
+    assert set(encoder.state_dict()) == expected, set(encoder.state_dict()) ^ expected
