@@ -89,7 +89,6 @@ class BaseReal:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._step = 0
-        self.frames_rendered = 0
 
     # ---- public API -------------------------------------------------------
     @property
@@ -229,7 +228,6 @@ class BaseReal:
             if any(item.speech for item in work):
                 self._drop_queued_idle()
             results = self.render_frames(work)
-            self.frames_rendered += len(work)
             for item, result in zip(work, results):
                 if item.epoch != self._epoch:
                     break

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import av
-import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media import CHUNK_SAMPLES, SAMPLE_RATE, VIDEO_CLOCK_RATE, AVBundle, SpeechEvent, chunks_per_frame
@@ -230,7 +229,3 @@ class HumanPlayer:
         self.stopped = True
         self.audio.stop()
         self.video.stop()
-
-
-def silence_samples(chunks: int) -> np.ndarray:
-    return np.zeros((chunks, CHUNK_SAMPLES), np.int16)
