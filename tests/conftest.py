@@ -89,6 +89,28 @@ async def server(data_dir):
     await running.runner.cleanup()
 
 
+ASTRONAUT_LOOP_SECONDS = 2.0
+
+
+@pytest.fixture(scope="session")
+def landmarker():
+    from facegeom import FaceLandmarker
+
+    return FaceLandmarker()
+
+
+@pytest.fixture(scope="session")
+def astronaut_build(tmp_path_factory, landmarker):
+    """The bundled photo prepared at full size (512 px, a 2 s idle loop): (report, avatar)."""
+    from avatar import load_avatar
+    from genavatar import PrepareOptions, build_avatar, default_photo
+
+    folder = tmp_path_factory.mktemp("astro") / "astro"
+    report = build_avatar(folder, PrepareOptions(loop_seconds=ASTRONAUT_LOOP_SECONDS), image=default_photo(),
+                          source="astronaut", landmarker=landmarker)
+    return report, load_avatar(folder)
+
+
 @pytest.fixture
 async def llm_server():
     """A scripted OpenAI-compatible chat server on 127.0.0.1."""

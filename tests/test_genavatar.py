@@ -11,23 +11,15 @@ import pytest
 
 import genavatar
 from avatar import AvatarError, load_avatar
-from facegeom import FaceError, FaceLandmarker, crop_box, face_box
+from facegeom import FaceError, crop_box, face_box
 from genavatar import PrepareOptions, build_avatar, default_photo
 
-LOOP_SECONDS = 2.0
+from tests.conftest import ASTRONAUT_LOOP_SECONDS as LOOP_SECONDS
 
 
-@pytest.fixture(scope="module")
-def landmarker():
-    return FaceLandmarker()
-
-
-@pytest.fixture(scope="module")
-def photo_avatar(tmp_path_factory, landmarker):
-    folder = tmp_path_factory.mktemp("avatars") / "astro"
-    report = build_avatar(folder, PrepareOptions(loop_seconds=LOOP_SECONDS), image=default_photo(),
-                          source="astronaut", landmarker=landmarker)
-    return report, load_avatar(folder)
+@pytest.fixture
+def photo_avatar(astronaut_build):
+    return astronaut_build
 
 
 def test_photo_becomes_an_avatar_with_face_data(photo_avatar):

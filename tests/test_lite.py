@@ -12,8 +12,6 @@ import pytest
 
 from avatar import load_avatar
 from basereal import EngineConfig, ping_pong_index, to_video_frame
-from facegeom import FaceLandmarker
-from genavatar import PrepareOptions, build_avatar, default_photo
 from litereal import LiteReal
 from media import CHUNK_SAMPLES, AudioChunk
 from render_sentence import TAIL_FRAMES, run_engine, synthesize
@@ -25,16 +23,8 @@ MAX_LAG = 3
 
 
 @pytest.fixture(scope="module")
-def landmarker():
-    return FaceLandmarker()
-
-
-@pytest.fixture(scope="module")
-def astronaut(tmp_path_factory, landmarker):
-    folder = tmp_path_factory.mktemp("lite") / "astro"
-    build_avatar(folder, PrepareOptions(loop_seconds=2.0), image=default_photo(), source="astronaut",
-                 landmarker=landmarker)
-    return load_avatar(folder)
+def astronaut(astronaut_build):
+    return astronaut_build[1]
 
 
 @pytest.fixture(scope="module")
