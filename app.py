@@ -28,7 +28,7 @@ from httpapi import BadRequest, error_middleware, ok, optional_bool, read_json, 
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
-from session import Session, SessionLimitError, SessionRegistry
+from session import Session, SessionLimitError, SessionRegistry, TooManySubscribers
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
 from tts.base import TTSError
 
@@ -42,6 +42,7 @@ REAPER_INTERVAL_S = 1.0
 MAX_SDP_CHARS = 100_000
 MAX_TEXT_CHARS = 20_000
 SSE_KEEPALIVE_S = 15.0
+SSE_POLL_S = 0.5  # how often an idle event stream checks that its listener is still there
 ICE_URL_PATTERN = re.compile(r"^(stun|stuns|turn|turns):(?:(?P<user>[^:@/]+):(?P<cred>[^@/]+)@)?(?P<rest>[^@\s]+)$")
 
 
@@ -354,23 +355,32 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events of one session: speech start/end at playout, errors, close."""
     ctx = context_of(request)
     session = session_from(ctx, {"sessionid": request.query.get("sessionid")})
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
-    queue = session.events.subscribe()
     try:
+        queue = session.events.subscribe()
+    except TooManySubscribers as exc:
+        raise BadRequest(str(exc), status=429) from None
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    try:
+        await response.prepare(request)
         await response.write(b": connected\n\n")
+        last_write = time.monotonic()
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                event = await asyncio.wait_for(queue.get(), SSE_POLL_S)
             except asyncio.TimeoutError:
-                await response.write(b": keepalive\n\n")
+                if request.transport is None or request.transport.is_closing():
+                    break  # the listener hung up: free its slot now, not at the next write
+                if time.monotonic() - last_write >= SSE_KEEPALIVE_S:
+                    await response.write(b": keepalive\n\n")
+                    last_write = time.monotonic()
                 continue
             if event is None:
                 break
+            last_write = time.monotonic()
             session.touch()
             await response.write(f"data: {json.dumps(event)}\n\n".encode())
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the listener went away
     finally:
         session.events.unsubscribe(queue)
     return response

@@ -28,6 +28,11 @@ from webrtc import HumanPlayer
 logger = logging.getLogger(__name__)
 
 EVENT_QUEUE_SIZE = 256
+MAX_SUBSCRIBERS = 8  # event streams one session may hold open
+
+
+class TooManySubscribers(Exception):
+    pass
 
 
 class SessionLimitError(Exception):
@@ -46,6 +51,8 @@ class EventHub:
         self.channel: RTCDataChannel | None = None
 
     def subscribe(self) -> asyncio.Queue:
+        if len(self._subscribers) >= MAX_SUBSCRIBERS:
+            raise TooManySubscribers(f"this session already has {MAX_SUBSCRIBERS} event streams open")
         q: asyncio.Queue = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._subscribers.add(q)
         return q

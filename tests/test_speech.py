@@ -199,3 +199,23 @@ async def test_sse_delivers_playout_events(server, http, client):
 
     async with http.get(f"{server.url}/events", params={"sessionid": "nope"}) as response:
         assert response.status == 404
+
+
+async def test_event_streams_per_session_are_limited(server, http, client):
+    from session import MAX_SUBSCRIBERS
+
+    streams = []
+    try:
+        for _ in range(MAX_SUBSCRIBERS):
+            response = await http.get(f"{server.url}/events", params={"sessionid": client.sessionid})
+            assert response.status == 200
+            await response.content.readline()
+            streams.append(response)
+        async with http.get(f"{server.url}/events", params={"sessionid": client.sessionid}) as extra:
+            assert extra.status == 429 and (await extra.json())["code"] == -1
+    finally:
+        for response in streams:
+            response.close()
+    await asyncio.sleep(1.2)  # an idle stream notices its listener left within SSE_POLL_S
+    async with http.get(f"{server.url}/events", params={"sessionid": client.sessionid}) as again:
+        assert again.status == 200  # closed streams free their slots
