@@ -10,13 +10,12 @@ aiortc -> the listener receiving it) is measured on the same frames.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 
 import aiohttp
 
-from common import start_server, summary_ms
+from common import speech_bench_parser, start_server, summary_ms
 
 import app as server_app  # noqa: E402
 from bench_latency import record_handover  # noqa: E402
@@ -62,10 +61,7 @@ async def run(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--avatar", default="default")
-    parser.add_argument("--model", default="lite")
+    parser = speech_bench_parser(__doc__)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results = asyncio.run(run(args))

@@ -12,7 +12,6 @@ then (a) - floor: text -> TTS -> engine -> the wire.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -21,7 +20,7 @@ import time
 import aiohttp
 import numpy as np
 
-from common import ROOT, start_server, summary_ms
+from common import speech_bench_parser, ROOT, start_server, summary_ms
 
 import app as server_app  # noqa: E402
 from tests.rtc_client import ReceiverClient  # noqa: E402
@@ -94,10 +93,7 @@ async def run(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--avatar", default="default")
-    parser.add_argument("--model", default="lite")
+    parser = speech_bench_parser(__doc__)
     parser.add_argument("--json", help="also write raw results here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -42,3 +42,14 @@ async def start_server(*flags: str):
     port = free_port()
     await server_app.web.TCPSite(runner, "127.0.0.1", port).start()
     return application, runner, f"http://127.0.0.1:{port}"
+
+
+def speech_bench_parser(doc: str):
+    """The flags every in-process speech benchmark takes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--avatar", default="default")
+    parser.add_argument("--model", default="lite")
+    return parser

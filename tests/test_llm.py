@@ -44,6 +44,19 @@ def speak_all(conversation: Conversation, sentences: list[str]) -> None:
         conversation.mark_spoken(sentence)
 
 
+def start_reply(conversation: Conversation) -> tuple[asyncio.Task, list[str], asyncio.Event]:
+    """Consume a reply in a task: (task, sentences so far, set at the first sentence)."""
+    got: list[str] = []
+    first = asyncio.Event()
+
+    async def consume():
+        async for sentence in conversation.reply("hi"):
+            got.append(sentence)
+            first.set()
+
+    return asyncio.create_task(consume()), got, first
+
+
 async def test_sentences_arrive_in_order(llm_server, client):
     llm_server.queue(Script(deltas=["Hello", " there. How", " are you? I am", " fine", ". 再见！"]))
     sentences = await collect(Conversation(client), "hi")
@@ -70,15 +83,7 @@ async def test_first_sentence_arrives_before_the_stream_ends(llm_server, client)
 async def test_cancelling_the_reply_task_closes_the_upstream_request(llm_server, client):
     llm_server.queue(Script(deltas=["One. "] + ["more "] * 50, delay=0.1))
     conversation = Conversation(client)
-    got: list[str] = []
-    first = asyncio.Event()
-
-    async def consume():
-        async for sentence in conversation.reply("hi"):
-            got.append(sentence)
-            first.set()
-
-    task = asyncio.create_task(consume())
+    task, got, first = start_reply(conversation)
     await asyncio.wait_for(first.wait(), WAIT)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -117,15 +122,7 @@ async def test_interrupt_closes_a_stalled_stream_at_once(llm_server):
     client = LLMClient(settings_for(llm_server.base_url, timeout=30))
     llm_server.queue(Script(deltas=["One. ", "Two. "], stall_after=1))
     conversation = Conversation(client)
-    got = []
-    first = asyncio.Event()
-
-    async def consume():
-        async for sentence in conversation.reply("hi"):
-            got.append(sentence)
-            first.set()
-
-    task = asyncio.create_task(consume())
+    task, got, first = start_reply(conversation)
     await asyncio.wait_for(first.wait(), WAIT)
     conversation.interrupt()  # the server sends nothing more; the reply must not wait for it
     await asyncio.wait_for(task, WAIT)  # ends quietly
