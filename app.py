@@ -28,6 +28,8 @@ from httpapi import BadRequest, error_middleware, ok, optional_bool, read_json, 
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
+import ops
+from ops.metrics import Metrics
 from session import Session, SessionLimitError, SessionRegistry, TooManySubscribers
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
 from tts.base import TTSError
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", dest="data_dir", type=Path, default=ROOT / "data")
     parser.add_argument("--models-dir", dest="models_dir", type=Path, default=ROOT / "models")
     parser.add_argument("--log-level", dest="log_level", default="INFO")
+    ops.add_arguments(parser)
     return parser
 
 
@@ -111,6 +114,7 @@ class ServerContext:
     sessions: SessionRegistry
     tts: TTSFactory
     llm: LLMClient
+    metrics: Metrics
     background: set[asyncio.Task] = field(default_factory=set)
 
 
@@ -176,7 +180,7 @@ async def offer(request: web.Request) -> web.Response:
         backend = await loop.run_in_executor(None, ctx.tts.create)
         engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
-        session = Session(session_id, engine, pc, loop, backend, ctx.llm)
+        session = Session(session_id, engine, pc, loop, backend, ctx.llm, probe=ctx.metrics.probe())
         pc.addTrack(session.player.audio)
         pc.addTrack(session.player.video)
         try:
@@ -193,6 +197,7 @@ async def offer(request: web.Request) -> web.Response:
             raise BadRequest(str(exc), status=422) from None
         raise
     ctx.sessions.add(session)
+    ctx.metrics.sessions_started.inc()
     watch_connection(ctx, session)
     logger.info("session %s started (avatar %s, engine %s, %d live)", session_id, avatar_id, ctx.engines.model, len(ctx.sessions))
     answer = session.pc.localDescription
@@ -205,6 +210,8 @@ def watch_connection(ctx: ServerContext, session: Session) -> None:
     @pc.on("connectionstatechange")
     async def on_state() -> None:
         logger.info("session %s connection %s", session.id, pc.connectionState)
+        if pc.connectionState == "failed":
+            ctx.metrics.error("connection_failed")
         if pc.connectionState in ("failed", "closed"):
             await ctx.sessions.close(session.id, f"connection {pc.connectionState}")
 
@@ -290,6 +297,8 @@ async def human(request: web.Request) -> web.Response:
     backend = await loop.run_in_executor(None, requested_backend, ctx, session, body)
     if interrupt:
         session.interrupt()
+    if session.probe is not None:
+        session.probe.text_received()
     if kind == "chat":
         problem = ctx.llm.settings.problem()
         if problem:
@@ -344,6 +353,8 @@ async def human_audio(request: web.Request) -> web.Response:
         audio = await asyncio.get_running_loop().run_in_executor(None, decode_audio, data)
     except AudioDecodeError as exc:
         raise BadRequest(str(exc), status=415) from None
+    if session.probe is not None:
+        session.probe.text_received()
     try:
         utterance_id = session.tts.play(audio, filename)
     except QueueFull as exc:
@@ -392,8 +403,12 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
         config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
         musetalk = MuseTalkSettings(left_chunks=args.left_context, right_chunks=args.right_context)
         engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
-    ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session),
-                        tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)))
+    metrics = Metrics(engines.model)
+    ctx = ServerContext(args=args, avatars=avatars, engines=engines,
+                        sessions=SessionRegistry(args.max_session, args.worker_id),
+                        tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)), metrics=metrics)
+    engines.observe_batches(metrics.observe_batch)
+    ctx.llm.on_first_token = metrics.observe_llm_first_token
     if args.ice_hosts:
         restrict_ice_hosts(args.ice_hosts)
 
@@ -409,6 +424,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     app.router.add_post("/interrupt_talk", interrupt_talk)
     app.router.add_get("/events", events)
     app.router.add_static("/web", WEB_DIR)
+    ops.register(app, ctx)
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")
@@ -440,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                      " (the default one: `python genavatar.py --default`)", args.avatar_id, ctx.avatars.root, args.avatar_id)
         return 2
     logger.info("engine: %s; open http://%s:%d/", ctx.engines.model, args.host, args.listenport)
-    web.run_app(app, host=args.host, port=args.listenport, print=None)
+    ops.run(app, ctx)  # serves until SIGTERM/SIGINT, then drains for --drain-timeout
     return 0
 
 

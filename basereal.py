@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import av
 import cv2
@@ -89,6 +89,7 @@ class BaseReal:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._step = 0
+        self.on_render: Callable[[int, float], None] | None = None  # (frames, seconds) per speech step (metrics)
 
     # ---- public API -------------------------------------------------------
     @property
@@ -227,7 +228,10 @@ class BaseReal:
             work = self._next_work(self.frames_per_step(speech))
             if any(item.speech for item in work):
                 self._drop_queued_idle()
+            started = time.perf_counter()
             results = self.render_frames(work)
+            if self.on_render is not None and any(item.speech for item in work):
+                self.on_render(len(work), time.perf_counter() - started)
             for item, result in zip(work, results):
                 if item.epoch != self._epoch:
                     break

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import contextlib
 
@@ -24,6 +24,9 @@ from media import SpeechEvent
 from ttsreal import QueueFull, TTSWorker
 from tts.base import TTSBackend
 from webrtc import HumanPlayer
+
+if TYPE_CHECKING:
+    from ops.metrics import SessionProbe
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class EventHub:
         self._loop = loop
         self._subscribers: set[asyncio.Queue] = set()
         self.channel: RTCDataChannel | None = None
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []  # e.g. metrics counting errors
 
     def subscribe(self) -> asyncio.Queue:
         if len(self._subscribers) >= MAX_SUBSCRIBERS:
@@ -61,6 +65,8 @@ class EventHub:
         self._subscribers.discard(q)
 
     def publish(self, event: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(event)
         for q in list(self._subscribers):
             if q.full():
                 q.get_nowait()  # a stalled reader loses its oldest event, never blocks us
@@ -92,13 +98,16 @@ class Session:
         loop: asyncio.AbstractEventLoop,
         tts_backend: TTSBackend,
         llm: LLMClient,
+        probe: "SessionProbe | None" = None,
     ):
         self.id = session_id
+        self.probe = probe
         self.engine = engine
         self.pc = pc
         self.events = EventHub(loop)
         self.tts_backend = tts_backend
-        self.tts = TTSWorker(engine, self._on_tts_error, name=f"tts-{session_id[:8]}")
+        self.tts = TTSWorker(engine, self._on_tts_error, name=f"tts-{session_id[:8]}",
+                             on_first_audio=probe.tts_first_audio if probe else None)
         self.conversation = Conversation(llm)
         self._reply_sentences: dict[str, str] = {}  # utterance id -> chat sentence awaiting playout
         self._reply_task: asyncio.Task | None = None
@@ -112,7 +121,10 @@ class Session:
             current_epoch=lambda: engine.epoch,
             filler=engine.idle_bundle,
             on_playout=self._on_playout,
+            probe=probe,
         )
+        if probe is not None:
+            self.events.listeners.append(probe.event)
         self._close_lock = asyncio.Lock()
         self.close_reason = ""
 
@@ -173,6 +185,8 @@ class Session:
         self._reply_sentences.clear()
         epoch = self.engine.interrupt()
         self.player.schedule.drop_pending()
+        if self.probe is not None:
+            self.probe.interrupted(epoch)
         if self._playing is not None:
             cut = SpeechEvent("end", self._playing.utterance_id, self._playing.text, interrupted=True)
             self._playing = None
@@ -204,8 +218,9 @@ class Session:
 class SessionRegistry:
     """Live sessions by id, with a limit that counts sessions still being built."""
 
-    def __init__(self, max_sessions: int):
+    def __init__(self, max_sessions: int, id_prefix: str | None = None):
         self.max_sessions = max_sessions
+        self.id_prefix = id_prefix  # names this worker in every id, so a proxy can route by it
         self._sessions: dict[str, Session] = {}
         self._reserved = 0
 
@@ -216,7 +231,12 @@ class SessionRegistry:
                 f"server is at its limit of {self.max_sessions} sessions: try again later"
             )
         self._reserved += 1
-        return str(uuid.uuid4())
+        return f"{self.id_prefix}-{uuid.uuid4()}" if self.id_prefix else str(uuid.uuid4())
+
+    @property
+    def starting(self) -> int:
+        """Sessions reserved and still being built."""
+        return self._reserved
 
     def release_reservation(self) -> None:
         self._reserved -= 1

@@ -17,12 +17,15 @@ import logging
 import queue
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media import CHUNK_SAMPLES, SAMPLE_RATE, VIDEO_CLOCK_RATE, AVBundle, SpeechEvent, chunks_per_frame
+
+if TYPE_CHECKING:
+    from ops.metrics import SessionProbe
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +181,8 @@ class PlayerStreamTrack(MediaStreamTrack):
             frame = bundle.video
             frame.pts = index * (VIDEO_CLOCK_RATE // player.clock.fps)
             frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+            if player.probe is not None:
+                player.probe.video_sent(bundle, player.stats)
         else:
             per_tick = player.chunks_per_frame
             index = await self._wait_for(self._next, per_tick)
@@ -188,6 +193,8 @@ class PlayerStreamTrack(MediaStreamTrack):
             frame.sample_rate = SAMPLE_RATE
             frame.pts = index * CHUNK_SAMPLES
             frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+            if player.probe is not None:
+                player.probe.audio_sent(bundle)
             if bundle.events and bundle.events[part]:
                 for event in bundle.events[part]:
                     player.playout(event)
@@ -208,7 +215,9 @@ class HumanPlayer:
         current_epoch: Callable[[], int],
         filler: Callable[[av.VideoFrame | None], AVBundle],
         on_playout: Callable[[SpeechEvent], None] | None = None,
+        probe: "SessionProbe | None" = None,
     ):
+        self.probe = probe  # times the stages that end on the wire (metrics)
         self.clock = SessionClock(fps)
         self.chunks_per_frame = chunks_per_frame(fps)
         self.stats = StreamStats()

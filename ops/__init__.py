@@ -1,0 +1,85 @@
+"""Running the server in production: metrics, health and drain, many workers.
+
+app.py calls `add_arguments(parser)` for the flags and `register(app, ctx)` for
+the routes and middlewares; `serve()` replaces aiohttp's run_app to drain on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from httpapi import error
+from ops.drain import Drainer, serve
+from ops.health import LIFECYCLE_KEY, Lifecycle, drain_middleware, health_routes
+from ops.metrics import CONTENT_TYPE_LATEST, Metrics, bearer_matches, route_name
+
+if TYPE_CHECKING:
+    from app import ServerContext
+
+WORKER_ID_PATTERN = re.compile(r"^[a-z0-9]{1,16}$")
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+
+
+def worker_id(text: str) -> str:
+    if not WORKER_ID_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(f"bad worker id {text!r}: 1-16 characters of a-z and 0-9")
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("operation")
+    group.add_argument("--metrics-token", dest="metrics_token", default=None,
+                       help="Bearer token for GET /metrics (default: --auth-token when set, else open)")
+    group.add_argument("--drain-timeout", dest="drain_timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S,
+                       help="on SIGTERM, seconds sessions may go on before they are closed")
+    group.add_argument("--worker-id", dest="worker_id", type=worker_id, default=None,
+                       help="prefix of this worker's session ids (WORKER-uuid), so a proxy can route by id")
+
+
+def register(app: web.Application, ctx: "ServerContext") -> None:
+    """/metrics, /healthz, /readyz and the middlewares that count responses and refuse offers while draining."""
+    lifecycle = Lifecycle()
+    app[LIFECYCLE_KEY] = lifecycle
+    metrics = ctx.metrics
+    metrics.watch(ctx.sessions.all, lambda: ctx.sessions.starting)
+    token = ctx.args.metrics_token or getattr(ctx.args, "auth_token", None)
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        if token and not bearer_matches(request, token):
+            return error(401, "GET /metrics needs 'Authorization: Bearer <token>' (--metrics-token or --auth-token)")
+        body = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @web.middleware
+    async def count_responses(request: web.Request, handler):
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            metrics.http.labels(route_name(request), str(exc.status)).inc()
+            raise
+        metrics.http.labels(route_name(request), str(response.status)).inc()
+        if response.status >= 500:
+            metrics.error(f"http_{response.status}")
+        return response
+
+    healthz, readyz = health_routes(lifecycle, lambda: ctx.engines.loaded,
+                                    lambda: (len(ctx.sessions) + ctx.sessions.starting, ctx.sessions.max_sessions))
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.middlewares.insert(0, drain_middleware)
+    app.middlewares.insert(0, count_responses)
+
+
+def run(app: web.Application, ctx: "ServerContext") -> None:
+    """Serve `app` until SIGTERM, draining sessions for --drain-timeout first."""
+
+    def make_drainer() -> Drainer:
+        return Drainer(app[LIFECYCLE_KEY], ctx.sessions, ctx.args.drain_timeout)
+
+    asyncio.run(serve(app, ctx.args.host, ctx.args.listenport, make_drainer))
