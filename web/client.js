@@ -29,7 +29,9 @@ function setControls(connected) {
 }
 
 async function postJSON(path, body) {
-  const response = await fetch(path, {
+  // The session id also rides in the URL so a proxy in front of many workers can route by it.
+  const url = body.sessionid ? `${path}?sessionid=${encodeURIComponent(body.sessionid)}` : path;
+  const response = await fetch(url, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   });
   const data = await response.json().catch(() => ({ code: -1, msg: `HTTP ${response.status}` }));
@@ -65,6 +67,8 @@ function handleEvent(event) {
     log(`error: ${event.msg}`, "error");
   } else if (event.type === "reply") {
     log(`🗨 ${event.text}`);
+  } else if (event.type === "draining") {
+    log(`server shutting down: this session ends within ${event.within_s} s`, "error");
   } else if (event.type === "closed") {
     log(`session closed: ${event.reason}`);
   }
