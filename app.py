@@ -29,6 +29,7 @@ from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
 import ops
+from ops.broadcast import TRANSPORTS
 from ops.metrics import Metrics
 from session import Session, SessionLimitError, SessionRegistry, TooManySubscribers
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
@@ -63,7 +64,8 @@ def parse_ice_server(text: str) -> RTCIceServer:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Real-time talking avatar server (WebRTC).")
-    parser.add_argument("--transport", choices=["webrtc"], default="webrtc")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="webrtc",
+                        help="rtmp/whip: also push one session (id --push-session-id) to --push-url")
     parser.add_argument("--model", choices=MODEL_CHOICES, default="auto",
                         help="lip-sync engine; auto = musetalk when its weights are in models/, else lite")
     parser.add_argument("--avatar_id", default=DEFAULT_AVATAR_ID, help="avatar used when an offer names none")
@@ -174,15 +176,10 @@ async def offer(request: web.Request) -> web.Response:
     except SessionLimitError as exc:
         raise BadRequest(str(exc), status=503) from None
 
-    loop = asyncio.get_running_loop()
     session = None
     try:
-        backend = await loop.run_in_executor(None, ctx.tts.create)
-        engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
-        session = Session(session_id, engine, pc, loop, backend, ctx.llm, probe=ctx.metrics.probe())
-        pc.addTrack(session.player.audio)
-        pc.addTrack(session.player.video)
+        session = await create_session(ctx, session_id, avatar_id)
+        pc = session.pc
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             answer = await pc.createAnswer()
@@ -202,6 +199,18 @@ async def offer(request: web.Request) -> web.Response:
     logger.info("session %s started (avatar %s, engine %s, %d live)", session_id, avatar_id, ctx.engines.model, len(ctx.sessions))
     answer = session.pc.localDescription
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "sessionid": session_id})
+
+
+async def create_session(ctx: ServerContext, session_id: str, avatar_id: str) -> Session:
+    """Engine, TTS and a peer connection carrying the session's two paced tracks."""
+    loop = asyncio.get_running_loop()
+    backend = await loop.run_in_executor(None, ctx.tts.create)
+    engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
+    session = Session(session_id, engine, pc, loop, backend, ctx.llm, probe=ctx.metrics.probe())
+    pc.addTrack(session.player.audio)
+    pc.addTrack(session.player.video)
+    return session
 
 
 def watch_connection(ctx: ServerContext, session: Session) -> None:
@@ -234,6 +243,8 @@ async def reap_sessions(ctx: ServerContext) -> None:
 async def close_stale_sessions(ctx: ServerContext) -> None:
     now = time.monotonic()
     for session in ctx.sessions.all():
+        if session.broadcast:
+            continue  # pushed to a media server: no listener of its own to wait for
         age = now - session.created
         if session.pc.connectionState != "connected" and age > CONNECT_TIMEOUT_S:
             await ctx.sessions.close(session.id, f"not connected after {CONNECT_TIMEOUT_S:.0f} s")
@@ -424,7 +435,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     app.router.add_post("/interrupt_talk", interrupt_talk)
     app.router.add_get("/events", events)
     app.router.add_static("/web", WEB_DIR)
-    ops.register(app, ctx)
+    ops.register(app, ctx, create_session)
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")
@@ -443,7 +454,10 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if problem := ops.check_arguments(args):
+        parser.error(problem)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(args)

@@ -115,6 +115,7 @@ class Session:
         self.created = time.monotonic()
         self.last_activity = self.created
         self.closed = False
+        self.broadcast = False  # pushed to a media server (rtmp/whip) rather than answered to a peer
         self.player = HumanPlayer(
             engine.output,
             engine.config.fps,
@@ -224,13 +225,17 @@ class SessionRegistry:
         self._sessions: dict[str, Session] = {}
         self._reserved = 0
 
-    def reserve(self) -> str:
-        """Claim a slot for a session being built (raises SessionLimitError)."""
+    def reserve(self, session_id: str | None = None) -> str:
+        """Claim a slot for a session being built (raises SessionLimitError); a fixed id may be asked for."""
         if len(self._sessions) + self._reserved >= self.max_sessions:
             raise SessionLimitError(
                 f"server is at its limit of {self.max_sessions} sessions: try again later"
             )
+        if session_id is not None and session_id in self._sessions:
+            raise SessionLimitError(f"session {session_id!r} already exists")
         self._reserved += 1
+        if session_id is not None:
+            return session_id
         return f"{self.id_prefix}-{uuid.uuid4()}" if self.id_prefix else str(uuid.uuid4())
 
     @property

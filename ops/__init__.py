@@ -9,17 +9,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiohttp import web
 
 from httpapi import error
+from ops import broadcast
+from ops.broadcast import Broadcast, check_arguments
 from ops.drain import Drainer, serve
 from ops.health import LIFECYCLE_KEY, Lifecycle, drain_middleware, health_routes
 from ops.metrics import CONTENT_TYPE_LATEST, Metrics, bearer_matches, route_name
 
 if TYPE_CHECKING:
     from app import ServerContext
+    from session import Session
+
+__all__ = ["add_arguments", "check_arguments", "register", "run"]
 
 WORKER_ID_PATTERN = re.compile(r"^[a-z0-9]{1,16}$")
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
@@ -39,10 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="on SIGTERM, seconds sessions may go on before they are closed")
     group.add_argument("--worker-id", dest="worker_id", type=worker_id, default=None,
                        help="prefix of this worker's session ids (WORKER-uuid), so a proxy can route by id")
+    broadcast.add_arguments(group)
 
 
-def register(app: web.Application, ctx: "ServerContext") -> None:
-    """/metrics, /healthz, /readyz and the middlewares that count responses and refuse offers while draining."""
+def register(app: web.Application, ctx: "ServerContext",
+             create_session: Callable[["ServerContext", str, str], Awaitable["Session"]]) -> None:
+    """/metrics, /healthz, /readyz, the middlewares that count responses and refuse offers while draining,
+    and the pushed session of --transport rtmp/whip."""
     lifecycle = Lifecycle()
     app[LIFECYCLE_KEY] = lifecycle
     metrics = ctx.metrics
@@ -74,6 +82,10 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
     app.router.add_get("/readyz", readyz)
     app.middlewares.insert(0, drain_middleware)
     app.middlewares.insert(0, count_responses)
+    if ctx.args.transport != "webrtc":
+        pushed = Broadcast(ctx, create_session)
+        app.on_startup.append(pushed.start)
+        app.on_shutdown.append(pushed.stop)
 
 
 def run(app: web.Application, ctx: "ServerContext") -> None:

@@ -43,6 +43,10 @@ class Drainer:
             logger.info("%s again: closing the remaining sessions now", signame)
             self._hurry.set()
 
+    def _listened(self) -> int:
+        """Sessions someone is connected to (a broadcast session never ends by itself)."""
+        return sum(not session.broadcast for session in self.sessions.all())
+
     async def _drain(self) -> None:
         self.lifecycle.draining = True
         notice = {"type": "draining", "reason": "server shutting down", "within_s": self.timeout}
@@ -50,7 +54,7 @@ class Drainer:
             session.events.publish(notice)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        while len(self.sessions) and loop.time() < deadline and not self._hurry.is_set():
+        while self._listened() and loop.time() < deadline and not self._hurry.is_set():
             try:
                 await asyncio.wait_for(self._hurry.wait(), DRAIN_POLL_S)
             except asyncio.TimeoutError:

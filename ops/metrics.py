@@ -31,7 +31,7 @@ PREFIX = "avatar"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 4.0, 8.0)
 BATCH_TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.5)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-SESSION_STATES = ("starting", "new", "connecting", "connected", "disconnected", "failed", "closed")
+SESSION_STATES = ("starting", "broadcast", "new", "connecting", "connected", "disconnected", "failed", "closed")
 QUEUES = ("tts_text", "audio_in", "rendered", "output")
 GPU_ALLOCATED = f"{PREFIX}_gpu_memory_allocated_bytes"
 GPU_RESERVED = f"{PREFIX}_gpu_memory_reserved_bytes"
@@ -170,7 +170,7 @@ class SessionCollector(Collector):
         depth_sum = dict.fromkeys(QUEUES, 0)
         depth_max = dict.fromkeys(QUEUES, 0)
         for session in sessions:
-            state = session.pc.connectionState
+            state = "broadcast" if session.broadcast else session.pc.connectionState
             states[state] = states.get(state, 0) + 1
             for name, depth in queue_depths(session).items():
                 depth_sum[name] += depth
