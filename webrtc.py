@@ -143,11 +143,11 @@ class MediaSchedule:
 class PlayerStreamTrack(MediaStreamTrack):
     """An audio or video track whose recv() is paced by the session clock."""
 
-    def __init__(self, player: "HumanPlayer", kind: str):
+    def __init__(self, player: "HumanPlayer", kind: str, start: int = 0):
         super().__init__()
         self.kind = kind
         self._player = player
-        self._next = 0  # next frame index (video) or chunk index (audio)
+        self._next = start  # next frame index (video) or chunk index (audio)
 
     @property
     def next_tick(self) -> int:
@@ -226,6 +226,15 @@ class HumanPlayer:
         self.stopped = False
         self.audio = PlayerStreamTrack(self, "audio")
         self.video = PlayerStreamTrack(self, "video")
+
+    def renew_tracks(self) -> None:
+        """New track objects at the present tick, for a new connection of the same session
+        (a closing RTCRtpSender stops the tracks it sent)."""
+        tick = max(self.audio.next_tick, self.video.next_tick)  # ticks before it may be released
+        if self.clock.t0 is not None:
+            tick = max(tick, self.clock.current_tick())
+        self.audio = PlayerStreamTrack(self, "audio", start=tick * self.chunks_per_frame)
+        self.video = PlayerStreamTrack(self, "video", start=tick)
 
     def playout(self, event: SpeechEvent) -> None:
         if self._on_playout is not None:

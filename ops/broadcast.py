@@ -43,6 +43,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="where --transport rtmp/whip pushes: rtmp://HOST/APP/STREAM or http(s)://HOST/.../whip")
     group.add_argument("--push-session-id", dest="push_session_id", type=push_session_id,
                        default=DEFAULT_PUSH_SESSION_ID, help="the fixed sessionid of the pushed session")
+    group.add_argument("--push-token", dest="push_token", default=None,
+                       help="Bearer token the WHIP endpoint asks for")
     group.add_argument("--push-avatar", dest="push_avatar", default=None,
                        help="avatar of the pushed session (default: --avatar_id)")
 
@@ -90,7 +92,7 @@ class Broadcast:
             return RtmpPusher(args.push_url, session.player.video, session.player.audio, args.fps)
         from ops.whip import WhipPublisher
 
-        return WhipPublisher(args.push_url, session, list(args.ice_servers))
+        return WhipPublisher(args.push_url, session, list(args.ice_servers), token=args.push_token)
 
     async def stop(self, app: web.Application) -> None:
         if self.pusher is not None:

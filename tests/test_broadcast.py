@@ -1,4 +1,4 @@
-"""--transport rtmp: the session is pushed to Debian's nginx-rtmp and pulled back with PyAV."""
+"""--transport rtmp|whip: one session pushed to a media server (nginx-rtmp pulled back with PyAV; a WHIP endpoint)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from tests.speech_helpers import post
 RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
 PUSH_ID = "stage"
 VOICED_RMS = 300.0
+VOICED_PEAK = 300  # int16 peak of a received 20 ms frame with speech in it
 
 
 def rtmp_config(prefix, port: int) -> str:
@@ -110,3 +111,46 @@ async def test_rtmp_push_is_watchable_in_sync_and_driven_by_its_fixed_id(data_di
     assert gaps and float(np.median(gaps)) < 0.3, gaps
     loud = [rms for _, _, rms in pulled.audio if rms > VOICED_RMS]
     assert loud, "the /human speech never reached the viewer"
+
+
+@pytest.fixture
+async def whip_endpoint():
+    from tests.whip_server import WhipEndpoint
+
+    endpoint = WhipEndpoint()
+    await endpoint.start()
+    yield endpoint
+    await endpoint.close()
+
+
+async def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+async def test_whip_publishes_speaks_by_fixed_id_reconnects_and_deletes(data_dir, whip_endpoint, http):
+    from tests.whip_server import TOKEN
+
+    server = await start_server(server_args(data_dir, "--transport", "whip", "--push-url", whip_endpoint.url,
+                                            "--push-token", TOKEN, "--push-session-id", PUSH_ID))
+    try:
+        await wait_for(lambda: any(p.video_frames >= 25 for p in whip_endpoint.live()), what="media at the endpoint")
+        first = whip_endpoint.live()[0]
+        assert len(first.audio_peaks) >= 25 and max(first.audio_peaks) < VOICED_PEAK  # idle: silence
+        status, body = await post(http, f"{server.url}/human", {"sessionid": PUSH_ID, "text": "Hello from the stage."})
+        assert status == 200, body
+        await wait_for(lambda: max(first.audio_peaks) > VOICED_PEAK, what="speech at the endpoint")
+        status, _ = await post(http, f"{server.url}/interrupt_talk", {"sessionid": PUSH_ID})
+        assert status == 200
+
+        await whip_endpoint.drop_all()  # the media server goes away: the client publishes again
+        await wait_for(lambda: len(whip_endpoint.publications) == 2 and any(
+            p.video_frames >= 10 for p in whip_endpoint.live()), what="a second publication")
+        assert server.context.sessions.get(PUSH_ID) is not None  # same session, same id
+    finally:
+        await server.runner.cleanup()
+    assert ("DELETE", 200) in whip_endpoint.requests  # shutdown ended the publication on the server
+    assert not whip_endpoint.live()
