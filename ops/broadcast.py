@@ -95,5 +95,7 @@ class Broadcast:
         return WhipPublisher(args.push_url, session, list(args.ice_servers), token=args.push_token)
 
     async def stop(self, app: web.Application) -> None:
-        if self.pusher is not None:
-            await self.pusher.stop()
+        """Stop pushing; the session itself is closed with the others at shutdown."""
+        pusher, self.pusher, self.session = self.pusher, None, None  # the app outlives the session
+        if pusher is not None:
+            await pusher.stop()
