@@ -102,8 +102,9 @@ async function connect() {
   try {
     const config = await (await fetch("/config")).json();
     $("engine").textContent = `engine: ${config.model}`;
-    const pc = new RTCPeerConnection({ iceServers: config.iceServers || [] });
+    const pc = new RTCPeerConnection(ice.config(config));
     client.pc = pc;
+    ice.watch(pc);
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addTransceiver("audio", { direction: "recvonly" });
     const stream = new MediaStream();

@@ -1,0 +1,114 @@
+"""TURN that is tested: coturn (Debian) on loopback, Chromium forced to relay-only, media flowing."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.binaries import require_binary
+from tests.conftest import free_port, server_args, start_server
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, inbound_stats, loopback_only
+
+TURN_USER, TURN_SECRET = "avatar", "turn-secret"
+
+
+def stun_answers(port: int) -> bool:
+    """True once a STUN Binding request to 127.0.0.1:port gets a Binding success response."""
+    request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        sock.sendto(request, ("127.0.0.1", port))
+        try:
+            answer = sock.recv(2048)
+        except socket.timeout:
+            return False
+    return answer[:2] == b"\x01\x01" and answer[8:20] == request[8:20]
+
+
+@pytest.fixture
+def coturn(tmp_path):
+    """turnserver on 127.0.0.1 with long-term credentials, relaying between loopback peers."""
+    binary = require_binary("turnserver", "coturn")
+    port = free_port()
+    log = tmp_path / "turnserver.log"
+    process = subprocess.Popen(
+        [binary, "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", f"--listening-port={port}",
+         "--min-port=49160", "--max-port=49260", "--lt-cred-mech", f"--user={TURN_USER}:{TURN_SECRET}",
+         "--realm=avatar.test", "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers",
+         "--fingerprint", "--log-file=stdout", "--simple-log", f"--pidfile={tmp_path / 'turnserver.pid'}",
+         f"--db={tmp_path / 'turndb'}"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while not stun_answers(port):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def test_relay_only_browser_streams_through_coturn(data_dir, coturn):
+    from playwright.async_api import async_playwright
+
+    port = coturn
+    server = await start_server(server_args(
+        data_dir, "--ice-server", f"turn:{TURN_USER}:{TURN_SECRET}@127.0.0.1:{port}?transport=udp"))
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                sent: list[str] = []
+
+                async def filter_offer(route) -> None:
+                    body = json.loads(route.request.post_data)
+                    body["sdp"] = loopback_only(body["sdp"])
+                    sent.append(body["sdp"])
+                    await route.continue_(post_data=json.dumps(body))
+
+                await page.route("**/offer", filter_offer)
+                await page.goto(f"{server.url}/?relay=1")
+                await page.click("#connect")
+                await page.wait_for_function("document.getElementById('state').textContent === 'connected'",
+                                             timeout=30000)
+                await page.wait_for_function("(document.getElementById('ice').dataset.pair || '') !== ''", timeout=10000)
+                pair = await page.get_attribute("#ice", "data-pair")
+                first = await inbound_stats(page)
+                await page.wait_for_timeout(1500)
+                second = await inbound_stats(page)
+            finally:
+                await browser.close()
+    finally:
+        await server.runner.cleanup()
+    candidates = [line for line in sent[0].split("\r\n") if line.startswith("a=candidate:")]
+    assert candidates and all(" typ relay" in line for line in candidates), candidates  # the browser offered only relays
+    assert pair.startswith("relay/"), pair  # and the media path in use goes through the TURN server
+    assert second["video"]["framesDecoded"] - first["video"]["framesDecoded"] >= 15
+    assert second["audio"]["totalSamplesReceived"] > first["audio"]["totalSamplesReceived"]
+
+
+async def test_page_says_what_to_do_when_ice_fails(data_dir):
+    """Relay-only with no TURN server: there is no path, and the page must say so."""
+    from playwright.async_api import async_playwright
+
+    server = await start_server(server_args(data_dir))
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(f"{server.url}/?relay=1")
+                await page.click("#connect")
+                await page.wait_for_function("document.getElementById('ice').classList.contains('bad')", timeout=40000)
+                log_text = await page.text_content("#log")
+            finally:
+                await browser.close()
+    finally:
+        await server.runner.cleanup()
+    assert "--ice-server turn:" in log_text, log_text
