@@ -3,62 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import time
 
 import pytest
 
-from tests.binaries import require_binary
-from tests.conftest import free_port, server_args, start_server
+from tests.conftest import server_args, start_server
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, inbound_stats, loopback_only
-
-TURN_USER, TURN_SECRET = "avatar", "turn-secret"
-
-
-def stun_answers(port: int) -> bool:
-    """True once a STUN Binding request to 127.0.0.1:port gets a Binding success response."""
-    request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.2)
-        sock.sendto(request, ("127.0.0.1", port))
-        try:
-            answer = sock.recv(2048)
-        except socket.timeout:
-            return False
-    return answer[:2] == b"\x01\x01" and answer[8:20] == request[8:20]
+from tests.turn_server import Coturn
 
 
 @pytest.fixture
 def coturn(tmp_path):
-    """turnserver on 127.0.0.1 with long-term credentials, relaying between loopback peers."""
-    binary = require_binary("turnserver", "coturn")
-    port = free_port()
-    log = tmp_path / "turnserver.log"
-    process = subprocess.Popen(
-        [binary, "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", f"--listening-port={port}",
-         "--min-port=49160", "--max-port=49260", "--lt-cred-mech", f"--user={TURN_USER}:{TURN_SECRET}",
-         "--realm=avatar.test", "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers",
-         "--fingerprint", "--log-file=stdout", "--simple-log", f"--pidfile={tmp_path / 'turnserver.pid'}",
-         f"--db={tmp_path / 'turndb'}"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while not stun_answers(port):
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
+    server = Coturn(tmp_path / "turn").start()
+    yield server
+    server.stop()
 
 
 async def test_relay_only_browser_streams_through_coturn(data_dir, coturn):
     from playwright.async_api import async_playwright
 
-    port = coturn
-    server = await start_server(server_args(
-        data_dir, "--ice-server", f"turn:{TURN_USER}:{TURN_SECRET}@127.0.0.1:{port}?transport=udp"))
+    server = await start_server(server_args(data_dir, "--ice-server", coturn.url))
     try:
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

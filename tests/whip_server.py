@@ -10,6 +10,7 @@ SDP answer; DELETE on the resource ends the publication.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ class Publication:
     pc: RTCPeerConnection
     video_frames: int = 0
     audio_peaks: list[int] = field(default_factory=list)  # int16 peak per audio frame
+    audio_arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each audio frame
     deleted: bool = False
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -107,3 +109,4 @@ class WhipEndpoint:
                 publication.video_frames += 1
             else:
                 publication.audio_peaks.append(int(np.abs(frame.to_ndarray().astype(np.int32)).max()))
+                publication.audio_arrivals.append(time.monotonic())
