@@ -19,6 +19,9 @@ from tests.speech_helpers import post
 RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
 PUSH_ID = "stage"
 VOICED_RMS = 300.0
+THUMB = 64
+SYNC_TOLERANCE_S = 0.15  # about two video frames
+IDLE_NOISE_FACTOR = 1.5
 VOICED_PEAK = 300  # int16 peak of a received 20 ms frame with speech in it
 
 
@@ -34,6 +37,7 @@ class Pulled:
     """What a viewer received: (pts seconds, wall arrival) per frame, and audio loudness per frame."""
 
     video: list[tuple[float, float]] = field(default_factory=list)
+    thumbs: list[np.ndarray] = field(default_factory=list)  # small grey picture per video frame
     audio: list[tuple[float, float, float]] = field(default_factory=list)  # (pts s, arrival, rms)
     error: str = ""
 
@@ -59,11 +63,33 @@ def pull(url: str, seconds: float, into: Pulled, stop: threading.Event) -> None:
                 now = time.monotonic()
                 if isinstance(frame, av.VideoFrame):
                     into.video.append((float(frame.pts * frame.time_base), now))
+                    into.thumbs.append(frame.reformat(width=THUMB, height=THUMB, format="gray").to_ndarray().astype(np.float32))
                 else:
                     samples = frame.to_ndarray().astype(np.float32).reshape(-1) * 32768
                     into.audio.append((float(frame.pts * frame.time_base), now, float(np.sqrt(np.mean(samples ** 2)))))
             if time.monotonic() > until or stop.is_set():
                 break
+
+
+def speech_onsets(pulled: Pulled, posted: float) -> tuple[float, float]:
+    """When the viewer first heard the speech, and when it first saw the mouth move (arrival times).
+
+    A frame "moves" when it differs from every idle frame seen before the text was posted by more
+    than the idle frames just before the post differ from them (x264 noise, loop positions).
+    """
+    arrivals = np.array([arrival for _, arrival in pulled.video])
+    thumbs = np.array(pulled.thumbs)
+    idle = thumbs[arrivals < posted - 1.0]
+
+    def deviation(index: int) -> float:
+        return float(np.min(np.abs(idle - thumbs[index]).mean(axis=(1, 2))))
+
+    recent = np.where((arrivals >= posted - 1.0) & (arrivals < posted))[0]
+    threshold = IDLE_NOISE_FACTOR * max(deviation(i) for i in recent)
+    video = next((arrivals[i] for i in np.where(arrivals >= posted)[0] if deviation(i) > threshold), None)
+    audio = next((arrival for _, arrival, rms in pulled.audio if arrival >= posted and rms > VOICED_RMS), None)
+    assert video is not None and audio is not None, "the speech was not both seen and heard"
+    return audio, float(video)
 
 
 @pytest.fixture
@@ -85,6 +111,8 @@ async def test_rtmp_push_is_watchable_in_sync_and_driven_by_its_fixed_id(data_di
         while len(pulled.video) < 10 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert pulled.video, f"nothing pulled back: {pulled.error}"
+        await asyncio.sleep(2.5)  # the whole idle loop passes before the speech
+        posted = time.monotonic()
         status, body = await post(http, f"{server.url}/human", {"sessionid": PUSH_ID, "text": "Hello viewers, welcome."})
         assert status == 200, body
         await asyncio.sleep(1.0)
@@ -101,8 +129,8 @@ async def test_rtmp_push_is_watchable_in_sync_and_driven_by_its_fixed_id(data_di
     media = pulled.video[-1][0] - pulled.video[len(pulled.video) // 2][0]
     assert abs(media - wall) < 1.0, (media, wall)  # delivered in real time, not in bursts or slow motion
     # Interleaved: at any arrival the newest audio and video timestamps are close (neither track is
-    # buffered behind the other). nginx-rtmp restamps each track for a joining viewer, so this cannot see
-    # an offset made before the server; the one-clock tests of the WebRTC path cover the shared tracks.
+    # buffered behind the other). nginx-rtmp restamps each track for a joining viewer, so timestamps
+    # cannot show an offset made before the server: lip sync is checked on the content below.
     gaps = []
     for pts, arrival in pulled.video[len(pulled.video) // 4:]:
         audio_before = [a for a, t, _ in pulled.audio if t <= arrival]
@@ -111,6 +139,8 @@ async def test_rtmp_push_is_watchable_in_sync_and_driven_by_its_fixed_id(data_di
     assert gaps and float(np.median(gaps)) < 0.3, gaps
     loud = [rms for _, _, rms in pulled.audio if rms > VOICED_RMS]
     assert loud, "the /human speech never reached the viewer"
+    audio_onset, video_onset = speech_onsets(pulled, posted)
+    assert abs(video_onset - audio_onset) < SYNC_TOLERANCE_S, (audio_onset - posted, video_onset - posted)
 
 
 @pytest.fixture
