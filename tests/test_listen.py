@@ -66,3 +66,92 @@ async def test_echo_transcribes_speech_and_speaks_it_back(listen_server, http):
         assert spoken == transcripts
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def chat_listen_server(data_dir, llm_server):
+    running = await start_server(server_args(
+        data_dir, "--llm-base-url", llm_server.base_url, "--llm-model", "test-model"))
+    yield running
+    await running.runner.cleanup()
+
+
+async def test_chat_sends_the_transcript_to_the_llm_with_history(chat_listen_server, llm_server, http):
+    from tests.llm_server import Script
+
+    llm_server.queue(Script(deltas=["It will be sunny. ", "Take a hat."]), Script(deltas=["On Sunday it opens at ten."]))
+    track = SpeechTrack()
+    client = await talking_client(chat_listen_server.url, http, track)  # chat is the default with an LLM
+    try:
+        track.play(speak(SENTENCES[0]))
+        await wait_events(client, lambda e: e["type"] == "end" and e["text"] == "Take a hat.", timeout=25)
+        first = llm_server.exchanges[0].body["messages"]
+        transcript = next(e["text"] for e in channel_events(client) if e["type"] == "transcript")
+        assert first[-1] == {"role": "user", "content": transcript}
+        assert word_error_rate(SENTENCES[0], transcript) <= 0.25, transcript
+
+        track.play(speak(SENTENCES[1]))
+        await wait_events(client, lambda e: e["type"] == "end" and e["text"].startswith("On Sunday"), timeout=25)
+        second = llm_server.exchanges[1].body["messages"]
+        assert {"role": "assistant", "content": "It will be sunny. Take a hat."} in second
+        assert second[-1]["role"] == "user" and "museum" in second[-1]["content"].lower()
+    finally:
+        await client.close()
+
+
+def voiced_burst(ms: int) -> "np.ndarray":
+    """The first `ms` of a spoken word: speech to the VAD, but shorter than a turn."""
+    import numpy as np
+
+    audio = speak("Hey there")
+    onset = int(np.argmax(np.abs(audio) > 0.05))
+    return audio[onset:onset + 16 * ms]
+
+
+async def test_barge_in_interrupts_the_avatar_but_a_cough_does_not(listen_server, http):
+    track = SpeechTrack()
+    client = await talking_client(listen_server.url, http, track, listen="echo")
+    try:
+        long_text = "This is a long story about a lighthouse keeper and his cat. " * 6
+        since = len(client.audio)
+        await post(http, f"{listen_server.url}/human", {"sessionid": client.sessionid, "text": long_text})
+        await wait_voiced(client, since)
+        track.play(voiced_burst(100))
+        await asyncio.sleep(1.5)
+        assert "user_start" not in kinds(client), "a 100 ms burst started a turn"
+        assert not [e for e in channel_events(client) if e["type"] == "end"], "a cough cut the avatar off"
+
+        track.play(speak("Wait, stop please."))
+        ended = await wait_events(client, lambda e: e["type"] == "end", timeout=10)
+        assert ended[0]["interrupted"] is True
+        order = kinds(client)
+        assert order.index("user_start") < order.index("end")
+    finally:
+        await client.close()
+
+
+async def test_off_ignores_the_uplink_and_listen_switches_modes(listen_server, http):
+    track = SpeechTrack()
+    client = await talking_client(listen_server.url, http, track, listen="off")
+    try:
+        track.play(speak(SENTENCES[2]))
+        while track.busy:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        assert not [k for k in kinds(client) if k in ("user_start", "transcript", "start")]
+
+        url = f"{listen_server.url}/listen"
+        assert (await post(http, url, {"sessionid": client.sessionid, "listen": "shout"}))[0] == 400
+        assert (await post(http, url, {"sessionid": "nope", "listen": "echo"}))[0] == 404
+        status, body = await post(http, url, {"sessionid": client.sessionid, "listen": "echo"})
+        assert status == 200 and body["data"] == {"listen": "echo"}
+        track.play(speak(SENTENCES[2]))
+        found = await wait_events(client, lambda e: e["type"] == "transcript", timeout=20)
+        assert word_error_rate(SENTENCES[2], found[0]["text"]) <= 0.25, found
+    finally:
+        await client.close()
+
+
+async def test_offer_rejects_an_unknown_listen_mode(listen_server, http):
+    status, body = await post(http, f"{listen_server.url}/offer", {"sdp": "v=0", "type": "offer", "listen": "loud"})
+    assert status == 400 and "listen" in body["msg"]
