@@ -41,7 +41,7 @@ class Listener:
         self._engine = engine
         self._mode = mode
         self._on_turn = on_turn
-        self._resample = MonoResampler()
+        self.resample = MonoResampler()
         self._pending = np.zeros(0, np.float32)  # < one VAD window (or one lips chunk) of leftover audio
         self._reset = threading.Event()
         self._stopping = threading.Event()
@@ -68,7 +68,7 @@ class Listener:
             if mode == "off":
                 continue
             try:
-                samples = self._resample(frame)
+                samples = self.resample(frame)
             except (ValueError, av.error.FFmpegError) as exc:
                 logger.warning("uplink frame could not be resampled (%s): dropped", exc)
                 continue

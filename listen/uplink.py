@@ -90,13 +90,13 @@ class MonoResampler:
 
     def __init__(self) -> None:
         self._resampler: av.AudioResampler | None = None
-        self._source: tuple[str, str, int] | None = None
+        self.source: tuple[str, str, int] | None = None  # (sample format, layout, rate) of the uplink now
 
     def __call__(self, frame: av.AudioFrame) -> np.ndarray:
         source = (frame.format.name, frame.layout.name, frame.sample_rate)
-        if source != self._source:
+        if source != self.source:
             self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-            self._source = source
+            self.source = source
         frame.pts = None  # the uplink's timestamps may jump (packet loss); we only need the samples
         out = self._resampler.resample(frame)
         if not out:

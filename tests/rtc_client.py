@@ -46,7 +46,7 @@ class ReceiverClient:
             transceiver = self.pc.addTransceiver(uplink, direction="sendrecv")
             if audio_codec:
                 codecs = RTCRtpSender.getCapabilities("audio").codecs
-                transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() == f"audio/{audio_codec}"])
+                transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() == f"audio/{audio_codec.lower()}"])
         else:
             self.pc.addTransceiver("audio", direction="recvonly")
         if data_channel:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from listen.service import LISTEN_KEY
 from tests.conftest import server_args, start_server
 from tests.rtc_client import ReceiverClient
 from tests.speech_helpers import channel_events, post, wait_voiced
@@ -155,3 +156,35 @@ async def test_off_ignores_the_uplink_and_listen_switches_modes(listen_server, h
 async def test_offer_rejects_an_unknown_listen_mode(listen_server, http):
     status, body = await post(http, f"{listen_server.url}/offer", {"sdp": "v=0", "type": "offer", "listen": "loud"})
     assert status == 400 and "listen" in body["msg"]
+
+
+@pytest.mark.parametrize("case", ["silence", "white-noise", "pcmu-8khz", "stereo-16khz", "never-sends-rtp"])
+async def test_bad_uplinks_leave_the_session_speaking(listen_server, http, case):
+    import numpy as np
+
+    track = SpeechTrack(rate=16000 if case == "stereo-16khz" else 48000, channels=2 if case == "stereo-16khz" else 1,
+                        stalled=case == "never-sends-rtp")
+    codec = "PCMU" if case == "pcmu-8khz" else None
+    client = await talking_client(listen_server.url, http, track, listen="echo", audio_codec=codec)
+    try:
+        if case == "white-noise":
+            track.play(np.random.default_rng(0).normal(0, 0.3, 16000 * 3).astype(np.float32))
+        elif case in ("pcmu-8khz", "stereo-16khz"):
+            track.play(speak(SENTENCES[0]))
+            found = await wait_events(client, lambda e: e["type"] == "transcript", timeout=20)
+            limit = 0.5 if codec else 0.25  # 8 kHz mu-law is telephone band: tiny.en on robotic speech loses words
+            assert word_error_rate(SENTENCES[0], found[0]["text"]) <= limit, found
+            listener = listen_server.app[LISTEN_KEY].sessions[client.sessionid].listener
+            assert listener.resample.source[2] == (8000 if codec else 48000), listener.resample.source
+        await asyncio.sleep(2.0 if case != "white-noise" else 3.5)
+        if case in ("silence", "never-sends-rtp"):
+            assert "user_start" not in kinds(client)
+        listening = listen_server.app[LISTEN_KEY].sessions[client.sessionid]
+        if listening.reader is not None:
+            assert len(listening.reader.buffer) <= listening.reader.buffer.maxsize
+        since = len(client.audio)
+        status, _ = await post(http, f"{listen_server.url}/human", {"sessionid": client.sessionid, "text": "Still here."})
+        assert status == 200
+        await wait_voiced(client, since)
+    finally:
+        await client.close()
