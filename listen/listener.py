@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.1
 JOIN_TIMEOUT_S = 1.0
-LIPS_MAX_QUEUED_CHUNKS = 6  # 120 ms of user audio may wait for the renderer; more is dropped (latency)
+LIPS_MAX_QUEUED_CHUNKS = 15  # 300 ms of user audio may wait for the renderer (uplink jitter); older is dropped
 
 
 class Listener:
@@ -93,9 +93,13 @@ class Listener:
         for i in range(count):
             chunk = AudioChunk(self._pending[i * CHUNK_SAMPLES:(i + 1) * CHUNK_SAMPLES].copy(), speech=True,
                                epoch=engine.epoch)
+            while engine.audio_in.qsize() >= LIPS_MAX_QUEUED_CHUNKS:
+                try:
+                    engine.audio_in.get_nowait()  # the renderer fell behind: the oldest audio goes, latency stays bounded
+                    self.lips_dropped += 1
+                except queue.Empty:
+                    break
             try:
-                if engine.audio_in.qsize() >= LIPS_MAX_QUEUED_CHUNKS:
-                    raise queue.Full
                 engine.audio_in.put_nowait(chunk)
             except queue.Full:
                 self.lips_dropped += 1

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from aiortc.mediastreams import MediaStreamTrack
 
 from listen.service import LISTEN_KEY
 from tests.conftest import server_args, start_server
@@ -27,8 +28,9 @@ async def listen_server(data_dir):
     await running.runner.cleanup()
 
 
-async def talking_client(url: str, http, track: SpeechTrack, listen: str | None = None, **options) -> ReceiverClient:
-    receiver = ReceiverClient(url, keep_video=False)
+async def talking_client(url: str, http, track: SpeechTrack, listen: str | None = None, avatar: str | None = None,
+                         **options) -> ReceiverClient:
+    receiver = ReceiverClient(url, avatar=avatar, keep_video=avatar is not None)
     await receiver.connect(http, data_channel=True, uplink=track, listen=listen, **options)
     await receiver.wait_for(video_frames=5, audio_frames=10)
     return receiver
@@ -188,3 +190,108 @@ async def test_bad_uplinks_leave_the_session_speaking(listen_server, http, case)
         await wait_voiced(client, since)
     finally:
         await client.close()
+
+
+def envelope(samples: "np.ndarray", rate: int) -> "np.ndarray":
+    import numpy as np
+
+    step = rate // 50
+    usable = samples[: len(samples) // step * step].astype(np.float32)
+    return np.sqrt((usable.reshape(-1, step) ** 2).mean(axis=1))
+
+
+async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server, http):
+    import cv2
+    import numpy as np
+
+    from tests.conftest import PHOTO_AVATAR_ID
+
+    track = SpeechTrack()
+    client = await talking_client(listen_server.url, http, track, listen="lips", avatar=PHOTO_AVATAR_ID)
+    try:
+        await asyncio.sleep(0.5)
+        clip = speak("One two three four five six seven eight nine ten.")
+        track.play(clip)
+        first = await wait_voiced(client, len(client.audio), timeout=10)
+        assert not track.speech_ended or first.arrival < track.speech_ended[0], "lips waited for the whole clip"
+        while track.busy:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+    finally:
+        await client.close()
+    assert not [k for k in kinds(client) if k in ("user_start", "transcript")], "lips mode ran turn detection"
+
+    received = np.concatenate([f.data for f in client.audio]).astype(np.float32) / 32768.0
+    sent, got = envelope(clip, 16000), envelope(received, 48000)
+    lags = range(0, len(got) - len(sent))
+    scores = [np.corrcoef(sent, got[lag:lag + len(sent)])[0, 1] for lag in lags]
+    # The avatar's audio track carries the user's audio: envelopes match (random alignment scores ~0.2;
+    # a loaded machine's late ticks and skips leave gaps, hence not ~1).
+    assert max(scores) > 0.5, max(scores)
+    voiced = lambda env: int((env > 0.02).sum())  # noqa: E731
+    assert voiced(got) >= 0.7 * voiced(sent), (voiced(got), voiced(sent))
+
+    frames = [cv2.cvtColor(f.data, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in client.video[5:]]
+    changes = [float(np.abs(a - b).mean()) for a, b in zip(frames, frames[1:])]
+    assert max(changes) > 2 * np.median(changes), "the avatar did not move with the user's speech"
+
+
+class ColourCamera(MediaStreamTrack):
+    """A camera that films a plain red card at 10 fps (640x480)."""
+
+    kind = "video"
+
+    def __init__(self):
+        super().__init__()
+        self._pts = 0
+
+    async def recv(self):
+        import fractions
+
+        import av
+        import numpy as np
+
+        await asyncio.sleep(0.1)
+        image = np.zeros((480, 640, 3), np.uint8)
+        image[:, :, 2] = 220
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts, frame.time_base = self._pts, fractions.Fraction(1, 90000)
+        self._pts += 9000
+        return frame
+
+
+@pytest.mark.parametrize("vision", [True, False])
+async def test_camera_frame_goes_with_the_chat_turn_only_with_llm_vision(data_dir, llm_server, http, vision):
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from tests.llm_server import Script
+
+    flags = ["--llm-base-url", llm_server.base_url, "--llm-model", "test-model"] + (["--llm-vision"] if vision else [])
+    running = await start_server(server_args(data_dir, *flags))
+    llm_server.queue(Script(deltas=["I see red."]))
+    track = SpeechTrack()
+    client = await talking_client(running.url, http, track, camera=ColourCamera())
+    try:
+        await asyncio.sleep(0.5)
+        track.play(speak(SENTENCES[0]))
+        await wait_events(client, lambda e: e["type"] == "end", timeout=25)
+        camera = running.app[LISTEN_KEY].sessions[client.sessionid].camera
+        assert camera is not None and camera.frames > 3
+        content = llm_server.exchanges[0].body["messages"][-1]["content"]
+        if not vision:
+            assert isinstance(content, str)
+            return
+        text, image = content
+        assert text["type"] == "text" and "weather" in text["text"].lower()
+        url = image["image_url"]["url"]
+        assert image["type"] == "image_url" and url.startswith("data:image/jpeg;base64,")
+        jpeg = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+        assert max(jpeg.shape[:2]) == 512
+        blue, green, red = jpeg.reshape(-1, 3).mean(axis=0)
+        assert red > 180 and blue < 40 and green < 40
+    finally:
+        await client.close()
+        await running.runner.cleanup()
