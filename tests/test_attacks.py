@@ -267,7 +267,7 @@ async def test_reproductions_do_not_hurt_the_server(target, speech_service, http
     log = target.log()
     assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
     assert target.rss_mb() - base_rss < RSS_BUDGET_MB, report
-    assert target.fds() <= base_fds + FD_SLACK, report
+    await wait_until(lambda: target.fds() <= base_fds + FD_SLACK, 10, f"open files back to the baseline: {report}")
     first = len(watcher.video)
     await asyncio.sleep(3.0)
     recent = watcher.video[first:]
