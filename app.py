@@ -20,6 +20,7 @@ import aioice.ice
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+import actions
 from avatar import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", dest="data_dir", type=Path, default=ROOT / "data")
     parser.add_argument("--models-dir", dest="models_dir", type=Path, default=ROOT / "models")
     parser.add_argument("--log-level", dest="log_level", default="INFO")
+    actions.add_arguments(parser)
     return parser
 
 
@@ -165,6 +167,7 @@ async def offer(request: web.Request) -> web.Response:
     if not ctx.avatars.exists(avatar_id):
         known = ", ".join(ctx.avatars.available()) or "none"
         raise BadRequest(f"unknown avatar {avatar_id!r} (available: {known})", status=404)
+    clips = await actions.offer_actions(request, body)
     try:
         session_id = ctx.sessions.reserve()
     except SessionLimitError as exc:
@@ -175,6 +178,7 @@ async def offer(request: web.Request) -> web.Response:
     try:
         backend = await loop.run_in_executor(None, ctx.tts.create)
         engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
+        request.app[actions.LIBRARY_KEY].apply(engine, clips)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
         session = Session(session_id, engine, pc, loop, backend, ctx.llm)
         pc.addTrack(session.player.audio)
@@ -409,6 +413,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     app.router.add_post("/interrupt_talk", interrupt_talk)
     app.router.add_get("/events", events)
     app.router.add_static("/web", WEB_DIR)
+    actions.register_routes(app, args, lambda body: session_from(ctx, body))
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")
@@ -431,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(args)
-    except (EngineUnavailable, TTSError, LLMError) as exc:
+    except (EngineUnavailable, TTSError, LLMError, actions.ActionConfigError) as exc:
         logger.error("%s", exc)
         return 2
     ctx = app[CONTEXT_KEY]

@@ -74,10 +74,19 @@ class LiteReal(BaseReal):
             results.append(None if shape.closed else shape)
         return results
 
+    def prepare_avatar(self, avatar: Avatar) -> None:
+        avatar_rigs(avatar)
+
+    def use_avatar(self, avatar: Avatar) -> None:
+        super().use_avatar(avatar)
+        self.rigs = avatar_rigs(avatar)
+
     def compose(self, work: FrameWork, result: MouthShape | None) -> np.ndarray:
-        if result is None or self.rigs is None:
-            return self.avatar.frames[work.index]
-        return self.rigs[work.index].render(result)
+        avatar = work.avatar or self.avatar
+        rigs = avatar_rigs(avatar) if result is not None else None
+        if rigs is None:
+            return avatar.frames[work.index]
+        return rigs[work.index].render(result)
 
     def interrupt(self) -> int:
         epoch = super().interrupt()

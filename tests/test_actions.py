@@ -1,0 +1,165 @@
+"""Custom actions: idle clip, /set_audiotype clips with their own audio, crossfades, takeover, validation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+import pytest
+
+import actions
+from tests.clip_helpers import BLUE, GREEN, RED, make_action_set, near
+from tests.conftest import TEST_AVATAR_SIZE, server_args, start_server
+from tests.rtc_client import ReceiverClient
+
+
+@pytest.fixture(scope="module")
+def action_config(data_dir):
+    return make_action_set(data_dir)
+
+
+@pytest.fixture
+async def action_server(data_dir, action_config):
+    running = await start_server(server_args(data_dir, "--max_session", "3",
+                                             "--customvideo_config", str(action_config), "--action-crossfade", "5"))
+    yield running
+    await running.runner.cleanup()
+
+
+async def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def post(http, url: str, body: dict) -> tuple[int, dict]:
+    async with http.post(url, json=body) as response:
+        return response.status, await response.json()
+
+
+async def test_action_clip_plays_with_its_audio_crossfades_and_returns_to_idle(action_server, http):
+    client = ReceiverClient(action_server.url)
+    await client.connect(http)
+    await client.wait_for(video_frames=10, audio_frames=20)
+    await wait_until(lambda: near(client.video[-1].data, BLUE), what="the idle clip")
+    assert client.video[-1].data.shape[:2] == (TEST_AVATAR_SIZE, TEST_AVATAR_SIZE)
+    mark_video, mark_audio = len(client.video), len(client.audio)
+    status, body = await post(http, f"{action_server.url}/set_audiotype", {"sessionid": client.sessionid, "audiotype": 2})
+    assert status == 200 and body["code"] == 0 and body["data"]["seconds"] == pytest.approx(1.0), body
+    await wait_until(lambda: any(near(f.data, GREEN) for f in client.video[mark_video:]), what="the green clip")
+    await wait_until(lambda: near(client.video[-1].data, BLUE) and sum(near(f.data, GREEN) for f in client.video[mark_video:]) > 0,
+                     what="the return to idle")
+    frames = client.video[mark_video:]
+    green = [i for i, f in enumerate(frames) if near(f.data, GREEN)]
+    assert 15 <= len(green) <= 25, len(green)  # 25 clip frames, the first and last few inside fades
+    # Crossfades: frames between blue and green on the way in and out, not a cut.
+    fade_in = frames[:green[0]]
+    fade_out = frames[green[-1] + 1:]
+    assert sum(not near(f.data, BLUE) and not near(f.data, GREEN) for f in fade_in) >= 3
+    assert sum(not near(f.data, BLUE) and not near(f.data, GREEN) for f in fade_out) >= 3
+    assert all(f.data.shape[:2] == (TEST_AVATAR_SIZE, TEST_AVATAR_SIZE) for f in frames)
+    # The clip's own tone went out with its frames: loud audio while green, silence before.
+    t_green0, t_green1 = frames[green[0]].arrival, frames[green[-1]].arrival
+    rms = [(a.arrival, float(np.sqrt(np.mean(a.data.astype(np.float64) ** 2)))) for a in client.audio]
+    during = [r for t, r in rms[mark_audio:] if t_green0 + 0.2 <= t <= t_green1 - 0.2]
+    before = [r for _, r in rms[mark_audio - 20:mark_audio]]
+    assert during and min(during) > 3000, during
+    assert before and max(before) < 300, before
+    assert not action_server.context.sessions.get(client.sessionid).engine.scene.playing
+    await client.close()
+
+
+async def test_speech_takes_over_a_clip_and_interrupt_stops_one(action_server, http):
+    client = ReceiverClient(action_server.url)
+    await client.connect(http, data_channel=True)
+    await client.wait_for(video_frames=10, audio_frames=20)
+    url, sid = action_server.url, client.sessionid
+    session = action_server.context.sessions.get(sid)
+
+    # /interrupt_talk stops a 6 s clip at once (back to idle).
+    mark = len(client.video)
+    assert (await post(http, f"{url}/set_audiotype", {"sessionid": sid, "audiotype": 3}))[0] == 200
+    await wait_until(lambda: any(near(f.data, RED) for f in client.video[mark:]), what="the red clip")
+    started = time.monotonic()
+    assert (await post(http, f"{url}/interrupt_talk", {"sessionid": sid}))[0] == 200
+    await wait_until(lambda: near(client.video[-1].data, BLUE), timeout=3.0, what="idle after the interrupt")
+    assert time.monotonic() - started < 2.0 and not session.engine.scene.playing
+
+    # Speech arriving mid-clip takes over: the avatar (not the clip, not idle) speaks.
+    mark = len(client.video)
+    assert (await post(http, f"{url}/set_audiotype", {"sessionid": sid, "audiotype": 3}))[0] == 200
+    await wait_until(lambda: any(near(f.data, RED) for f in client.video[mark:]), what="the red clip again")
+    status, _ = await post(http, f"{url}/human", {"sessionid": sid, "text": "Hello there, how are you today?", "type": "echo"})
+    assert status == 200
+    await wait_until(lambda: any(json.loads(m).get("type") == "start" for m in client.channel_messages), what="speech start")
+    await asyncio.sleep(0.5)  # past the fade
+    spoken = time.monotonic()
+    await wait_until(lambda: client.video[-1].arrival > spoken + 0.3, what="frames while speaking")
+    recent = [f for f in client.video if f.arrival > spoken]
+    assert recent and not any(near(f.data, RED) or near(f.data, BLUE) for f in recent)
+    assert not session.engine.scene.playing
+    # Starting a clip while speaking is refused with what to do.
+    if session.speaking:
+        status, body = await post(http, f"{url}/set_audiotype", {"sessionid": sid, "audiotype": 2})
+        assert status == 409 and "interrupt" in body["msg"]
+    await client.close()
+
+
+async def test_custom_config_per_session_is_validated_and_clips_are_shared(server, http, data_dir, action_config):
+    url = server.url
+    good = action_config.read_text()
+
+    async def offer(custom_config) -> tuple[int, dict]:
+        return await post(http, f"{url}/offer", {"sdp": "v=0", "type": "offer", "custom_config": custom_config})
+
+    cases = [
+        ("[{not json", "custom_config is not valid JSON"),
+        (json.dumps({"audiotype": 1}), "custom_config must be a JSON list"),
+        (json.dumps([{"audiotype": "2", "imgpath": "x"}]), "custom_config[0].audiotype"),
+        (json.dumps([{"audiotype": 2}]), "custom_config[0].imgpath"),
+        (json.dumps([{"audiotype": 1, "imgpath": "data/customvideo/actions/idle"},
+                     {"audiotype": 2, "imgpath": "data/customvideo/nowhere"}]), "'data/customvideo/nowhere' does not exist"),
+        (json.dumps([{"audiotype": 2, "imgpath": "../../../etc"}]), "outside the data folder"),
+        (json.dumps([{"audiotype": 2, "imgpath": "/etc"}]), "outside the data folder"),
+        (json.dumps([{"audiotype": 2, "imgpath": "data/customvideo/actions/wave", "audiopath": "data/nope.wav"}]),
+         "custom_config[0].audiopath"),
+        (json.dumps([{"audiotype": 2, "imgpath": "data/customvideo/actions"}]), "holds no frames"),
+    ]
+    for raw, words in cases:
+        status, body = await offer(raw)
+        assert status == 400 and words in body["msg"], (raw, body)
+    assert len(server.context.sessions) == 0
+
+    peers = []
+    from tests.test_api import offer_sdp
+    for _ in range(2):
+        pc, sdp = await offer_sdp()
+        peers.append(pc)
+        status, body = await post(http, f"{url}/offer", {"sdp": sdp, "type": "offer", "custom_config": good})
+        assert status == 200, body
+    first, second = server.context.sessions.all()
+    assert set(first.engine.scene.actions) == {2, 3} and first.engine.scene.idle is not None
+    assert first.engine.scene.actions[2] is second.engine.scene.actions[2]  # loaded once, shared
+    assert first.engine.scene.actions[2].frames[0].flags.writeable is False
+    sid = first.id
+    for audiotype, status_code in (("x", 400), (True, 400), (7, 404)):
+        status, body = await post(http, f"{url}/set_audiotype", {"sessionid": sid, "audiotype": audiotype})
+        assert status == status_code and body["code"] == -1 and body["msg"], body
+    status, body = await post(http, f"{url}/set_audiotype", {"sessionid": "nobody", "audiotype": 2})
+    assert status == 404
+    for pc in peers:
+        await pc.close()
+    await server.context.sessions.close_all("test")
+
+
+def test_a_bad_server_config_stops_the_server_with_the_field(data_dir, tmp_path):
+    import app as server_app
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"audiotype": 2, "imgpath": "data/customvideo/missing"}]))
+    with pytest.raises(actions.ActionConfigError, match=r"--customvideo_config\[0\]\.imgpath"):
+        server_app.create_app(server_args(data_dir, "--customvideo_config", str(bad)))
