@@ -21,6 +21,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 import actions
+import recorder
 from avatar import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", dest="models_dir", type=Path, default=ROOT / "models")
     parser.add_argument("--log-level", dest="log_level", default="INFO")
     actions.add_arguments(parser)
+    recorder.add_arguments(parser)
     return parser
 
 
@@ -414,6 +416,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     app.router.add_get("/events", events)
     app.router.add_static("/web", WEB_DIR)
     actions.register_routes(app, args, lambda body: session_from(ctx, body))
+    recorder.register_routes(app, args, lambda body: session_from(ctx, body))
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import contextlib
 
@@ -115,6 +115,7 @@ class Session:
         )
         self._close_lock = asyncio.Lock()
         self.close_reason = ""
+        self.closers: list[Callable[[], None]] = []  # blocking clean-ups of features (run off the loop on close)
 
     @property
     def speaking(self) -> bool:
@@ -196,6 +197,8 @@ class Session:
             await self.pc.close()
 
     def _stop_threads(self) -> None:
+        for closer in self.closers:
+            closer()
         self.tts.stop()
         self.engine.stop()
         self.tts_backend.close()
