@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import re
 import sys
@@ -22,6 +21,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 import actions
 import recorder
+import sse
 from avatar import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
@@ -30,7 +30,7 @@ from httpapi import BadRequest, error_middleware, ok, optional_bool, read_json, 
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
-from session import Session, SessionLimitError, SessionRegistry, TooManySubscribers
+from session import Session, SessionLimitError, SessionRegistry
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
 from tts.base import TTSError
 
@@ -43,8 +43,6 @@ CONNECT_TIMEOUT_S = 30.0
 REAPER_INTERVAL_S = 1.0
 MAX_SDP_CHARS = 100_000
 MAX_TEXT_CHARS = 20_000
-SSE_KEEPALIVE_S = 15.0
-SSE_POLL_S = 0.5  # how often an idle event stream checks that its listener is still there
 ICE_URL_PATTERN = re.compile(r"^(stun|stuns|turn|turns):(?:(?P<user>[^:@/]+):(?P<cred>[^@/]+)@)?(?P<rest>[^@\s]+)$")
 
 
@@ -359,37 +357,8 @@ async def human_audio(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events of one session: speech start/end at playout, errors, close."""
-    ctx = context_of(request)
-    session = session_from(ctx, {"sessionid": request.query.get("sessionid")})
-    try:
-        queue = session.events.subscribe()
-    except TooManySubscribers as exc:
-        raise BadRequest(str(exc), status=429) from None
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    try:
-        await response.prepare(request)
-        await response.write(b": connected\n\n")
-        last_write = time.monotonic()
-        while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), SSE_POLL_S)
-            except asyncio.TimeoutError:
-                if request.transport is None or request.transport.is_closing():
-                    break  # the listener hung up: free its slot now, not at the next write
-                if time.monotonic() - last_write >= SSE_KEEPALIVE_S:
-                    await response.write(b": keepalive\n\n")
-                    last_write = time.monotonic()
-                continue
-            if event is None:
-                break
-            last_write = time.monotonic()
-            session.touch()
-            await response.write(f"data: {json.dumps(event)}\n\n".encode())
-    except ConnectionResetError:
-        pass  # the listener went away
-    finally:
-        session.events.unsubscribe(queue)
-    return response
+    session = session_from(context_of(request), {"sessionid": request.query.get("sessionid")})
+    return await sse.stream_events(request, session, lambda event: event)
 
 
 def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -> web.Application:
@@ -417,6 +386,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     app.router.add_static("/web", WEB_DIR)
     actions.register_routes(app, args, lambda body: session_from(ctx, body))
     recorder.register_routes(app, args, lambda body: session_from(ctx, body))
+    sse.register_routes(app, lambda body: session_from(ctx, body))
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")
