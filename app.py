@@ -20,6 +20,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 import actions
+import avatarswitch
 import recorder
 import sse
 from avatar import AvatarError, AvatarStore, check_avatar_id
@@ -387,6 +388,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     actions.register_routes(app, args, lambda body: session_from(ctx, body))
     recorder.register_routes(app, args, lambda body: session_from(ctx, body))
     sse.register_routes(app, lambda body: session_from(ctx, body))
+    avatarswitch.register_routes(app, avatars, lambda body: session_from(ctx, body))
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")
