@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import cv2
+import numpy as np
 from aiohttp import web
 
 from audiofile import AudioDecodeError, decode_audio
+from avatar import METADATA_FILE, AvatarError, load_avatar
 from basereal import BaseReal
 from httpapi import BadRequest, ok, read_json
 from scene import DEFAULT_FADE_FRAMES, Clip
@@ -135,10 +137,41 @@ def frame_files(folder: Path) -> list[Path]:
 
 
 def load_clip(spec: ActionSpec, field: str) -> Clip:
-    """Read a clip's frames and audio (blocking: run it in an executor)."""
-    files = frame_files(spec.imgpath)
+    """Read a clip's frames and audio (blocking: run it in an executor).
+
+    A folder of numbered frames is shown as recorded; a prepared avatar folder
+    (genavatar.py's output) is lip-synced to the clip's audio by engines that can.
+    """
+    avatar = None
+    if (spec.imgpath / METADATA_FILE).is_file():
+        try:
+            avatar = load_avatar(spec.imgpath)
+        except AvatarError as exc:
+            raise ActionConfigError(f"{field}.imgpath: {exc}") from None
+        if avatar.frame_count > MAX_CLIP_FRAMES:
+            raise ActionConfigError(f"{field}.imgpath: {avatar.frame_count} frames, at most {MAX_CLIP_FRAMES}")
+        frames = list(avatar.frames)
+    else:
+        frames = read_frames(spec.imgpath, field)
+    audio = None
+    if spec.audiopath is not None:
+        if spec.audiopath.stat().st_size > MAX_AUDIO_BYTES:
+            raise ActionConfigError(f"{field}.audiopath: over {MAX_AUDIO_BYTES // (1024 * 1024)} MB")
+        try:
+            audio = decode_audio(spec.audiopath.read_bytes(), MAX_AUDIO_SECONDS)
+        except AudioDecodeError as exc:
+            raise ActionConfigError(f"{field}.audiopath: {exc}") from None
+        audio.setflags(write=False)
+    logger.info("loaded action clip %s: %d frames, %s%s", spec.imgpath.name, len(frames),
+                f"{audio.size / 16000:.2f} s audio" if audio is not None else "no audio",
+                ", a prepared avatar (lip-synced where the engine can)" if avatar is not None else "")
+    return Clip(name=spec.imgpath.name, frames=tuple(frames), audio=audio, avatar=avatar)
+
+
+def read_frames(folder: Path, field: str) -> list[np.ndarray]:
+    files = frame_files(folder)
     if not files:
-        raise ActionConfigError(f"{field}.imgpath: {spec.imgpath.name!r} holds no frames named 0.png, 1.png, ...")
+        raise ActionConfigError(f"{field}.imgpath: {folder.name!r} holds no frames named 0.png, 1.png, ...")
     if len(files) > MAX_CLIP_FRAMES:
         raise ActionConfigError(f"{field}.imgpath: {len(files)} frames, at most {MAX_CLIP_FRAMES}")
     frames = []
@@ -150,18 +183,7 @@ def load_clip(spec: ActionSpec, field: str) -> Clip:
             raise ActionConfigError(f"{field}.imgpath: frame {path.name} is larger than 1920x1080")
         image.setflags(write=False)
         frames.append(image)
-    audio = None
-    if spec.audiopath is not None:
-        if spec.audiopath.stat().st_size > MAX_AUDIO_BYTES:
-            raise ActionConfigError(f"{field}.audiopath: over {MAX_AUDIO_BYTES // (1024 * 1024)} MB")
-        try:
-            audio = decode_audio(spec.audiopath.read_bytes(), MAX_AUDIO_SECONDS)
-        except AudioDecodeError as exc:
-            raise ActionConfigError(f"{field}.audiopath: {exc}") from None
-        audio.setflags(write=False)
-    logger.info("loaded action clip %s: %d frames, %s", spec.imgpath.name, len(frames),
-                f"{audio.size / 16000:.2f} s audio" if audio is not None else "no audio")
-    return Clip(name=spec.imgpath.name, frames=tuple(frames), audio=audio)
+    return frames
 
 
 class ClipLibrary:
@@ -201,8 +223,11 @@ class ClipLibrary:
         return {spec.audiotype: self.clip(spec, f"{source}[{i}]") for i, spec in enumerate(specs)}
 
     def apply(self, engine: BaseReal, clips: dict[int, Clip] | None) -> None:
-        """Give a new session its actions: its own config, else the server's."""
-        engine.scene.configure(self.default if clips is None else clips, self.fade_frames)
+        """Give a new session its actions: its own config, else the server's (blocking: may rig avatars)."""
+        chosen = self.default if clips is None else clips
+        lipsynced = frozenset(id(clip) for clip in chosen.values()
+                              if clip.avatar is not None and clip.audio is not None and engine.can_lipsync(clip.avatar))
+        engine.scene.configure(chosen, self.fade_frames, lipsynced)
 
 
 LIBRARY_KEY = web.AppKey("actions", ClipLibrary)

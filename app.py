@@ -179,7 +179,7 @@ async def offer(request: web.Request) -> web.Response:
     try:
         backend = await loop.run_in_executor(None, ctx.tts.create)
         engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
-        request.app[actions.LIBRARY_KEY].apply(engine, clips)
+        await loop.run_in_executor(None, request.app[actions.LIBRARY_KEY].apply, engine, clips)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
         session = Session(session_id, engine, pc, loop, backend, ctx.llm)
         pc.addTrack(session.player.audio)

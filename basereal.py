@@ -144,6 +144,10 @@ class BaseReal:
     def prepare_avatar(self, avatar: Avatar) -> None:
         """Build what this engine needs for `avatar` (blocking; raises AvatarError if unusable)."""
 
+    def can_lipsync(self, avatar: Avatar) -> bool:
+        """Whether speech can be rendered on `avatar`'s frames (blocking: prepares it)."""
+        return False
+
     def switch_avatar(self, avatar: Avatar) -> None:
         """Show `avatar` from the next frame on, crossfaded (call prepare_avatar first)."""
         self._next_avatar = avatar
@@ -238,20 +242,23 @@ class BaseReal:
         self._take_switch()
         work: list[FrameWork] = []
         for _ in range(frames):
-            clip_audio = self.scene.clip_audio(self._speech_pending())
+            clip = self.scene.clip_frame(self._speech_pending())
             chunks: list[AudioChunk] = []
-            if clip_audio is not None:  # an action clip's own audio goes out with its frames
-                chunks = [AudioChunk(samples, speech=False, epoch=epoch) for samples in clip_audio]
+            if clip is not None:  # an action clip's own audio goes out with its frames (lip-synced or not)
+                chunks = [AudioChunk(samples, speech=clip.lipsync, epoch=epoch) for samples in clip.audio]
             for _ in range(self.chunks_per_frame - len(chunks)):
                 mid_speech = bool(chunks) and chunks[-1].speech
                 chunk = self._take_chunk(SPEECH_GAP_WAIT_S if mid_speech else 0.0)
                 if chunk is None or chunk.epoch != epoch:
                     chunk = AudioChunk.silence(epoch)
                 chunks.append(chunk)
-            index = ping_pong_index(self._step, self.avatar.frame_count)
+            avatar, index = self.avatar, ping_pong_index(self._step, self.avatar.frame_count)
             self._step += 1
-            layer = self.scene.layer(any(chunk.speech for chunk in chunks))
-            work.append(FrameWork(index=index, chunks=chunks, epoch=epoch, avatar=self.avatar, layer=layer))
+            layer = self.scene.layer(any(chunk.speech for chunk in chunks),
+                                     lambda a=avatar, i=index: fit_frame(a.frames[i], self.output_size))
+            if clip is not None and clip.lipsync:
+                avatar, index = clip.avatar, clip.index
+            work.append(FrameWork(index=index, chunks=chunks, epoch=epoch, avatar=avatar, layer=layer))
         return work
 
     def _render_loop(self) -> None:

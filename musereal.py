@@ -129,7 +129,8 @@ class MuseReal(BaseReal):
             owner=self.session_id,
             window=window,
             asr=self.asr,
-            latents=self.assets.latents[[item.index for item in work]],
+            latents=torch.stack([self.runtime.assets_for(item.avatar or self.avatar).latents[item.index]
+                                 for item in work]),
             is_current=lambda: self.epoch == epoch and not self.stopped,
         )
         try:
@@ -143,6 +144,14 @@ class MuseReal(BaseReal):
 
     def prepare_avatar(self, avatar: Avatar) -> None:
         self.runtime.assets_for(avatar)
+
+    def can_lipsync(self, avatar: Avatar) -> bool:
+        try:
+            self.runtime.assets_for(avatar)
+        except AvatarError as exc:
+            logger.info("musetalk cannot lip-sync %s: %s", avatar.avatar_id, exc)
+            return False
+        return True
 
     def use_avatar(self, avatar: Avatar) -> None:
         super().use_avatar(avatar)

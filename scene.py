@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
 
+from avatar import Avatar
 from media import CHUNK_SAMPLES
 
 DEFAULT_FADE_FRAMES = 5
@@ -68,12 +70,14 @@ class Clip:
     """A custom action: frames (BGR) and optional 16 kHz mono audio, shared read-only by sessions.
 
     `frames_at` scales the frames once per output size and caches the result,
-    so sessions of the same size share one copy.
+    so sessions of the same size share one copy. `avatar` is set when the
+    clip's folder is a prepared avatar: engines that can lip-sync it do.
     """
 
     name: str
     frames: tuple[np.ndarray, ...]
     audio: np.ndarray | None = None
+    avatar: Avatar | None = None
     _scaled: dict[tuple[int, int], tuple[np.ndarray, ...]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -117,10 +121,17 @@ def loop_index(step: int, count: int) -> int:
 
 @dataclass
 class ClipFrame:
-    """An action clip's contribution to one frame: its image and its audio."""
+    """An action clip's contribution to one frame.
 
-    image: np.ndarray
+    `lipsync` frames are rendered by the engine on the clip's avatar (frame
+    `index`) with the clip's audio; the others show `image` as it is.
+    """
+
+    image: np.ndarray  # the clip frame at the session's size
     audio: np.ndarray  # (chunks_per_frame, CHUNK_SAMPLES) float32
+    index: int
+    avatar: Avatar | None
+    lipsync: bool
 
 
 class Scene:
@@ -132,6 +143,7 @@ class Scene:
         self.fade_frames = fade_frames
         self.idle: Clip | None = None
         self.actions: dict[int, Clip] = {}
+        self.lipsynced: frozenset[int] = frozenset()  # ids of the clips this session's engine lip-syncs
         self._lock = threading.Lock()
         self._requested: Clip | None = None
         self._stop_requested = False
@@ -141,19 +153,21 @@ class Scene:
         self._position = 0
         self._idle_step = 0
         self._source: Clip | None = None  # None: the avatar
-        self._last_image: np.ndarray | None = None  # last image shown of a clip source
-        self._fade_from: np.ndarray | None = None  # None: fading from the avatar
+        self._held: Callable[[], np.ndarray] | None = None  # the current source's last image
+        self._fade_from: np.ndarray | None = None
+        self._fade_live = False  # fading from the avatar as it is composed, not a frozen image
         self._fade_left = 0
         self._this_frame: ClipFrame | None = None
         self._frame_source: Clip | None = None  # the action clip this frame belongs to
 
     # ---- commands (any thread) ------------------------------------------
-    def configure(self, clips: dict[int, Clip], fade_frames: int) -> None:
-        """Set the session's custom actions; audiotype 1 is the idle clip."""
+    def configure(self, clips: dict[int, Clip], fade_frames: int, lipsynced: frozenset[int] = frozenset()) -> None:
+        """Set the session's custom actions (audiotype 1 is the idle clip) and which it lip-syncs."""
         with self._lock:
             self.idle = clips.get(1)
             self.actions = {k: v for k, v in clips.items() if k != 1}
             self.fade_frames = fade_frames
+            self.lipsynced = lipsynced
 
     def play(self, audiotype: int) -> Clip:
         """Start action `audiotype` at the next frame (KeyError if the session has none)."""
@@ -177,8 +191,8 @@ class Scene:
         return self._playing is not None or self._requested is not None
 
     # ---- render thread -----------------------------------------------------
-    def clip_audio(self, speech_pending: bool) -> np.ndarray | None:
-        """First call per frame: the action clip's audio for this frame, or None.
+    def clip_frame(self, speech_pending: bool) -> ClipFrame | None:
+        """First call per frame: the action clip's part of this frame, or None.
 
         Speech waiting in the engine ends the clip: speech takes over at once.
         """
@@ -190,53 +204,59 @@ class Scene:
         if requested is not None:
             self._playing, self._position = requested, 0
         if held is not None and self._source is None:
-            self._start_fade(held)
+            self._begin_fade(held, live=False)
         self._this_frame = None
         clip = self._playing
         if clip is None or speech_pending:
             self._playing = None
             return None
         frames = clip.frames_at(self.size)
+        index = loop_index(self._position, len(frames))
         self._frame_source = clip
-        self._this_frame = ClipFrame(frames[loop_index(self._position, len(frames))],
-                                     clip.chunks(self._position, self.chunks_per_frame))
+        self._this_frame = ClipFrame(frames[index], clip.chunks(self._position, self.chunks_per_frame), index,
+                                     clip.avatar, lipsync=id(clip) in self.lipsynced)
         self._position += 1
         if self._position >= clip.length(self.chunks_per_frame):
             self._playing = None  # this was its last frame
-        return self._this_frame.audio
+        return self._this_frame
 
-    def layer(self, speech: bool) -> Layer | None:
-        """Second call per frame: what to lay over the composed avatar frame."""
-        if self._this_frame is not None:
-            source, image = self._frame_source, self._this_frame.image
+    def layer(self, speech: bool, avatar_image: Callable[[], np.ndarray]) -> Layer | None:
+        """Second call per frame: what to lay over the frame the engine composes.
+
+        `avatar_image` gives the session avatar's plain frame (what a fade away
+        from the avatar starts from); it is only called when a fade starts.
+        """
+        frame = self._this_frame
+        opaque: np.ndarray | None = None
+        held: np.ndarray | None = None
+        if frame is not None:
+            source, held = self._frame_source, frame.image
+            opaque = None if frame.lipsync else frame.image
         elif not speech and self.idle is not None:
             frames = self.idle.frames_at(self.size)
-            source, image = self.idle, frames[loop_index(self._idle_step, len(frames))]
+            source = self.idle
+            opaque = held = frames[loop_index(self._idle_step, len(frames))]
             self._idle_step += 1
         else:
-            source, image = None, None
+            source = None
         if source is not self._source:
-            self._start_fade(self._last_image if self._source is not None else None, from_avatar=self._source is None)
+            if self._held is not None:
+                self._begin_fade(self._held(), live=self._source is None and opaque is not None)
             self._source = source
-        if image is not None:
-            self._last_image = image
-        return self._fade(image)
+        self._held = (lambda: held) if held is not None else avatar_image
+        return self._fade(opaque)
 
-    def _start_fade(self, image: np.ndarray | None, from_avatar: bool = False) -> None:
-        if self.fade_frames <= 0 or (image is None and not from_avatar):
-            self._fade_left = 0
-            return
-        self._fade_from = image
-        self._fade_left = self.fade_frames
+    def _begin_fade(self, image: np.ndarray, live: bool) -> None:
+        if self.fade_frames > 0:
+            self._fade_from, self._fade_live, self._fade_left = image, live, self.fade_frames
 
-    def _fade(self, image: np.ndarray | None) -> Layer | None:
+    def _fade(self, opaque: np.ndarray | None) -> Layer | None:
         if self._fade_left <= 0:
-            return Layer(image) if image is not None else None
+            return Layer(opaque) if opaque is not None else None
         t = (self.fade_frames - self._fade_left + 1) / (self.fade_frames + 1)
         self._fade_left -= 1
-        start = self._fade_from
-        if start is None:  # avatar -> image
-            return Layer(image, t) if image is not None else None
-        if image is None:  # image -> avatar
-            return Layer(start, 1.0 - t)
-        return Layer(blend(start, image, t))
+        if opaque is None:  # to what the engine composes
+            return Layer(self._fade_from, 1.0 - t)
+        if self._fade_live:  # from the avatar, still composed under the incoming image
+            return Layer(opaque, t)
+        return Layer(blend(self._fade_from, opaque, t))

@@ -60,8 +60,8 @@ def crossfade(args) -> None:
         def step() -> None:
             if not scene.playing:
                 scene.play(2)
-            scene.clip_audio(False)
-            scene.layer(False)
+            scene.clip_frame(False)
+            scene.layer(False, lambda: composed)
 
         book = median_us(step, args.repeat)
         print(f"| {size}×{size} | {base:.0f} µs | {fade:.0f} µs | {opaque:.1f} µs | {scale:.0f} µs | {book:.1f} µs |")

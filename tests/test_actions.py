@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -163,3 +164,59 @@ def test_a_bad_server_config_stops_the_server_with_the_field(data_dir, tmp_path)
     bad.write_text(json.dumps([{"audiotype": 2, "imgpath": "data/customvideo/missing"}]))
     with pytest.raises(actions.ActionConfigError, match=r"--customvideo_config\[0\]\.imgpath"):
         server_app.create_app(server_args(data_dir, "--customvideo_config", str(bad)))
+
+
+def clip_frames_out(engine, count: int, timeout: float = 20.0) -> list[np.ndarray]:
+    """The next `count` frames the engine hands to the wire, as BGR."""
+    frames = []
+    deadline = time.monotonic() + timeout
+    while len(frames) < count:
+        assert time.monotonic() < deadline, f"only {len(frames)} frames"
+        try:
+            bundle = engine.output.get(timeout=0.5)
+        except Exception:
+            continue
+        frames.append(bundle.video.to_ndarray(format="bgr24"))
+    return frames
+
+
+@pytest.mark.parametrize("lipsync", [True, False])
+def test_a_prepared_avatar_as_a_clip_is_lip_synced_by_the_lite_engine(data_dir, lipsync):
+    from avatar import AvatarStore
+    from basereal import EngineConfig
+    from litereal import LiteReal
+    from scene import fit_frame
+    from tests.clip_helpers import write_tone
+    from tests.conftest import PHOTO_AVATAR_ID, TEST_AVATAR_ID
+
+    write_tone(data_dir / "customvideo" / "speak.wav", 1.0)
+    library = actions.ClipLibrary(data_dir, fade_frames=0)
+    clips = library.load(json.dumps([{"audiotype": 2, "imgpath": f"avatars/{PHOTO_AVATAR_ID}",
+                                      "audiopath": "customvideo/speak.wav"}]), "custom_config")
+    engine = LiteReal(AvatarStore(data_dir / "avatars").get(TEST_AVATAR_ID), EngineConfig(), "lipsync-test")
+    if lipsync:
+        library.apply(engine, clips)
+        assert engine.scene.lipsynced == {id(clips[2])}
+    else:
+        engine.scene.configure(clips, 0)  # as for an engine that cannot lip-sync it
+    raw = [fit_frame(f, engine.output_size).astype(np.int16) for f in clips[2].frames]
+    engine.start()
+    try:
+        engine.scene.play(2)
+        out = clip_frames_out(engine, 30)
+    finally:
+        engine.stop()
+    clip_out, mouth_moved = 0, 0
+    for frame in out:
+        diffs = [np.abs(frame.astype(np.int16) - r) for r in raw]
+        nearest = min(diffs, key=lambda d: float(d.mean()))
+        if nearest.mean() > 12:
+            continue  # an idle frame of the session's own avatar
+        clip_out += 1
+        local = cv2.blur(nearest.max(axis=2).astype(np.float32), (5, 5))
+        mouth_moved += float(local.max()) > 40
+    assert clip_out >= 20
+    if lipsync:
+        assert mouth_moved >= clip_out // 2, (mouth_moved, clip_out)
+    else:
+        assert mouth_moved == 0, (mouth_moved, clip_out)
