@@ -220,3 +220,45 @@ def test_a_prepared_avatar_as_a_clip_is_lip_synced_by_the_lite_engine(data_dir, 
         assert mouth_moved >= clip_out // 2, (mouth_moved, clip_out)
     else:
         assert mouth_moved == 0, (mouth_moved, clip_out)
+
+
+
+def test_musetalk_lip_syncs_a_clip_with_latents_and_shows_one_without_as_recorded(tmp_path_factory):
+    import wave
+
+    from avatar import load_avatar
+    from basereal import EngineConfig
+    from musereal import MuseReal, MuseTalkRuntime
+    from musetalk.loader import load_models
+    from musetalk.prepare import add_musetalk_latents
+    from musetalk.settings import MuseTalkSettings
+    from tests.musetalk_fixtures import spoken, write_face_avatar, write_tiny_weights
+
+    root = tmp_path_factory.mktemp("museclips")
+    models = load_models(write_tiny_weights(root / "models"), device="cpu")
+    data = root / "data"
+    add_musetalk_latents(write_face_avatar(data / "avatars" / "museface", 90), models)
+    add_musetalk_latents(write_face_avatar(data / "customvideo" / "withlatents", 200), models)
+    write_face_avatar(data / "customvideo" / "nolatents", 150)
+    with wave.open(str(data / "customvideo" / "say.wav"), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
+        out.writeframes((spoken("Hello there.", 0.8) * 32767).astype("<i2").tobytes())
+    library = actions.ClipLibrary(data, fade_frames=2)
+    clips = library.load(json.dumps([
+        {"audiotype": 2, "imgpath": "customvideo/withlatents", "audiopath": "customvideo/say.wav"},
+        {"audiotype": 3, "imgpath": "customvideo/nolatents", "audiopath": "customvideo/say.wav"}]), "custom_config")
+    runtime = MuseTalkRuntime(models, MuseTalkSettings())
+    engine = MuseReal(load_avatar(data / "avatars" / "museface"), EngineConfig(batch_size=8), "museclip", runtime=runtime)
+    try:
+        library.apply(engine, clips)
+        assert engine.scene.lipsynced == {id(clips[2])}
+        engine.start()
+        for audiotype, lip_synced in ((3, False), (2, True)):
+            before = runtime.worker.stats.frames
+            engine.scene.play(audiotype)
+            clip_frames_out(engine, 25)  # the clip's 20 frames (0.8 s) and then some
+            assert not engine.scene.playing
+            assert (runtime.worker.stats.frames - before >= 15) == lip_synced, (audiotype, runtime.worker.stats.frames - before)
+    finally:
+        engine.stop()
+        runtime.close()
