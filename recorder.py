@@ -199,7 +199,7 @@ class Recordings:
             return self._active.get(session_id)
 
     def start(self, session) -> Recorder:
-        """Start recording `session` (blocking: opens the encoder; run it in an executor)."""
+        """Start a recorder for `session` (blocking: makes the folder; run it in an executor)."""
         with self._lock:
             if session.id in self._active:
                 raise BadRequest("this session is already recording: send end_record first", status=409)
@@ -220,9 +220,15 @@ class Recordings:
                                 engine.chunks_per_frame, self.max_seconds, self.max_bytes, done,
                                 name=f"record-{session.id[:8]}")
             self._active[session.id] = recorder
+        return recorder
+
+    def attach(self, session, recorder: Recorder) -> None:
+        """On the event loop: feed the recorder what the session sends, and finish it on close."""
+        if session.closed:
+            recorder.stop("session closed")
+            raise BadRequest("the session closed", status=404)
         session.player.schedule.tap = recorder.offer
         session.closers.append(lambda: self.finish(recorder, "session closed"))
-        return recorder
 
     @staticmethod
     def finish(recorder: Recorder, reason: str) -> None:
@@ -247,7 +253,7 @@ def register_routes(app: web.Application, args: argparse.Namespace, session_from
         kind = body.get("type")
         loop = asyncio.get_running_loop()
         if kind == "start_record":
-            await loop.run_in_executor(None, recordings.start, session)
+            recordings.attach(session, await loop.run_in_executor(None, recordings.start, session))
             return ok(data={"url": f"/record/{session.id}"})
         if kind == "end_record":
             recorder = recordings.active(session.id)
