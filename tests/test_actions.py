@@ -114,8 +114,12 @@ async def test_custom_config_per_session_is_validated_and_clips_are_shared(serve
     url = server.url
     good = action_config.read_text()
 
+    from tests.test_api import offer_sdp
+
+    probe, sdp = await offer_sdp()  # a valid offer: only custom_config is wrong
+
     async def offer(custom_config) -> tuple[int, dict]:
-        return await post(http, f"{url}/offer", {"sdp": "v=0", "type": "offer", "custom_config": custom_config})
+        return await post(http, f"{url}/offer", {"sdp": sdp, "type": "offer", "custom_config": custom_config})
 
     cases = [
         ("[{not json", "custom_config is not valid JSON"),
@@ -135,8 +139,8 @@ async def test_custom_config_per_session_is_validated_and_clips_are_shared(serve
         assert status == 400 and words in body["msg"], (raw, body)
     assert len(server.context.sessions) == 0
 
+    await probe.close()
     peers = []
-    from tests.test_api import offer_sdp
     for _ in range(2):
         pc, sdp = await offer_sdp()
         peers.append(pc)
