@@ -36,6 +36,7 @@ IDLE_AUDIOTYPE = 1
 MAX_ACTIONS = 32
 MAX_CLIP_FRAMES = 3000  # two minutes at 25 fps
 MAX_FRAME_PIXELS = 1920 * 1080
+MAX_CLIP_BYTES = 1024 ** 3  # decoded frames of one clip
 MAX_AUDIO_BYTES = 50 * 1024 * 1024
 MAX_AUDIO_SECONDS = 300.0
 MAX_CONFIG_CHARS = 64 * 1024
@@ -148,8 +149,9 @@ def load_clip(spec: ActionSpec, field: str) -> Clip:
             avatar = load_avatar(spec.imgpath)
         except AvatarError as exc:
             raise ActionConfigError(f"{field}.imgpath: {exc}") from None
-        if avatar.frame_count > MAX_CLIP_FRAMES:
-            raise ActionConfigError(f"{field}.imgpath: {avatar.frame_count} frames, at most {MAX_CLIP_FRAMES}")
+        if avatar.frame_count > MAX_CLIP_FRAMES or avatar.frames.nbytes > MAX_CLIP_BYTES:
+            raise ActionConfigError(f"{field}.imgpath: {avatar.frame_count} frames of {avatar.size}: at most "
+                                    f"{MAX_CLIP_FRAMES} frames and {MAX_CLIP_BYTES >> 20} MB decoded")
         frames = list(avatar.frames)
     else:
         frames = read_frames(spec.imgpath, field)
@@ -175,12 +177,17 @@ def read_frames(folder: Path, field: str) -> list[np.ndarray]:
     if len(files) > MAX_CLIP_FRAMES:
         raise ActionConfigError(f"{field}.imgpath: {len(files)} frames, at most {MAX_CLIP_FRAMES}")
     frames = []
+    total = 0
     for path in files:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise ActionConfigError(f"{field}.imgpath: frame {path.name} is not a readable image")
         if image.shape[0] * image.shape[1] > MAX_FRAME_PIXELS:
             raise ActionConfigError(f"{field}.imgpath: frame {path.name} is larger than 1920x1080")
+        total += image.nbytes
+        if total > MAX_CLIP_BYTES:
+            raise ActionConfigError(f"{field}.imgpath: over {MAX_CLIP_BYTES >> 20} MB of decoded frames; "
+                                    "use fewer or smaller frames")
         image.setflags(write=False)
         frames.append(image)
     return frames

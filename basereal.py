@@ -304,7 +304,6 @@ class BaseReal:
             if not _put_until(self.output, bundle, self._stopping):
                 return
 
-
     def _frame_image(self, work: FrameWork, result: Any) -> np.ndarray:
         """The frame as sent: composed avatar (at the session's size) under the scene's layer."""
         layer = work.layer
