@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import re
@@ -22,6 +21,10 @@ import aioice.ice
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+import actions
+import avatarswitch
+import recorder
+import sse
 from avatar import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
@@ -33,7 +36,7 @@ from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
 from sdpcheck import OfferRejected, check_offer_sdp
 from security import AUTH_TOKEN_ENV, AccessPolicy, RedactingAccessLogger, public
-from session import Session, SessionLimitError, SessionRegistry, TooManySubscribers
+from session import Session, SessionLimitError, SessionRegistry
 from speechbudget import DEFAULT_SPEECH_BUDGET_S, SpeechBudget, SpeechBudgetFull
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
 from tts.netloop import DEFAULT_FIRST_PIECE_S
@@ -51,8 +54,6 @@ UPLOAD_READ_TIMEOUT_S = 60.0
 REAPER_INTERVAL_S = 1.0
 MAX_SDP_CHARS = 100_000
 MAX_TEXT_CHARS = 20_000
-SSE_KEEPALIVE_S = 15.0
-SSE_POLL_S = 0.5  # how often an idle event stream checks that its listener is still there
 ICE_URL_PATTERN = re.compile(r"^(stun|stuns|turn|turns):(?:(?P<user>[^:@/]+):(?P<cred>[^@/]+)@)?(?P<rest>[^@\s]+)$")
 
 
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", dest="models_dir", type=Path, default=ROOT / "models")
     parser.add_argument("--log-level", dest="log_level", default="INFO")
     listen.add_arguments(parser)
+    actions.add_arguments(parser)
+    recorder.add_arguments(parser)
     return parser
 
 
@@ -206,6 +209,7 @@ async def offer(request: web.Request) -> web.Response:
     if not ctx.avatars.exists(avatar_id):
         known = ", ".join(ctx.avatars.available()) or "none"
         raise BadRequest(f"unknown avatar {avatar_id!r} (available: {known})", status=404)
+    clips = await actions.offer_actions(request, body)
     client = request.remote or "unknown"
     try:
         session_id = ctx.sessions.reserve(client, ctx.args.max_pending_per_client)
@@ -222,6 +226,7 @@ async def offer(request: web.Request) -> web.Response:
             raise BadRequest(f"could not negotiate the offer SDP: {str(exc)[:200]}") from None
         backend = await loop.run_in_executor(None, ctx.tts.create)
         engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
+        await loop.run_in_executor(None, request.app[actions.LIBRARY_KEY].apply, engine, clips)
         budget = SpeechBudget(ctx.args.speech_budget)
         session = Session(session_id, engine, pc, loop, backend, ctx.llm, budget=budget, client=client)
         pc.addTrack(session.player.audio)
@@ -442,37 +447,8 @@ async def read_upload(request: web.Request, limit: int) -> tuple[dict[str, str],
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events of one session: speech start/end at playout, errors, close."""
-    ctx = context_of(request)
-    session = session_from(ctx, {"sessionid": request.query.get("sessionid")})
-    try:
-        queue = session.events.subscribe()
-    except TooManySubscribers as exc:
-        raise BadRequest(str(exc), status=429) from None
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    try:
-        await response.prepare(request)
-        await response.write(b": connected\n\n")
-        last_write = time.monotonic()
-        while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), SSE_POLL_S)
-            except asyncio.TimeoutError:
-                if request.transport is None or request.transport.is_closing():
-                    break  # the listener hung up: free its slot now, not at the next write
-                if time.monotonic() - last_write >= SSE_KEEPALIVE_S:
-                    await response.write(b": keepalive\n\n")
-                    last_write = time.monotonic()
-                continue
-            if event is None:
-                break
-            last_write = time.monotonic()
-            session.touch()
-            await response.write(f"data: {json.dumps(event)}\n\n".encode())
-    except ConnectionResetError:
-        pass  # the listener went away
-    finally:
-        session.events.unsubscribe(queue)
-    return response
+    session = session_from(context_of(request), {"sessionid": request.query.get("sessionid")})
+    return await sse.stream_events(request, session, lambda event: event)
 
 
 def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -> web.Application:
@@ -501,6 +477,10 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     app.router.add_get("/events", events)
     app.router.add_static("/web", WEB_DIR)
     listen.register(app, listen.ListenSettings.from_args(args), ctx.llm.settings.problem, lambda body: session_from(ctx, body))
+    actions.register_routes(app, args, lambda body: session_from(ctx, body))
+    recorder.register_routes(app, args, lambda body: session_from(ctx, body))
+    sse.register_routes(app, lambda body: session_from(ctx, body))
+    avatarswitch.register_routes(app, avatars, lambda body: session_from(ctx, body))
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")
@@ -524,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(args)
-    except (EngineUnavailable, TTSError, LLMError, listen.ListenConfigError, ValueError) as exc:
+    except (EngineUnavailable, TTSError, LLMError, listen.ListenConfigError, ValueError) as exc:  # ActionConfigError is a ValueError
         logger.error("%s", exc)
         return 2
     ctx = app[CONTEXT_KEY]

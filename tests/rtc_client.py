@@ -30,6 +30,7 @@ class ReceiverClient:
     video: list[Received] = field(default_factory=list)
     audio: list[Received] = field(default_factory=list)
     sessionid: str | None = None
+    offer_fields: dict = field(default_factory=dict)  # more /offer fields (e.g. custom_config)
     channel_messages: list[str] = field(default_factory=list)
     channel: RTCDataChannel | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -63,6 +64,7 @@ class ReceiverClient:
             body["avatar"] = self.avatar
         if listen:
             body["listen"] = listen
+        body.update(self.offer_fields)
         async with http.post(f"{self.base_url}/offer", json=body) as response:
             answer = await response.json()
             assert response.status == 200, answer
