@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import contextlib
 
@@ -21,6 +21,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from basereal import BaseReal
 from llm import Conversation, LLMClient, LLMError
 from media import SpeechEvent
+from speechbudget import SpeechBudget
 from ttsreal import QueueFull, TTSWorker
 from tts.base import TTSBackend
 from webrtc import HumanPlayer
@@ -39,7 +40,11 @@ class TooManySubscribers(Exception):
 
 
 class SessionLimitError(Exception):
-    pass
+    """No room for another session: 503 when the server is full, 429 when one client holds too many."""
+
+    def __init__(self, msg: str, status: int = 503):
+        super().__init__(msg)
+        self.status = status
 
 
 class EventHub:
@@ -98,15 +103,20 @@ class Session:
         loop: asyncio.AbstractEventLoop,
         tts_backend: TTSBackend,
         llm: LLMClient,
+        budget: SpeechBudget | None = None,
+        client: str = "unknown",
         probe: "SessionProbe | None" = None,
     ):
         self.id = session_id
+        self.tag = session_id[:8]  # what the log shows: enough to follow a session, not to drive it
+        self.client = client  # the remote address that made the offer
+        self.connected = False  # set once the peer connection has been up
         self.probe = probe
         self.engine = engine
         self.pc = pc
         self.events = EventHub(loop)
         self.tts_backend = tts_backend
-        self.tts = TTSWorker(engine, self._on_tts_error, name=f"tts-{session_id[:8]}",
+        self.tts = TTSWorker(engine, self._on_tts_error, name=f"tts-{session_id[:8]}", budget=budget,
                              on_first_audio=probe.tts_first_audio if probe else None)
         self.conversation = Conversation(llm)
         self._reply_sentences: dict[str, str] = {}  # utterance id -> chat sentence awaiting playout
@@ -127,12 +137,18 @@ class Session:
         if probe is not None:
             self.events.listeners.append(probe.event)
         self._close_lock = asyncio.Lock()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self.close_reason = ""
+        self.closers: list[Callable[[], None]] = []  # blocking clean-ups of features (run off the loop on close)
 
     @property
     def speaking(self) -> bool:
         """True while an utterance's audio is being handed to WebRTC."""
         return self._playing is not None
+
+    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Something attached to this session (e.g. its listening) that close() must release first."""
+        self._closers.append(closer)
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -148,21 +164,22 @@ class Session:
         if event.kind == "end" and event.utterance_id in self._reply_sentences:
             self.conversation.mark_spoken(self._reply_sentences.pop(event.utterance_id))
 
-    def chat(self, text: str, backend: TTSBackend) -> None:
+    def chat(self, text: str, backend: TTSBackend, image: str | None = None) -> None:
         """Answer through the LLM: each sentence is spoken as soon as it is complete.
 
         Replies run one at a time; a new question waits for the reply before it
         (unless the caller interrupted first, which ends that reply at once).
+        `image` (a data: or https: URL) goes with this turn only, as an image part.
         """
         previous = self._reply_task
-        self._reply_task = asyncio.create_task(self._reply(text, backend, previous), name=f"chat-{self.id[:8]}")
+        self._reply_task = asyncio.create_task(self._reply(text, backend, previous, image), name=f"chat-{self.id[:8]}")
 
-    async def _reply(self, text: str, backend: TTSBackend, previous: asyncio.Task | None) -> None:
+    async def _reply(self, text: str, backend: TTSBackend, previous: asyncio.Task | None, image: str | None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         epoch = self.engine.epoch
         try:
-            async with contextlib.aclosing(self.conversation.reply(text)) as sentences:
+            async with contextlib.aclosing(self.conversation.reply(text, image)) as sentences:
                 async for sentence in sentences:
                     if self.engine.epoch != epoch:
                         return
@@ -172,7 +189,7 @@ class Session:
                         continue  # only emoji or markup: nothing to speak
                     self._reply_sentences[utterance_id] = sentence
         except LLMError as exc:
-            logger.warning("chat failed in session %s: %s", self.id, exc)
+            logger.warning("chat failed in session %s: %s", self.tag, exc)
             self.events.publish({"type": "error", "source": "llm", "kind": exc.kind.name.lower(), "msg": str(exc)})
         except QueueFull as exc:
             self.events.publish({"type": "error", "source": "tts", "msg": str(exc)})
@@ -200,8 +217,10 @@ class Session:
                 return
             self.closed = True
             self.close_reason = reason
-            logger.info("closing session %s: %s", self.id, reason)
+            logger.info("closing session %s: %s", self.tag, reason)
             self.player.stop()
+            for closer in self._closers:
+                await closer()
             if self._reply_task is not None:
                 self._reply_task.cancel()
                 await asyncio.wait([self._reply_task])
@@ -211,43 +230,63 @@ class Session:
             await self.pc.close()
 
     def _stop_threads(self) -> None:
+        for closer in self.closers:
+            closer()
         self.tts.stop()
-        self.engine.stop()
-        self.tts_backend.close()
+        self.engine.stop()  # the TTS backend is shared by the process (TTSFactory closes it)
 
 
 class SessionRegistry:
-    """Live sessions by id, with a limit that counts sessions still being built."""
+    """Live sessions by id, with limits that count sessions still being built.
+
+    Besides the server-wide limit, one client address may have only a few
+    sessions that are being built or have not connected yet, so offers that
+    never connect cannot take every slot.
+    """
 
     def __init__(self, max_sessions: int, id_prefix: str | None = None):
         self.max_sessions = max_sessions
         self.id_prefix = id_prefix  # names this worker in every id, so a proxy can route by it
         self._sessions: dict[str, Session] = {}
-        self._reserved = 0
+        self._reserved: dict[str, int] = {}  # client address -> sessions being built
 
-    def reserve(self, session_id: str | None = None) -> str:
-        """Claim a slot for a session being built (raises SessionLimitError); a fixed id may be asked for."""
-        if len(self._sessions) + self._reserved >= self.max_sessions:
-            raise SessionLimitError(
-                f"server is at its limit of {self.max_sessions} sessions: try again later"
-            )
-        if session_id is not None and session_id in self._sessions:
-            raise SessionLimitError(f"session {session_id!r} already exists")
-        self._reserved += 1
-        if session_id is not None:
-            return session_id
-        return f"{self.id_prefix}-{uuid.uuid4()}" if self.id_prefix else str(uuid.uuid4())
+    def pending(self, client: str) -> int:
+        """Sessions of this client being built or not yet connected."""
+        return self._reserved.get(client, 0) + sum(
+            1 for s in self._sessions.values() if s.client == client and not s.connected)
 
     @property
     def starting(self) -> int:
         """Sessions reserved and still being built."""
-        return self._reserved
+        return sum(self._reserved.values())
 
-    def release_reservation(self) -> None:
-        self._reserved -= 1
+    def reserve(self, client: str = "unknown", max_pending: int = 0, session_id: str | None = None) -> str:
+        """Claim a slot for a session being built (raises SessionLimitError); a fixed id may be asked for."""
+        if len(self._sessions) + sum(self._reserved.values()) >= self.max_sessions:
+            raise SessionLimitError(
+                f"server is at its limit of {self.max_sessions} sessions: try again later"
+            )
+        if max_pending > 0 and self.pending(client) >= max_pending:
+            raise SessionLimitError(
+                f"this address already has {max_pending} sessions connecting: finish or close them first",
+                status=429,
+            )
+        if session_id is not None and session_id in self._sessions:
+            raise SessionLimitError(f"session {session_id!r} already exists")
+        self._reserved[client] = self._reserved.get(client, 0) + 1
+        if session_id is not None:
+            return session_id
+        return f"{self.id_prefix}-{uuid.uuid4()}" if self.id_prefix else str(uuid.uuid4())
+
+    def release_reservation(self, client: str = "unknown") -> None:
+        left = self._reserved.get(client, 0) - 1
+        if left > 0:
+            self._reserved[client] = left
+        else:
+            self._reserved.pop(client, None)
 
     def add(self, session: Session) -> None:
-        self._reserved -= 1
+        self.release_reservation(session.client)
         self._sessions[session.id] = session
 
     def get(self, session_id: str) -> Session | None:

@@ -29,7 +29,7 @@ from bench_sessions import cpu_seconds
 from tests.conftest import free_port  # noqa: E402
 from tests.nginx_process import NginxProcess  # noqa: E402
 from tests.rtc_client import ReceiverClient  # noqa: E402
-from tests.server_process import ServerProcess  # noqa: E402
+from tests.worker_process import WorkerProcess  # noqa: E402
 from tests.test_broadcast import rtmp_config  # noqa: E402
 from tests.turn_server import Coturn  # noqa: E402
 from tests.whip_server import TOKEN, WhipEndpoint  # noqa: E402
@@ -132,7 +132,7 @@ def loud_in(client: ReceiverClient, t: float) -> float | None:
     return None
 
 
-async def cpu_share(worker: ServerProcess, seconds: float) -> float:
+async def cpu_share(worker: WorkerProcess, seconds: float) -> float:
     cpu0, t0 = cpu_seconds(worker.process.pid), time.monotonic()
     await asyncio.sleep(seconds)
     return (cpu_seconds(worker.process.pid) - cpu0) / (time.monotonic() - t0)
@@ -145,7 +145,7 @@ async def bench(args) -> dict[str, str]:
     base = ["--data-dir", str(ROOT / "data"), "--avatar_id", args.avatar, "--models-dir", str(tmp / "no-models")]
     async with aiohttp.ClientSession() as http:
         # idle worker: the baseline every per-session figure subtracts
-        worker = await ServerProcess(ROOT / "data", tmp / "idle.log", *base).start(http)
+        worker = await WorkerProcess(ROOT / "data", tmp / "idle.log", *base).start(http)
         idle = await cpu_share(worker, args.seconds)
         results["idle worker CPU (no session)"] = f"{idle * 100:.1f} %"
 
@@ -183,7 +183,7 @@ async def bench(args) -> dict[str, str]:
         port = free_port()
         nginx = NginxProcess(tmp / "rtmp", rtmp_config(tmp / "rtmp", port)).start(port)
         rtmp_url = f"rtmp://127.0.0.1:{port}/live/avatar"
-        worker = await ServerProcess(ROOT / "data", tmp / "rtmp.log", *base, "--transport", "rtmp",
+        worker = await WorkerProcess(ROOT / "data", tmp / "rtmp.log", *base, "--transport", "rtmp",
                                      "--push-url", rtmp_url, "--push-session-id", PUSH_ID).start(http)
         viewer = RtmpViewer(rtmp_url)
         await asyncio.sleep(3)
@@ -199,7 +199,7 @@ async def bench(args) -> dict[str, str]:
         # WHIP to an aiortc endpoint
         endpoint = WhipEndpoint()
         await endpoint.start()
-        worker = await ServerProcess(ROOT / "data", tmp / "whip.log", *base, "--transport", "whip", "--push-url",
+        worker = await WorkerProcess(ROOT / "data", tmp / "whip.log", *base, "--transport", "whip", "--push-url",
                                      endpoint.url, "--push-token", TOKEN, "--push-session-id", PUSH_ID).start(http)
         await asyncio.sleep(3)
         share = await cpu_share(worker, args.seconds)
@@ -220,7 +220,7 @@ async def bench(args) -> dict[str, str]:
 
         # TURN: the listener offers only relay candidates, so media crosses coturn
         turn = Coturn(tmp / "turn").start()
-        worker = await ServerProcess(ROOT / "data", tmp / "turn.log", *base, "--ice-server", turn.url).start(http)
+        worker = await WorkerProcess(ROOT / "data", tmp / "turn.log", *base, "--ice-server", turn.url).start(http)
         for relay in (False, True):
             client = await relay_client(http, worker.url, turn.url if relay else None)
             await client.wait_for(video_frames=10, timeout=30)

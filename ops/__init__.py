@@ -9,20 +9,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from httpapi import error
+from security import public
 from ops import broadcast
-from ops.broadcast import Broadcast, check_arguments
+from ops.broadcast import Broadcast, SessionBuilder, check_arguments
 from ops.drain import Drainer, serve
 from ops.health import LIFECYCLE_KEY, Lifecycle, drain_middleware, health_routes
 from ops.metrics import CONTENT_TYPE_LATEST, Metrics, bearer_matches, route_name
 
 if TYPE_CHECKING:
     from app import ServerContext
-    from session import Session
 
 __all__ = ["add_arguments", "check_arguments", "register", "run"]
 
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(app: web.Application, ctx: "ServerContext",
-             create_session: Callable[["ServerContext", str, str], Awaitable["Session"]]) -> None:
+             build_session: SessionBuilder) -> None:
     """/metrics, /healthz, /readyz, the middlewares that count responses and refuse offers while draining,
     and the pushed session of --transport rtmp/whip."""
     lifecycle = Lifecycle()
@@ -57,6 +57,7 @@ def register(app: web.Application, ctx: "ServerContext",
     metrics.watch(ctx.sessions.all, lambda: ctx.sessions.starting)
     token = ctx.args.metrics_token or getattr(ctx.args, "auth_token", None)
 
+    @public  # the middleware's --auth-token does not apply: the scraper may hold only --metrics-token
     async def metrics_handler(request: web.Request) -> web.Response:
         if token and not bearer_matches(request, token):
             return error(401, "GET /metrics needs 'Authorization: Bearer <token>' (--metrics-token or --auth-token)")
@@ -78,20 +79,20 @@ def register(app: web.Application, ctx: "ServerContext",
     healthz, readyz = health_routes(lifecycle, lambda: ctx.engines.loaded,
                                     lambda: (len(ctx.sessions) + ctx.sessions.starting, ctx.sessions.max_sessions))
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", public(healthz))  # probes of load balancers carry no token
+    app.router.add_get("/readyz", public(readyz))
     app.middlewares.insert(0, drain_middleware)
     app.middlewares.insert(0, count_responses)
     if ctx.args.transport != "webrtc":
-        pushed = Broadcast(ctx, create_session)
+        pushed = Broadcast(ctx, build_session)
         app.on_startup.append(pushed.start)
         app.on_shutdown.append(pushed.stop)
 
 
-def run(app: web.Application, ctx: "ServerContext") -> None:
-    """Serve `app` until SIGTERM, draining sessions for --drain-timeout first."""
+def run(app: web.Application, ctx: "ServerContext", **runner_options) -> None:
+    """Serve `app` until SIGTERM, draining sessions for --drain-timeout first (options go to AppRunner)."""
 
     def make_drainer() -> Drainer:
         return Drainer(app[LIFECYCLE_KEY], ctx.sessions, ctx.args.drain_timeout)
 
-    asyncio.run(serve(app, ctx.args.host, ctx.args.listenport, make_drainer))
+    asyncio.run(serve(app, ctx.args.host, ctx.args.listenport, make_drainer, **runner_options))

@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
 from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 if TYPE_CHECKING:
     from app import ServerContext
@@ -22,9 +23,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TRANSPORTS = ("webrtc", "rtmp", "whip")
+BROADCAST_CLIENT = "broadcast"  # the session's "client address" in the registry
 DEFAULT_PUSH_SESSION_ID = "broadcast"
 PUSH_URL_SCHEMES = {"rtmp": ("rtmp://", "rtmps://"), "whip": ("http://", "https://")}
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+SessionBuilder = Callable[[web.Application, str, str, RTCPeerConnection, str], Awaitable["Session"]]
 
 
 class Pusher(Protocol):
@@ -63,19 +68,22 @@ def check_arguments(args: argparse.Namespace) -> str | None:
 class Broadcast:
     """Creates the pushed session at start-up and its pusher; stops the pusher at shutdown."""
 
-    def __init__(self, ctx: "ServerContext", create_session: Callable[["ServerContext", str, str], Awaitable["Session"]]):
+    def __init__(self, ctx: "ServerContext", build_session: SessionBuilder):
         self.ctx = ctx
-        self._create_session = create_session
+        self._build_session = build_session
         self.session: Session | None = None
         self.pusher: Pusher | None = None
 
     async def start(self, app: web.Application) -> None:
         args = self.ctx.args
-        session_id = self.ctx.sessions.reserve(args.push_session_id)
+        session_id = self.ctx.sessions.reserve(BROADCAST_CLIENT, session_id=args.push_session_id)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(args.ice_servers)))
         try:
-            session = await self._create_session(self.ctx, session_id, args.push_avatar or args.avatar_id)
+            session = await self._build_session(app, session_id, args.push_avatar or args.avatar_id, pc,
+                                                BROADCAST_CLIENT)
         except BaseException:
-            self.ctx.sessions.release_reservation()
+            self.ctx.sessions.release_reservation(BROADCAST_CLIENT)
+            await pc.close()
             raise
         session.broadcast = True
         self.ctx.sessions.add(session)

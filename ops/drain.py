@@ -65,9 +65,10 @@ class Drainer:
         self.done.set()
 
 
-async def serve(app: web.Application, host: str, port: int, make_drainer: Callable[[], Drainer]) -> None:
+async def serve(app: web.Application, host: str, port: int, make_drainer: Callable[[], Drainer],
+                **runner_options) -> None:
     """Serve until SIGTERM/SIGINT, drain, then shut the app down (its on_shutdown hooks run)."""
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, **runner_options)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -12,13 +12,13 @@ from deploy.nginx_conf import main as nginx_conf
 from tests.conftest import free_port
 from tests.nginx_process import NginxProcess
 from tests.rtc_client import ReceiverClient
-from tests.server_process import ServerProcess
+from tests.worker_process import WorkerProcess
 from tests.speech_helpers import voiced_frames, wait_silent, wait_voiced
 
 SESSIONS_PER_WORKER = 2
 
 
-def render_config(prefix, port: int, workers: dict[str, ServerProcess], capsys) -> str:
+def render_config(prefix, port: int, workers: dict[str, WorkerProcess], capsys) -> str:
     args = ["--listen", f"127.0.0.1:{port}", "--standalone", str(prefix)]
     for wid, worker in workers.items():
         args += ["--worker", f"{wid}=127.0.0.1:{worker.port}"]
@@ -28,7 +28,7 @@ def render_config(prefix, port: int, workers: dict[str, ServerProcess], capsys) 
 
 @pytest.fixture
 async def cluster(data_dir, tmp_path, http, capsys):
-    workers = {wid: ServerProcess(data_dir, tmp_path / f"{wid}.log", "--worker-id", wid,
+    workers = {wid: WorkerProcess(data_dir, tmp_path / f"{wid}.log", "--worker-id", wid,
                                   "--max_session", str(SESSIONS_PER_WORKER)) for wid in ("w1", "w2")}
     nginx = None
     try:

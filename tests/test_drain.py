@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.rtc_client import ReceiverClient
-from tests.server_process import ServerProcess
+from tests.worker_process import WorkerProcess
 
 DRAIN_TIMEOUT_S = 4.0
 
@@ -33,7 +33,7 @@ def events(client: ReceiverClient) -> list[dict]:
 
 @pytest.fixture
 async def worker(data_dir, tmp_path, http):
-    process = ServerProcess(data_dir, tmp_path / "server.log", "--max_session", "2",
+    process = WorkerProcess(data_dir, tmp_path / "server.log", "--max_session", "2",
                             "--drain-timeout", str(DRAIN_TIMEOUT_S))
     try:
         yield await process.start(http)
@@ -90,7 +90,7 @@ async def test_readiness_follows_the_session_limit_and_drain_closes_with_a_reaso
 
 
 async def test_drain_ends_early_when_the_last_session_leaves(data_dir, tmp_path, http):
-    process = ServerProcess(data_dir, tmp_path / "server.log", "--drain-timeout", "120")
+    process = WorkerProcess(data_dir, tmp_path / "server.log", "--drain-timeout", "120")
     try:
         await process.start(http)
         client = await connect(process.url, http)

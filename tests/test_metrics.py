@@ -127,3 +127,19 @@ def test_dashboard_queries_only_metrics_the_server_exports():
                for name in re.findall(r"\bavatar_[a-z_]+", target["expr"])}
     assert len(queried) >= 12
     assert queried <= exported, queried - exported
+
+
+async def test_auth_token_guards_metrics_unless_a_metrics_token_is_given(data_dir, http):
+    for flags, good, bad in ((("--auth-token", "main-secret"), "main-secret", "other"),
+                             (("--auth-token", "main-secret", "--metrics-token", TOKEN), TOKEN, "main-secret")):
+        running = await start_server(server_args(data_dir, *flags))
+        try:
+            for token, status in ((None, 401), (bad, 401), (good, 200)):
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                async with http.get(f"{running.url}/metrics", headers=headers) as response:
+                    assert response.status == status, (flags, token, response.status)
+            for probe in ("/healthz", "/readyz"):  # load balancers' probes carry no token
+                async with http.get(f"{running.url}{probe}") as response:
+                    assert response.status == 200, probe
+        finally:
+            await running.runner.cleanup()
