@@ -14,7 +14,7 @@ mkdir -p logs
 for i in $(seq 1 "$count"); do
   port=$((base + i))
   if [[ $gpus -gt 0 ]]; then export CUDA_VISIBLE_DEVICES=$(( (i - 1) % gpus )); fi
-  python app.py --host 127.0.0.1 --listenport "$port" --worker-id "w$i" "$@" >"logs/w$i.log" 2>&1 &
+  python app.py --host 127.0.0.1 --listenport "$port" --worker-id "w$i" --max-pending-per-client 0 "$@" >"logs/w$i.log" 2>&1 &
   echo "worker w$i: pid $! port $port log logs/w$i.log" >&2
   workers+=(--worker "w$i=127.0.0.1:$port")
 done

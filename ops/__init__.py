@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from httpapi import error
+from listen.service import LISTEN_KEY
 from security import public
 from ops import broadcast
 from ops.broadcast import Broadcast, SessionBuilder, check_arguments
@@ -55,6 +56,8 @@ def register(app: web.Application, ctx: "ServerContext",
     app[LIFECYCLE_KEY] = lifecycle
     metrics = ctx.metrics
     metrics.watch(ctx.sessions.all, lambda: ctx.sessions.starting)
+    if LISTEN_KEY in app:
+        app[LISTEN_KEY].on_transcribed = metrics.observe_asr
     token = ctx.args.metrics_token or getattr(ctx.args, "auth_token", None)
 
     @public  # the middleware's --auth-token does not apply: the scraper may hold only --metrics-token

@@ -29,7 +29,8 @@ def render_config(prefix, port: int, workers: dict[str, WorkerProcess], capsys) 
 @pytest.fixture
 async def cluster(data_dir, tmp_path, http, capsys):
     workers = {wid: WorkerProcess(data_dir, tmp_path / f"{wid}.log", "--worker-id", wid,
-                                  "--max_session", str(SESSIONS_PER_WORKER)) for wid in ("w1", "w2")}
+                                  "--max_session", str(SESSIONS_PER_WORKER), "--max-pending-per-client", "0")
+               for wid in ("w1", "w2")}
     nginx = None
     try:
         await asyncio.gather(*(w.start(http) for w in workers.values()))

@@ -143,3 +143,25 @@ async def test_auth_token_guards_metrics_unless_a_metrics_token_is_given(data_di
                     assert response.status == 200, probe
         finally:
             await running.runner.cleanup()
+
+
+async def test_asr_time_reaches_its_histogram(metered, http, monkeypatch):
+    """The listening service's ASR worker reports end of utterance -> transcript (a scripted
+    recogniser stands in for whisper here; the listening tests run the real one)."""
+    import numpy as np
+
+    import listen.service
+    from listen.asr import ASRBackend
+    from listen.service import LISTEN_KEY
+
+    class Scripted(ASRBackend):
+        def transcribe(self, audio: np.ndarray) -> str:
+            time.sleep(0.05)
+            return "hello"
+
+    monkeypatch.setattr(listen.service, "create_backend", lambda settings: Scripted())
+    worker = metered.app[LISTEN_KEY].asr_worker()
+    texts: list[str] = []
+    worker.submit(np.zeros(16000, np.float32), texts.append, texts.append)
+    found = await wait_metric(http, metered.url, ("avatar_asr_seconds_count", ()), 1)
+    assert texts == ["hello"] and found[("avatar_asr_seconds_sum", ())] >= 0.05
