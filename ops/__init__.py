@@ -12,6 +12,7 @@ import re
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from httpapi import error
 from listen.service import LISTEN_KEY
@@ -20,7 +21,7 @@ from ops import broadcast
 from ops.broadcast import Broadcast, SessionBuilder, check_arguments
 from ops.drain import Drainer, serve
 from ops.health import LIFECYCLE_KEY, Lifecycle, drain_middleware, health_routes
-from ops.metrics import CONTENT_TYPE_LATEST, Metrics, bearer_matches, route_name
+from ops.metrics import bearer_matches, route_name
 
 if TYPE_CHECKING:
     from app import ServerContext
