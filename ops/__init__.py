@@ -18,7 +18,7 @@ from httpapi import error
 from listen.service import LISTEN_KEY
 from security import public
 from ops import broadcast
-from ops.broadcast import Broadcast, SessionBuilder, check_arguments
+from ops.broadcast import BROADCAST_KEY, Broadcast, SessionBuilder, check_arguments
 from ops.drain import Drainer, serve
 from ops.health import LIFECYCLE_KEY, Lifecycle, drain_middleware, health_routes
 from ops.metrics import bearer_matches, route_name
@@ -89,6 +89,7 @@ def register(app: web.Application, ctx: "ServerContext",
     app.middlewares.insert(0, count_responses)
     if ctx.args.transport != "webrtc":
         pushed = Broadcast(ctx, build_session)
+        app[BROADCAST_KEY] = pushed
         app.on_startup.append(pushed.start)
         app.on_shutdown.append(pushed.stop)
 

@@ -65,7 +65,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
     return None
 
 
-class Broadcast:
+class Broadcast:  # stored as app[BROADCAST_KEY] when --transport is rtmp or whip
     """Creates the pushed session at start-up and its pusher; stops the pusher at shutdown."""
 
     def __init__(self, ctx: "ServerContext", build_session: SessionBuilder):
@@ -107,3 +107,6 @@ class Broadcast:
         pusher, self.pusher, self.session = self.pusher, None, None  # the app outlives the session
         if pusher is not None:
             await pusher.stop()
+
+
+BROADCAST_KEY = web.AppKey("broadcast", Broadcast)

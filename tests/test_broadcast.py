@@ -184,3 +184,25 @@ async def test_whip_publishes_speaks_by_fixed_id_reconnects_and_deletes(data_dir
         await server.runner.cleanup()
     assert ("DELETE", 200) in whip_endpoint.requests  # shutdown ended the publication on the server
     assert not whip_endpoint.live()
+
+
+async def test_rtmp_push_reconnects_when_the_media_server_comes_back(data_dir, tmp_path):
+    from ops.broadcast import BROADCAST_KEY
+
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/avatar"
+    nginx = NginxProcess(tmp_path / "rtmp1", rtmp_config(tmp_path / "rtmp1", port)).start(port)
+    server = await start_server(server_args(data_dir, "--transport", "rtmp", "--push-url", url))
+    try:
+        stats = server.app[BROADCAST_KEY].pusher.stats
+        await wait_for(lambda: stats.video_frames >= 25, what="the first push")
+        nginx.stop()
+        await wait_for(lambda: bool(stats.last_error), what="the push noticing the server is gone")
+        nginx = NginxProcess(tmp_path / "rtmp2", rtmp_config(tmp_path / "rtmp2", port)).start(port)
+        await wait_for(lambda: stats.connects >= 2, timeout=30, what="a second connection")
+        pulled, stop = Pulled(), threading.Event()
+        await asyncio.get_running_loop().run_in_executor(None, pull, url, 2.0, pulled, stop)
+        assert len(pulled.video) >= 10, pulled.error  # viewers see the session again
+    finally:
+        await server.runner.cleanup()
+        nginx.stop()
