@@ -209,6 +209,10 @@ async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server
     track = SpeechTrack()
     client = await talking_client(listen_server.url, http, track, listen="lips", avatar=PHOTO_AVATAR_ID)
     try:
+        listening = listen_server.app[LISTEN_KEY].sessions[client.sessionid]
+        deadline = time.monotonic() + 10
+        while (listening.listener is None or len(listening.reader.buffer) > 2) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the listener has started and caught up with the uplink
         await asyncio.sleep(0.5)
         clip = speak("One two three four five six seven eight nine ten.")
         track.play(clip)
