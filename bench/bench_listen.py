@@ -7,7 +7,8 @@
 (b) the same in chat, with a local fake LLM whose first sentence is instant.
 (c) barge-in: the user's speech onset -> the avatar's last voiced frame at the client; floor:
     POST /interrupt_talk -> last voiced frame (the same interrupt without listening).
-(d) lips: the user's audio -> the same audio back at the client (envelope cross-correlation);
+(d) lips: the user's audio -> the same audio back at the client (the whole clip aligned by envelope
+    cross-correlation, and its first voiced frame);
     floor: the server's own path, a chunk put into the engine -> received (engine + wire).
 (e) ASR real-time factor (tiny.en, this machine), and the delay user_end -> transcript when
     N sessions finish an utterance at the same moment.
@@ -40,6 +41,7 @@ SENTENCES = ["Please tell me the weather for tomorrow morning.", "I would like t
              "The train leaves the station at seven o'clock."]
 LONG_TEXT = "This is a long answer that goes on for a while so that the user can cut in. " * 5
 REPLY = "Sure."
+PARTS = ("echo", "chat", "barge-in", "lips", "asr")
 
 
 async def wait_event(client: ReceiverClient, kind: str, count: int, timeout: float = 30.0) -> None:
@@ -160,6 +162,7 @@ async def lips(url, http, avatar, trials, application, results):
         scores = [np.corrcoef(sent, received[lag:lag + len(sent)])[0, 1] for lag in range(len(received) - len(sent))]
         best = int(np.argmax(scores))
         results["lips"].append(got[best].arrival - onset)
+        results["lips_onset"].append(next(f.arrival for f in got if is_voiced(f)) - onset)
         await asyncio.sleep(0.5)
     # floor: a voiced chunk put straight into the engine -> received
     await client.pc.close()  # stop the uplink so only our chunks are voiced
@@ -208,15 +211,20 @@ async def run(args) -> dict:
         "--model", args.model, "--tts", "espeak", "--avatar_id", args.avatar, "--max_session", "8",
         "--llm-base-url", llm.base_url, "--llm-model", "test-model")
     keys = ["echo", "echo_vad", "echo_asr", "echo_reply", "echo_floor", "chat", "chat_vad", "chat_asr",
-            "chat_reply", "chat_floor", "barge_in", "barge_in_floor", "lips", "lips_floor"]
+            "chat_reply", "chat_floor", "barge_in", "barge_in_floor", "lips", "lips_onset", "lips_floor"]
     results: dict = {k: [] for k in keys}
     clips = [trimmed(speak(s)) for s in SENTENCES]
     async with aiohttp.ClientSession() as http:
-        await turn_latency(url, http, args.avatar, "echo", args.trials, clips, results, "echo")
-        await turn_latency(url, http, args.avatar, "chat", args.trials, clips, results, "chat")
-        await barge_in(url, http, args.avatar, args.trials, results)
-        await lips(url, http, args.avatar, args.trials, application, results)
-        await concurrent_asr(url, http, args.avatar, args.sessions, application, results)
+        if "echo" in args.parts:
+            await turn_latency(url, http, args.avatar, "echo", args.trials, clips, results, "echo")
+        if "chat" in args.parts:
+            await turn_latency(url, http, args.avatar, "chat", args.trials, clips, results, "chat")
+        if "barge-in" in args.parts:
+            await barge_in(url, http, args.avatar, args.trials, results)
+        if "lips" in args.parts:
+            await lips(url, http, args.avatar, args.trials, application, results)
+        if "asr" in args.parts:
+            await concurrent_asr(url, http, args.avatar, args.sessions, application, results)
     await runner.cleanup()
     await llm.close()
     return results
@@ -226,6 +234,7 @@ def main() -> None:
     parser = speech_bench_parser(__doc__)
     parser.set_defaults(trials=8)
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--json", help="also write raw results here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -233,12 +242,18 @@ def main() -> None:
     med = lambda key: f"{statistics.median(r[key]) * 1000:.0f} ms"  # noqa: E731
     print(f"engine {args.model}, avatar {args.avatar}, {args.trials} trials, espeak, tiny.en")
     for mode in ("echo", "chat"):
+        if not r[mode]:
+            continue
         print(f"({mode}) end of speech -> first voiced reply: {summary_ms(r[mode])}; parts p50: VAD end {med(mode + '_vad')}, "
               f"ASR {med(mode + '_asr')}, reply {med(mode + '_reply')}; floor (/human) {summary_ms(r[mode + '_floor'])}")
-    print(f"barge-in: onset -> avatar silent {summary_ms(r['barge_in'])}; floor (/interrupt_talk) {summary_ms(r['barge_in_floor'])}")
-    print(f"lips: user audio -> back at the client {summary_ms(r['lips'])}; floor (engine + wire) {summary_ms(r['lips_floor'])}")
-    print(f"ASR real-time factor {r['asr_rtf']:.3f} over {r['asr_utterances']} utterances")
-    for n in args.sessions:
+    if r["barge_in"]:
+        print(f"barge-in: onset -> avatar silent {summary_ms(r['barge_in'])}; floor (/interrupt_talk) {summary_ms(r['barge_in_floor'])}")
+    if r["lips"]:
+        print(f"lips: user audio -> back at the client, whole clip aligned {summary_ms(r['lips'])}, first voiced frame "
+              f"{summary_ms(r['lips_onset'])}; floor (engine + wire) {summary_ms(r['lips_floor'])}")
+    if "asr_rtf" in r:
+        print(f"ASR real-time factor {r['asr_rtf']:.3f} over {r['asr_utterances']} utterances")
+    for n in args.sessions if "asr" in args.parts else ():
         print(f"{n} sessions finishing at once: user_end -> transcript {summary_ms(r[f'asr_delay_{n}'])}")
     if args.json:
         (ROOT / args.json).write_text(json.dumps(r, indent=1))

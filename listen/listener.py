@@ -95,11 +95,13 @@ class Listener:
         engine = self._engine
         for i in range(count):
             samples = self._pending[i * CHUNK_SAMPLES:(i + 1) * CHUNK_SAMPLES].copy()
-            backlog = engine.audio_in.qsize() + len(self._buffer)  # both in 20 ms units
-            if backlog > LIPS_TARGET_CHUNKS and np.sqrt(np.mean(samples ** 2)) < LIPS_QUIET_RMS:
+            voiced = float(np.sqrt(np.mean(samples ** 2))) >= LIPS_QUIET_RMS
+            if not voiced and engine.audio_in.qsize() + len(self._buffer) > LIPS_TARGET_CHUNKS:
                 self.lips_skipped += 1
                 continue
-            chunk = AudioChunk(samples, speech=True, epoch=engine.epoch)
+            # Quiet audio is not speech to the engine: it renders idle just in time, and the next
+            # voiced chunk jumps the idle frames queued ahead of it.
+            chunk = AudioChunk(samples, speech=voiced, epoch=engine.epoch)
             while engine.audio_in.qsize() >= LIPS_MAX_QUEUED_CHUNKS:
                 try:
                     engine.audio_in.get_nowait()  # the renderer fell behind: the oldest audio goes, latency stays bounded

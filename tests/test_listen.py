@@ -299,3 +299,38 @@ async def test_camera_frame_goes_with_the_chat_turn_only_with_llm_vision(data_di
     finally:
         await client.close()
         await running.runner.cleanup()
+
+
+async def test_talking_clients_that_come_and_go_leave_no_threads_or_sessions(listen_server, http):
+    import gc
+    import threading
+    import warnings
+
+    from listen.router import SessionListening
+    from session import Session
+
+    def live() -> int:
+        gc.collect()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return sum(1 for obj in gc.get_objects() if isinstance(obj, (Session, SessionListening)))
+
+    clip = speak("Hello there.")
+    for cycle in range(4):
+        track = SpeechTrack()
+        client = await talking_client(listen_server.url, http, track, listen="echo")
+        if cycle % 2:
+            track.play(clip)  # leave while a turn is being detected or transcribed
+            await asyncio.sleep(0.6)
+        await client.close()
+        deadline = time.monotonic() + 3.0
+        while len(listen_server.context.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(listen_server.context.sessions) == 0
+    assert not listen_server.app[LISTEN_KEY].sessions
+    await asyncio.sleep(0.3)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("listen-")]
+    deadline = time.monotonic() + 3.0
+    while live() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert live() == 0, "closed sessions or their listening are still referenced"
