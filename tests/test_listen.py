@@ -316,7 +316,7 @@ async def test_talking_clients_that_come_and_go_leave_no_threads_or_sessions(lis
             return sum(1 for obj in gc.get_objects() if isinstance(obj, (Session, SessionListening)))
 
     clip = speak("Hello there.")
-    for cycle in range(4):
+    for cycle in range(3):
         track = SpeechTrack()
         client = await talking_client(listen_server.url, http, track, listen="echo")
         if cycle % 2:
