@@ -46,6 +46,9 @@ class SessionListening:
         self._starting: asyncio.Task | None = None
         self.closed = False
         session.pc.on("track", self._on_track)
+        for transceiver in session.pc.getTransceivers():  # tracks the offer announced before we attached
+            if transceiver.receiver.track is not None:
+                self._on_track(transceiver.receiver.track)
 
     # ---- control (event loop) ---------------------------------------------
     def set_mode(self, mode: str) -> None:

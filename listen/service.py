@@ -98,10 +98,16 @@ def register(app: web.Application, settings: ListenSettings, chat_problem: Calla
         listening.set_mode(mode)
         return ok(data={"listen": mode})
 
+    async def preload(app: web.Application) -> None:
+        """Load the VAD before the first offer: the uplink buffers only about a second of audio,
+        so a model still loading when the user starts talking would cost their first words."""
+        await service.vad_model()
+
     async def shutdown(app: web.Application) -> None:
         await service.close()
 
     app.router.add_post("/listen", switch_mode)
+    app.on_startup.append(preload)
     app.on_cleanup.append(shutdown)
     return service
 
