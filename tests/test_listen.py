@@ -182,6 +182,8 @@ async def test_bad_uplinks_leave_the_session_speaking(listen_server, http, case)
         if case in ("silence", "never-sends-rtp"):
             assert "user_start" not in kinds(client)
         listening = listen_server.app[LISTEN_KEY].sessions[client.sessionid]
+        if case == "never-sends-rtp":
+            assert listening.listener is None, "a listener thread was started for a peer that sends nothing"
         if listening.reader is not None:
             assert len(listening.reader.buffer) <= listening.reader.buffer.maxsize
         since = len(client.audio)
@@ -198,6 +200,23 @@ def envelope(samples: "np.ndarray", rate: int) -> "np.ndarray":
     step = rate // 50
     usable = samples[: len(samples) // step * step].astype(np.float32)
     return np.sqrt((usable.reshape(-1, step) ** 2).mean(axis=1))
+
+
+VOICED_RMS = 0.02
+
+
+def voiced_frames(env: "np.ndarray") -> int:
+    return int((env > VOICED_RMS).sum())
+
+
+def bursts(env: "np.ndarray", gap_frames: int = 3) -> int:
+    """Runs of voiced 20 ms frames separated by at least `gap_frames` quiet ones: roughly, words."""
+    count, quiet = 0, gap_frames
+    for loud in env > VOICED_RMS:
+        if loud and quiet >= gap_frames:
+            count += 1
+        quiet = 0 if loud else quiet + 1
+    return count
 
 
 async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server, http):
@@ -227,13 +246,11 @@ async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server
 
     received = np.concatenate([f.data for f in client.audio]).astype(np.float32) / 32768.0
     sent, got = envelope(clip, 16000), envelope(received, 48000)
-    lags = range(0, len(got) - len(sent))
-    scores = [np.corrcoef(sent, got[lag:lag + len(sent)])[0, 1] for lag in lags]
-    # The avatar's audio track carries the user's audio: envelopes match (random alignment scores ~0.2;
-    # a loaded machine's late ticks and skips leave gaps, hence not ~1).
-    assert max(scores) > 0.5, max(scores)
-    voiced = lambda env: int((env > 0.02).sum())  # noqa: E731
-    assert voiced(got) >= 0.7 * voiced(sent), (voiced(got), voiced(sent))
+    # The avatar's audio track carries the user's audio: every spoken word comes back, and nearly
+    # all of its voiced time (pauses may be shortened: lips drains a backlog in the user's silences;
+    # a late tick on a loaded machine may split a word in two).
+    assert bursts(got) >= bursts(sent) - 1, (bursts(got), bursts(sent))
+    assert voiced_frames(got) >= 0.8 * voiced_frames(sent), (voiced_frames(got), voiced_frames(sent))
 
     frames = [cv2.cvtColor(f.data, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in client.video[5:]]
     changes = [float(np.abs(a - b).mean()) for a, b in zip(frames, frames[1:])]
