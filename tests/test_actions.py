@@ -101,7 +101,7 @@ async def test_speech_takes_over_a_clip_and_interrupt_stops_one(action_server, h
     await asyncio.sleep(0.5)  # past the fade
     spoken = time.monotonic()
     await wait_until(lambda: client.video[-1].arrival > spoken + 0.3, what="frames while speaking")
-    recent = [f for f in client.video if f.arrival > spoken]
+    recent = [f for f in client.video if spoken < f.arrival <= spoken + 0.3]  # well inside the ~2 s utterance
     assert recent and not any(near(f.data, RED) or near(f.data, BLUE) for f in recent)
     assert not session.engine.scene.playing
     # Starting a clip while speaking is refused with what to do.
