@@ -29,6 +29,7 @@ from avatar import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
 from audiofile import AudioDecodeError, AudioTooLong, decode_audio
+import listen
 from httpapi import BODY_READ_TIMEOUT_S, BODY_TIMEOUT_KEY, BadRequest, error_middleware, ok, optional_bool, read_json, require_str
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", dest="data_dir", type=Path, default=ROOT / "data")
     parser.add_argument("--models-dir", dest="models_dir", type=Path, default=ROOT / "models")
     parser.add_argument("--log-level", dest="log_level", default="INFO")
+    listen.add_arguments(parser)
     actions.add_arguments(parser)
     recorder.add_arguments(parser)
     return parser
@@ -197,6 +199,7 @@ async def offer(request: web.Request) -> web.Response:
     sdp = require_str(body, "sdp", max_len=MAX_SDP_CHARS)
     if body.get("type") != "offer":
         raise BadRequest("'type' must be \"offer\"")
+    listen_mode = listen.mode_from(request.app, body)
     avatar_id = body.get("avatar") or ctx.args.avatar_id
     try:
         check_avatar_id(avatar_id)
@@ -228,6 +231,7 @@ async def offer(request: web.Request) -> web.Response:
         session = Session(session_id, engine, pc, loop, backend, ctx.llm, budget=budget, client=client)
         pc.addTrack(session.player.audio)
         pc.addTrack(session.player.video)
+        listen.attach(request.app, session, listen_mode)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
@@ -472,6 +476,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     app.router.add_post("/interrupt_talk", interrupt_talk)
     app.router.add_get("/events", events)
     app.router.add_static("/web", WEB_DIR)
+    listen.register(app, listen.ListenSettings.from_args(args), ctx.llm.settings.problem, lambda body: session_from(ctx, body))
     actions.register_routes(app, args, lambda body: session_from(ctx, body))
     recorder.register_routes(app, args, lambda body: session_from(ctx, body))
     sse.register_routes(app, lambda body: session_from(ctx, body))
@@ -499,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(args)
-    except (EngineUnavailable, TTSError, LLMError, ValueError) as exc:  # ActionConfigError is a ValueError
+    except (EngineUnavailable, TTSError, LLMError, listen.ListenConfigError, ValueError) as exc:  # ActionConfigError is a ValueError
         logger.error("%s", exc)
         return 2
     ctx = app[CONTEXT_KEY]

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import contextlib
 
@@ -124,6 +124,7 @@ class Session:
             on_playout=self._on_playout,
         )
         self._close_lock = asyncio.Lock()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self.close_reason = ""
         self.closers: list[Callable[[], None]] = []  # blocking clean-ups of features (run off the loop on close)
 
@@ -131,6 +132,10 @@ class Session:
     def speaking(self) -> bool:
         """True while an utterance's audio is being handed to WebRTC."""
         return self._playing is not None
+
+    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Something attached to this session (e.g. its listening) that close() must release first."""
+        self._closers.append(closer)
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -146,21 +151,22 @@ class Session:
         if event.kind == "end" and event.utterance_id in self._reply_sentences:
             self.conversation.mark_spoken(self._reply_sentences.pop(event.utterance_id))
 
-    def chat(self, text: str, backend: TTSBackend) -> None:
+    def chat(self, text: str, backend: TTSBackend, image: str | None = None) -> None:
         """Answer through the LLM: each sentence is spoken as soon as it is complete.
 
         Replies run one at a time; a new question waits for the reply before it
         (unless the caller interrupted first, which ends that reply at once).
+        `image` (a data: or https: URL) goes with this turn only, as an image part.
         """
         previous = self._reply_task
-        self._reply_task = asyncio.create_task(self._reply(text, backend, previous), name=f"chat-{self.id[:8]}")
+        self._reply_task = asyncio.create_task(self._reply(text, backend, previous, image), name=f"chat-{self.id[:8]}")
 
-    async def _reply(self, text: str, backend: TTSBackend, previous: asyncio.Task | None) -> None:
+    async def _reply(self, text: str, backend: TTSBackend, previous: asyncio.Task | None, image: str | None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         epoch = self.engine.epoch
         try:
-            async with contextlib.aclosing(self.conversation.reply(text)) as sentences:
+            async with contextlib.aclosing(self.conversation.reply(text, image)) as sentences:
                 async for sentence in sentences:
                     if self.engine.epoch != epoch:
                         return
@@ -198,6 +204,8 @@ class Session:
             self.close_reason = reason
             logger.info("closing session %s: %s", self.tag, reason)
             self.player.stop()
+            for closer in self._closers:
+                await closer()
             if self._reply_task is not None:
                 self._reply_task.cancel()
                 await asyncio.wait([self._reply_task])

@@ -44,6 +44,7 @@ HANDSHAKE_S = 3
 PENDING_PER_CLIENT = 3
 TTS_TIMEOUT_S = 2
 BODY_TIMEOUT_S = 2
+STREAM_CHECK_S = 5.0
 
 
 @pytest.fixture
@@ -267,12 +268,11 @@ async def test_reproductions_do_not_hurt_the_server(target, speech_service, http
     log = target.log()
     assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
     assert target.rss_mb() - base_rss < RSS_BUDGET_MB, report
-    assert target.fds() <= base_fds + FD_SLACK, report
+    await wait_until(lambda: target.fds() <= base_fds + FD_SLACK, 10, f"open files back to the baseline: {report}")
     first = len(watcher.video)
-    await asyncio.sleep(3.0)
-    recent = watcher.video[first:]
-    fps = (len(recent) - 1) / (recent[-1].arrival - recent[0].arrival)
-    assert 23.0 <= fps <= 27.0, f"{fps:.1f} fps"
+    await asyncio.sleep(STREAM_CHECK_S)
+    fps = (len(watcher.video) - first) / STREAM_CHECK_S  # over seconds, so a catch-up burst averages out
+    assert 22.0 <= fps <= 28.0, f"{fps:.1f} fps"
     await watcher.close()
 
 

@@ -69,6 +69,7 @@ function waitForIceGathering(pc) {
 }
 
 function handleEvent(event) {
+  if (typeof listenPage !== "undefined") listenPage.onEvent(event);
   if (event.type === "start") {
     $("speaking").textContent = "speaking";
     $("speaking").className = "pill talk";
@@ -116,8 +117,9 @@ async function connect() {
     $("engine").textContent = `engine: ${config.model}`;
     const pc = new RTCPeerConnection({ iceServers: config.iceServers || [] });
     client.pc = pc;
-    pc.addTransceiver("video", { direction: "recvonly" });
-    pc.addTransceiver("audio", { direction: "recvonly" });
+    const uplink = typeof listenPage === "undefined" ? "recvonly" : "sendrecv";  // listen.js sends mic/camera
+    pc.addTransceiver("video", { direction: uplink });
+    pc.addTransceiver("audio", { direction: uplink });
     const stream = new MediaStream();
     pc.addEventListener("track", (e) => {
       stream.addTrack(e.track);
@@ -141,11 +143,13 @@ async function connect() {
     const params = new URLSearchParams(location.search);
     const answer = await postJSON("/offer", {
       sdp: pc.localDescription.sdp, type: "offer", avatar: params.get("avatar") || undefined,
+      listen: typeof listenPage === "undefined" ? undefined : listenPage.mode(),
     });
     client.sessionid = answer.sessionid;
     document.body.dataset.sessionid = answer.sessionid;
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     log(`session ${answer.sessionid.slice(0, 8)} (engine ${config.model})`);
+    if (typeof listenPage !== "undefined") listenPage.connected(pc);
   } catch (err) {
     log(`connect failed: ${err.message}`, "error");
     disconnect();
@@ -159,6 +163,7 @@ function disconnect() {
   client.pc = null;
   client.sessionid = null;
   client.lastStats = null;
+  if (typeof listenPage !== "undefined") listenPage.disconnected();
   setControls(false);
   setState("closed");
 }
