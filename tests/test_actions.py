@@ -152,7 +152,7 @@ async def test_custom_config_per_session_is_validated_and_clips_are_shared(serve
     assert first.engine.scene.actions[2] is second.engine.scene.actions[2]  # loaded once, shared
     assert first.engine.scene.actions[2].frames[0].flags.writeable is False
     sid = first.id
-    for audiotype, status_code in (("x", 400), (True, 400), (7, 404)):
+    for audiotype, status_code in (("x", 400), ("²", 400), (True, 400), (None, 400), (7, 404), ("7", 404)):
         status, body = await post(http, f"{url}/set_audiotype", {"sessionid": sid, "audiotype": audiotype})
         assert status == status_code and body["code"] == -1 and body["msg"], body
     status, body = await post(http, f"{url}/set_audiotype", {"sessionid": "nobody", "audiotype": 2})
