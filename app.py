@@ -439,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("avatar %r not found in %s: build it with `python genavatar.py --avatar_id %s --image PHOTO`"
                      " (the default one: `python genavatar.py --default`)", args.avatar_id, ctx.avatars.root, args.avatar_id)
         return 2
+    try:
+        ctx.engines.prepare(args.avatar_id)  # a LiveTalking folder gets its landmarks now, not at the first offer
+    except AvatarError as exc:
+        logger.error("%s", exc)
+        return 2
     logger.info("engine: %s; open http://%s:%d/", ctx.engines.model, args.host, args.listenport)
     web.run_app(app, host=args.host, port=args.listenport, print=None)
     return 0

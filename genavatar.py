@@ -3,6 +3,7 @@
     python genavatar.py --default                      # the bundled public-domain photo
     python genavatar.py --image me.jpg --avatar_id me
     python genavatar.py --video me.mp4 --avatar_id me --max_frames 250
+    python genavatar.py --video data/avatars/wav2lip256_avatar1/full_imgs --avatar_id mine   # a folder of frames
 
 Per frame it stores the 68 face landmarks (dlib), MuseTalk's face box, the
 1.5x square crop box and a feathered lower-face blend mask. A still photo is
@@ -31,6 +32,7 @@ from avatar import (AVATAR_FORMAT_VERSION, CROP_BOXES_FILE, FACE_BOXES_FILE, FRA
                     METADATA_FILE, AvatarError, check_avatar_id, frame_path, mask_path)
 from facegeom import FaceError, FaceLandmarker, crop_box, face_box, landmark_box, lower_face_mask
 from idleloop import IdleAnimator, loop_poses
+from ltavatar import numbered_images, read_images
 
 logger = logging.getLogger("genavatar")
 
@@ -98,8 +100,16 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
+def read_frame_folder(path: Path, max_frames: int | None) -> list[np.ndarray]:
+    """A folder of frames named <integer>.png/.jpg (e.g. a LiveTalking avatar's full_imgs/), in order."""
+    files = numbered_images(path)
+    return read_images(files[:max_frames] if max_frames else files)
+
+
 def read_video(path: Path, fps: int, max_frames: int | None) -> list[np.ndarray]:
-    """Decode a video, resampled to `fps` by picking the frame due at each tick."""
+    """Decode a video, resampled to `fps` by picking the frame due at each tick; or read a folder of frames."""
+    if path.is_dir():
+        return read_frame_folder(path, max_frames)
     if not path.is_file():
         raise AvatarError(f"video {path} does not exist")
     try:
@@ -292,7 +302,7 @@ def prepare(args: argparse.Namespace) -> PrepareReport:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--video", type=Path)
+    source.add_argument("--video", type=Path, help="a video file, or a folder of frames named 0.png, 1.png, ...")
     source.add_argument("--image", type=Path)
     source.add_argument("--default", action="store_true", help="build the default avatar from the bundled photo")
     parser.add_argument("--avatar_id", default=DEFAULT_AVATAR_ID)
