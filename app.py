@@ -30,7 +30,9 @@ from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
 from session import Session, SessionLimitError, SessionRegistry, TooManySubscribers
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
+from tts import cloning
 from tts.base import TTSError
+from tts.reference import resolve_reference
 
 logger = logging.getLogger("app")
 
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tts-base-url", dest="tts_base_url", default=None,
                         help="OpenAI-compatible speech endpoint for --tts openai (e.g. http://127.0.0.1:8000/v1)")
     parser.add_argument("--tts-model", dest="tts_model", default="tts-1", help="model for --tts openai")
+    cloning.add_arguments(parser)
     parser.add_argument("--llm-base-url", dest="llm_base_url", default=None,
                         help="OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM, DashScope...); key from "
                              "OPENAI_API_KEY or DASHSCOPE_API_KEY")
@@ -137,8 +140,11 @@ def tts_settings(args: argparse.Namespace) -> TTSSettings:
         logger.info("tts auto: %s", "edgetts (service reachable)" if backend == "edgetts" else "espeak (offline)")
     if backend == "openai" and not args.tts_base_url:
         raise TTSError("--tts openai needs --tts-base-url (an OpenAI-compatible /v1 endpoint)")
+    service = cloning.ServiceSettings(backend, args.tts_server, args.tts_lang, args.tts_sample_rate) \
+        if backend in cloning.SERVICES else None
     return TTSSettings(backend=backend, voice=args.voice, proxy=args.tts_proxy,
-                       base_url=args.tts_base_url, model=args.tts_model)
+                       base_url=args.tts_base_url, model=args.tts_model, service=service,
+                       reference=resolve_reference(args.data_dir, args.ref_file, args.ref_text))
 
 
 def llm_settings(args: argparse.Namespace) -> LLMSettings:
@@ -173,7 +179,8 @@ async def offer(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     session = None
     try:
-        backend = await loop.run_in_executor(None, ctx.tts.create)
+        backend = await loop.run_in_executor(None, tts_for_request, ctx, None, None, body.get("refaudio"),
+                                             body.get("reftext"))
         engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
         session = Session(session_id, engine, pc, loop, backend, ctx.llm)
@@ -261,19 +268,29 @@ async def is_speaking(request: web.Request) -> web.Response:
     return ok(data=session.speaking)
 
 
+def tts_for_request(ctx: ServerContext, backend: str | None, voice: str | None, ref_file: object = None,
+                    ref_text: object = None):
+    """A TTS backend for a client's choice; a reference voice must lie inside data/ (blocking: stats it)."""
+    try:
+        reference = resolve_reference(ctx.args.data_dir, ref_file, ref_text)
+        return ctx.tts.create(backend, voice, reference)
+    except TTSError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def requested_backend(ctx: ServerContext, session: Session, body: dict):
-    """The session's TTS backend, or one the request names: `tts: "espeak"` or `{backend, voice}`."""
+    """The session's TTS backend, or one the request names: `tts: "espeak"` or
+    `{backend, voice, ref_file, ref_text}` (a cloned voice, LiveTalking's form)."""
     choice = body.get("tts")
     if choice is None:
         return session.tts_backend
     if isinstance(choice, str):
         choice = {"backend": choice}
     if not isinstance(choice, dict) or not all(isinstance(choice.get(k, ""), str) for k in ("backend", "voice")):
-        raise BadRequest("'tts' must be a backend name or {\"backend\": name, \"voice\": voice}")
-    try:
-        return ctx.tts.create(choice.get("backend") or None, choice.get("voice") or None)
-    except TTSError as exc:
-        raise BadRequest(str(exc)) from None
+        raise BadRequest("'tts' must be a backend name or {\"backend\": name, \"voice\": voice, "
+                         "\"ref_file\": path, \"ref_text\": text}")
+    return tts_for_request(ctx, choice.get("backend") or None, choice.get("voice") or None,
+                           choice.get("ref_file"), choice.get("ref_text"))
 
 
 async def human(request: web.Request) -> web.Response:

@@ -24,6 +24,8 @@ from basereal import BaseReal
 from media import CHUNK_SAMPLES, AudioChunk, SpeechEvent
 from textproc import clean_for_speech, split_sentences
 from tts.base import TTSBackend, TTSError
+from tts.cloning import SERVICES, ServiceSettings
+from tts.reference import VoiceReference
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +189,7 @@ class TTSWorker:
         self._open, self._start = None, None
 
 
-TTS_CHOICES = ("auto", "espeak", "edgetts", "openai")
+TTS_CHOICES = ("auto", "espeak", "edgetts", "openai", *SERVICES)
 TTS_BACKENDS = TTS_CHOICES[1:]
 
 
@@ -198,6 +200,8 @@ class TTSSettings:
     proxy: str | None = None  # edgetts
     base_url: str | None = None  # openai
     model: str = "tts-1"  # openai
+    service: ServiceSettings | None = None  # sovits / cosyvoice / fishtts / xtts
+    reference: VoiceReference | None = None  # the server's default reference voice (--REF_FILE)
 
 
 class TTSFactory:
@@ -206,10 +210,26 @@ class TTSFactory:
     def __init__(self, settings: TTSSettings):
         self.settings = settings
 
-    def create(self, backend: str | None = None, voice: str | None = None) -> TTSBackend:
-        """A backend by name (default: the server's), raising TTSError for unknown names or voices."""
+    def create(self, backend: str | None = None, voice: str | None = None,
+               reference: VoiceReference | None = None) -> TTSBackend:
+        """A backend by name (default: the server's), raising TTSError for unknown names or voices.
+
+        `reference`: the voice a cloning service imitates; for the other backends a
+        reference that is a plain name is their voice (LiveTalking's REF_FILE habit).
+        """
         name = backend or self.settings.backend
         voice = voice or (self.settings.voice if name == self.settings.backend else None)
+        if name in SERVICES:
+            from tts.cloning import BACKENDS
+
+            service = self.settings.service if self.settings.service and self.settings.service.service == name \
+                else ServiceSettings(name)
+            return BACKENDS[name](service, reference or self.settings.reference, voice)
+        if reference is not None:
+            if reference.voice_id is None:
+                raise TTSError(f"the {name} TTS cannot clone a voice from a recording: use --tts "
+                               f"{'/'.join(SERVICES)}, or name a voice")
+            voice = voice or reference.voice_id
         if name == "espeak":
             from tts.espeak import EspeakLibrary, EspeakTTS
 
