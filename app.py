@@ -20,6 +20,8 @@ import aioice.ice
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+import avatartasks
+import webfiles
 from avatar import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="OpenAI-compatible speech endpoint for --tts openai (e.g. http://127.0.0.1:8000/v1)")
     parser.add_argument("--tts-model", dest="tts_model", default="tts-1", help="model for --tts openai")
     cloning.add_arguments(parser)
+    avatartasks.add_arguments(parser)
     parser.add_argument("--llm-base-url", dest="llm_base_url", default=None,
                         help="OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM, DashScope...); key from "
                              "OPENAI_API_KEY or DASHSCOPE_API_KEY")
@@ -426,6 +429,8 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     app.router.add_post("/interrupt_talk", interrupt_talk)
     app.router.add_get("/events", events)
     app.router.add_static("/web", WEB_DIR)
+    avatartasks.setup(app, args, avatars)
+    webfiles.register_routes(app, WEB_DIR)
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")

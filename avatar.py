@@ -164,6 +164,12 @@ class AvatarStore:
             return []
         return sorted(p.name for p in self.root.iterdir() if is_avatar_folder(p))
 
+    def forget(self, avatar_id: str) -> None:
+        """Drop a cached avatar whose folder was rebuilt; sessions using it keep their copy."""
+        with self._lock:
+            for key in [k for k in self._cache if k[0] == avatar_id]:
+                del self._cache[key]
+
     def get(self, avatar_id: str, landmarks: bool = False) -> Avatar:
         """The avatar, loaded once. `landmarks`: an engine needs 68 landmarks per frame, which a
         LiveTalking folder lacks; they are then computed once (slow, cached on disk)."""
