@@ -20,7 +20,9 @@ import aioice.ice
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+import adminapi
 import avatartasks
+import ltcompat
 import webfiles
 from avatar import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
@@ -30,6 +32,7 @@ from httpapi import BadRequest, error_middleware, ok, optional_bool, read_json, 
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
+from peeractivity import seconds_since_peer_report
 from session import Session, SessionLimitError, SessionRegistry, TooManySubscribers
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
 from tts import cloning
@@ -83,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ice-host", dest="ice_hosts", action="append", default=[], metavar="ADDR",
                         help="offer only these local addresses as ICE host candidates (repeatable)")
     parser.add_argument("--idle-timeout", dest="idle_timeout", type=float, default=600.0,
-                        help="close a session after this many seconds without a request or heartbeat (0: never)")
+                        help="close a session after this many seconds without a request, heartbeat or RTCP report from "
+                             "its peer (0: never)")
     parser.add_argument("--tts", choices=TTS_CHOICES, default="auto",
                         help="speech engine; auto = edgetts when it can be reached, else espeak (offline)")
     parser.add_argument("--voice", default=None, help="TTS voice (espeak: en-us, cmn, ...; edgetts: en-US-AriaNeural, ...)")
@@ -93,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tts-model", dest="tts_model", default="tts-1", help="model for --tts openai")
     cloning.add_arguments(parser)
     avatartasks.add_arguments(parser)
+    ltcompat.add_arguments(parser)
     parser.add_argument("--llm-base-url", dest="llm_base_url", default=None,
                         help="OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM, DashScope...); key from "
                              "OPENAI_API_KEY or DASHSCOPE_API_KEY")
@@ -241,7 +246,11 @@ async def close_stale_sessions(ctx: ServerContext) -> None:
         if session.pc.connectionState != "connected" and age > CONNECT_TIMEOUT_S:
             await ctx.sessions.close(session.id, f"not connected after {CONNECT_TIMEOUT_S:.0f} s")
         elif ctx.args.idle_timeout > 0 and now - session.last_activity > ctx.args.idle_timeout:
-            await ctx.sessions.close(session.id, f"idle for {ctx.args.idle_timeout:.0f} s")
+            heard = await seconds_since_peer_report(session.pc)
+            if heard is not None and heard < ctx.args.idle_timeout:
+                session.touch()  # a live peer (its RTCP reports arrive) is not idle, heartbeat or not
+            else:
+                await ctx.sessions.close(session.id, f"idle for {ctx.args.idle_timeout:.0f} s")
 
 
 async def client_config(request: web.Request) -> web.Response:
@@ -258,6 +267,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 def session_from(ctx: ServerContext, body: dict) -> Session:
+    body = ltcompat.sessionid_as_text(body, ctx.args.numeric_session_ids)
     session_id = require_str(body, "sessionid", max_len=64)
     session = ctx.sessions.get(session_id)
     if session is None:
@@ -414,6 +424,8 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
         engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
     ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session),
                         tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)))
+    if args.numeric_session_ids:
+        ctx.sessions.new_id = ltcompat.numeric_session_id
     if args.ice_hosts:
         restrict_ice_hosts(args.ice_hosts)
 
@@ -431,6 +443,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     app.router.add_static("/web", WEB_DIR)
     avatartasks.setup(app, args, avatars)
     webfiles.register_routes(app, WEB_DIR)
+    adminapi.register_routes(app, args, ctx.sessions)
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")

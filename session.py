@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import contextlib
 
@@ -208,6 +208,7 @@ class SessionRegistry:
         self.max_sessions = max_sessions
         self._sessions: dict[str, Session] = {}
         self._reserved = 0
+        self.new_id: Callable[[], str] = lambda: str(uuid.uuid4())
 
     def reserve(self) -> str:
         """Claim a slot for a session being built (raises SessionLimitError)."""
@@ -216,7 +217,7 @@ class SessionRegistry:
                 f"server is at its limit of {self.max_sessions} sessions: try again later"
             )
         self._reserved += 1
-        return str(uuid.uuid4())
+        return self.new_id()
 
     def release_reservation(self) -> None:
         self._reserved -= 1
