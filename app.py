@@ -258,8 +258,10 @@ async def client_config(request: web.Request) -> web.Response:
     ctx = context_of(request)
     ice = [{"urls": s.urls, **({"username": s.username, "credential": s.credential} if s.username else {})}
            for s in ctx.args.ice_servers]
+    chat_problem = ctx.llm.settings.problem()
     return ok(iceServers=ice, model=ctx.engines.model, fps=ctx.args.fps,
-              avatar=ctx.args.avatar_id, avatars=ctx.avatars.available())
+              avatar=ctx.args.avatar_id, avatars=ctx.avatars.available(),
+              chat=chat_problem is None, chat_problem=chat_problem)
 
 
 async def index(request: web.Request) -> web.FileResponse:
