@@ -40,6 +40,12 @@ class MuseAvatarAssets:
 
     @staticmethod
     def build(avatar: Avatar) -> "MuseAvatarAssets":
+        if avatar.metadata.get("format") == "livetalking-wav2lip":
+            raise AvatarError(
+                f"avatar {avatar.avatar_id} is a LiveTalking wav2lip folder (no MuseTalk masks or latents): convert "
+                f"it with `python genavatar.py --model musetalk --video {avatar.folder / 'full_imgs'} "
+                f"--avatar_id {avatar.avatar_id}_musetalk`, or serve it with --model lite"
+            )
         if avatar.face_boxes is None or avatar.crop_boxes is None or avatar.masks is None:
             raise AvatarError(
                 f"avatar {avatar.avatar_id} has no face data (landmarks, boxes, masks): rebuild it with "

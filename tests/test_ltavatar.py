@@ -179,6 +179,14 @@ def test_musetalk_lip_syncs_a_livetalking_avatar(lt_env):
     assert np.array_equal(frame[: max(y1 - 30, 1)], avatar.frames[0][: max(y1 - 30, 1)])
 
 
+def test_musetalk_names_the_conversion_for_a_wav2lip_folder(lt_env):
+    from musereal import MuseAvatarAssets
+
+    avatar = AvatarStore(lt_env[1] / "avatars").get(LT_WAV2LIP)
+    with pytest.raises(AvatarError, match=r"genavatar.py --model musetalk --video .*full_imgs"):
+        MuseAvatarAssets.build(avatar)
+
+
 def test_lite_computes_landmarks_once_and_caches_them(lt_env, monkeypatch):
     _, data, source = lt_env
     folder = data / "avatars" / LT_WAV2LIP
