@@ -150,9 +150,12 @@ def tts_settings(args: argparse.Namespace) -> TTSSettings:
         raise TTSError("--tts openai needs --tts-base-url (an OpenAI-compatible /v1 endpoint)")
     service = cloning.ServiceSettings(backend, args.tts_server, args.tts_lang, args.tts_sample_rate) \
         if backend in cloning.SERVICES else None
+    reference = resolve_reference(args.data_dir, args.ref_file, args.ref_text)
+    if reference is not None and reference.audio is not None and service is None:
+        raise TTSError(f"--REF_FILE {args.ref_file} is a recording, which only a cloning TTS can use: "
+                       f"add --tts {'|'.join(cloning.SERVICES)}")
     return TTSSettings(backend=backend, voice=args.voice, proxy=args.tts_proxy,
-                       base_url=args.tts_base_url, model=args.tts_model, service=service,
-                       reference=resolve_reference(args.data_dir, args.ref_file, args.ref_text))
+                       base_url=args.tts_base_url, model=args.tts_model, service=service, reference=reference)
 
 
 def llm_settings(args: argparse.Namespace) -> LLMSettings:

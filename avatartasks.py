@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import logging
 import queue
+import shutil
 import threading
 import time
 import uuid
@@ -176,9 +177,11 @@ class AvatarTaskManager:
             try:
                 report = self._build(task, task_input)
             except (AvatarError, OSError, ValueError, av.error.FFmpegError) as exc:
+                self._discard_partial(task)
                 self._finish(task, "failed", str(exc))
             except Exception as exc:  # a bug must fail the task, not kill the worker
                 logger.exception("avatar task %s failed", task.task_id)
+                self._discard_partial(task)
                 self._finish(task, "failed", f"internal error ({type(exc).__name__}): see the server log")
             else:
                 task.frames = report.frames
@@ -186,6 +189,10 @@ class AvatarTaskManager:
                 self._finish(task, "completed", f"{report.frames} frames in {report.seconds:.1f} s")
             finally:
                 task_input.upload.unlink(missing_ok=True)
+
+    def _discard_partial(self, task: AvatarTask) -> None:
+        """genavatar writes into <id>.tmp/ and renames at the end: a failed task leaves only that."""
+        shutil.rmtree(self.avatars.root / f"{task.avatar_id}.tmp", ignore_errors=True)
 
     def _finish(self, task: AvatarTask, status: str, message: str) -> None:
         with self._lock:
@@ -207,6 +214,8 @@ class AvatarTaskManager:
             raise AvatarError(f"avatar {task.avatar_id!r} already exists: choose another id or send overwrite=true")
 
         def report(percent: float) -> None:
+            if self._stopping.is_set():
+                raise AvatarError("the server is shutting down: submit the task again")
             task.progress = percent
 
         progress = genavatar.Progress(report)

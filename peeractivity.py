@@ -21,7 +21,11 @@ async def seconds_since_peer_report(pc: RTCPeerConnection) -> float | None:
     for sender in pc.getSenders():
         if sender.track is None:
             continue
-        for stats in (await sender.getStats()).values():
+        try:
+            report = await sender.getStats()
+        except Exception:  # a transport closing under us: no news from this sender
+            continue
+        for stats in report.values():
             if stats.type == "remote-inbound-rtp" and (newest is None or stats.timestamp > newest):
                 newest = stats.timestamp
     if newest is None:

@@ -219,12 +219,14 @@ class TTSFactory:
         """
         name = backend or self.settings.backend
         voice = voice or (self.settings.voice if name == self.settings.backend else None)
+        if reference is None and name == self.settings.backend:
+            reference = self.settings.reference
         if name in SERVICES:
             from tts.cloning import BACKENDS
 
             service = self.settings.service if self.settings.service and self.settings.service.service == name \
                 else ServiceSettings(name)
-            return BACKENDS[name](service, reference or self.settings.reference, voice)
+            return BACKENDS[name](service, reference, voice)
         if reference is not None:
             if reference.voice_id is None:
                 raise TTSError(f"the {name} TTS cannot clone a voice from a recording: use --tts "

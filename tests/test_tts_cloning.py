@@ -216,3 +216,20 @@ async def test_server_clones_the_voices_clients_name(service, voices, data_dir, 
                                      {"tts_text": "Second sentence.", "prompt_text": "Other."}]
     assert fake.uploads[0]["prompt_wav"] == (voices / "me.wav").read_bytes()
     assert fake.uploads[1]["prompt_wav"] == (voices / "you.wav").read_bytes()
+
+
+def test_livetalking_flags_set_the_server_voice(data_dir, voices):
+    from app import tts_settings
+    from ttsreal import TTSFactory
+
+    args = server_args(data_dir, "--tts", "sovits", "--TTS_SERVER", "http://127.0.0.1:9", "--REF_FILE",
+                       "voices/me.wav", "--REF_TEXT", REF_TEXT)
+    settings = tts_settings(args)
+    factory = TTSFactory(settings)
+    backend = factory.create()
+    assert backend.settings.url == "http://127.0.0.1:9"
+    assert backend.reference == VoiceReference(audio=(voices / "me.wav").resolve(), text=REF_TEXT)
+    assert factory.create("espeak").voice == "en-us"  # the server's recording is not forced on other backends
+    assert TTSFactory(tts_settings(server_args(data_dir, "--REF_FILE", "de"))).create().voice == "de"
+    with pytest.raises(TTSError, match="only a cloning TTS can use"):
+        tts_settings(server_args(data_dir, "--REF_FILE", "voices/me.wav"))

@@ -185,7 +185,10 @@ class XTTS(ServiceTTS):
             raise TTSError(f"could not reach XTTS at {self.settings.url} ({exc}): start it or fix --tts-server") from exc
         if response.status_code != 200:
             raise http_error(self.label, self.settings.url, response)
-        speaker = response.json()
+        try:
+            speaker = response.json()
+        except ValueError:
+            speaker = None
         if not isinstance(speaker, dict) or not {"gpt_cond_latent", "speaker_embedding"} <= speaker.keys():
             raise TTSError(f"XTTS at {self.settings.url} answered /clone_speaker without a speaker")
         with self.settings.lock:
