@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from httpapi import BadRequest
+from security import public
 
 
 def locate(root: Path, name: str) -> Path | None:
@@ -25,11 +26,11 @@ def locate(root: Path, name: str) -> Path | None:
 def register_routes(app: web.Application, web_dir: Path) -> None:
     root = web_dir.resolve()
 
+    @public  # pages and scripts carry no secrets; the API calls they make need the token
     async def web_file(request: web.Request) -> web.FileResponse:
         path = await asyncio.get_running_loop().run_in_executor(None, locate, root, request.match_info["path"])
         if path is None:
             raise BadRequest(f"no page or file {request.path!r}", status=404)
         return web.FileResponse(path)
 
-    web_file.public = True  # pages and scripts carry no secrets; the API calls they make need the token
     app.router.add_get("/{path:.+}", web_file)

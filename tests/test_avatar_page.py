@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -14,7 +15,7 @@ from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT_DIR, loopback
 @pytest.fixture
 async def task_server(tmp_path, data_dir):
     (tmp_path / "avatars").mkdir()
-    (tmp_path / "avatars" / "testface").symlink_to(data_dir / "avatars" / "testface")
+    shutil.copytree(data_dir / "avatars" / "testface", tmp_path / "avatars" / "testface")
     running = await start_server(server_args(tmp_path))
     yield running
     await running.runner.cleanup()

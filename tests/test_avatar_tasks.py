@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 import threading
 import time
 
@@ -74,9 +75,9 @@ async def wait_done(http, url: str, task_id: str, timeout: float = 120) -> tuple
 
 @pytest.fixture
 async def task_server(tmp_path, data_dir):
-    """A server on its own copy-free data dir (tasks write avatars), with the test avatar linked in."""
+    """A server on its own data dir (tasks write avatars there), with a copy of the test avatar."""
     (tmp_path / "avatars").mkdir()
-    (tmp_path / "avatars" / "testface").symlink_to(data_dir / "avatars" / "testface")
+    shutil.copytree(data_dir / "avatars" / "testface", tmp_path / "avatars" / "testface")
     running = await start_server(server_args(tmp_path, "--avatar-upload-mb", "2", "--avatar-max-seconds", "1"))
     yield running
     await running.runner.cleanup()
@@ -184,3 +185,21 @@ async def test_only_pending_tasks_can_be_deleted(task_server, http, monkeypatch)
     assert task["status"] == "completed"
     assert manager.get(second_id).status == "cancelled"
     assert not (task_server.context.args.data_dir / "avatars" / "second").exists()
+
+
+async def test_the_token_guards_tasks_but_not_the_page(tmp_path, data_dir, http):
+    shutil.copytree(data_dir / "avatars" / "testface", tmp_path / "avatars" / "testface")
+    running = await start_server(server_args(tmp_path, "--auth-token", "tok"))
+    try:
+        async with http.get(f"{running.url}/avatar.html") as response:
+            assert response.status == 200
+        status, body = await submit(http, running.url, astronaut_jpeg(64), "a.jpg", avatar_id="x")
+        assert status == 401, body
+        for path in ("/api/avatar/tasks", "/api/avatar/task/x", "/api/avatar/preview/testface"):
+            async with http.get(running.url + path) as response:
+                assert response.status == 401, path
+        async with http.get(f"{running.url}/api/avatar/preview/testface?token=tok") as response:
+            assert response.status == 200  # an <img> can only carry the token in its URL
+        assert not (tmp_path / "tmp").exists() or not any((tmp_path / "tmp").iterdir())
+    finally:
+        await running.runner.cleanup()

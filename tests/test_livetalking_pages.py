@@ -140,17 +140,19 @@ async def test_admin_routes_exist_only_with_a_token(data_dir, http):
     finally:
         await plain.runner.cleanup()
 
-    args = server_args(data_dir)
-    args.auth_token = "admin-secret"  # --auth-token; its middleware guards these routes
-    guarded = await start_server(args)
+    guarded = await start_server(server_args(data_dir, "--auth-token", "admin-secret"))
     client = ReceiverClient(guarded.url)
     headers = {"Authorization": "Bearer admin-secret"}
     try:
+        for path in ("/api/admin/config", "/api/admin/sessions"):  # the token middleware guards them
+            async with http.get(guarded.url + path) as response:
+                assert response.status == 401, path
+        http.headers.update(headers)  # the receiver's /offer carries it
         await client.connect(http)
         async with http.get(guarded.url + "/api/admin/config", headers=headers) as response:
             config = (await response.json())["data"]
         assert config["auth_token"] == "***" and "admin-secret" not in json.dumps(config)
-        assert config["max_session"] == args.max_session
+        assert config["max_session"] == guarded.context.args.max_session
         async with http.get(guarded.url + "/api/admin/sessions", headers=headers) as response:
             sessions = (await response.json())["data"]
         assert [s["sessionid"] for s in sessions] == [client.sessionid]

@@ -39,6 +39,20 @@ def voices(data_dir) -> Path:
 
 
 @pytest.fixture
+def settings():
+    """ServiceSettings made by a test, closed after it (each owns a network loop and a client)."""
+    made: list[ServiceSettings] = []
+
+    def make(name: str, url: str) -> ServiceSettings:
+        made.append(ServiceSettings(name, url))
+        return made[-1]
+
+    yield make
+    for item in made:
+        item.close()
+
+
+@pytest.fixture
 async def service():
     started = []
 
@@ -99,12 +113,11 @@ EXPECTED_REQUEST = {
 
 
 @pytest.mark.parametrize("name", SERVICES)
-async def test_each_service_streams_the_cloned_voice_as_it_arrives(name, service, voices, data_dir):
+async def test_each_service_streams_the_cloned_voice_as_it_arrives(name, service, settings, voices, data_dir):
     fake = await service(name)
     reference = resolve_reference(data_dir, "voices/me.wav", REF_TEXT)
-    tts = BACKENDS[name](ServiceSettings(name, fake.url), reference)
+    tts = BACKENDS[name](settings(name, fake.url), reference)
     got = await asyncio.to_thread(consume, tts, "Hello there")
-    tts.close()
     assert got[0][0] < fake.log.finished, "the first audio waited for the whole answer"
     audio = np.concatenate([a for _, a in got])
     assert abs(len(audio) - SAMPLE_RATE) < 0.02 * SAMPLE_RATE  # one second, resampled from the service's rate
@@ -115,50 +128,65 @@ async def test_each_service_streams_the_cloned_voice_as_it_arrives(name, service
         assert upload.get("prompt_wav", upload.get("wav_file")) == (voices / "me.wav").read_bytes()
 
 
-async def test_xtts_clones_a_reference_once_per_process(service, voices, data_dir):
+async def test_xtts_clones_a_reference_once_per_process(service, settings, voices, data_dir):
     fake = await service("xtts", seconds=0.2)
-    settings = ServiceSettings("xtts", fake.url)
+    shared = settings("xtts", fake.url)
     for _ in range(2):
-        tts = BACKENDS["xtts"](settings, resolve_reference(data_dir, "voices/me.wav"))
+        tts = BACKENDS["xtts"](shared, resolve_reference(data_dir, "voices/me.wav"))
         await asyncio.to_thread(consume, tts, "Hi")
-        tts.close()
     assert len(fake.uploads) == 1 and len(fake.log.requests) == 3  # one clone, two syntheses
 
 
-async def test_cosyvoice_without_reference_uses_a_builtin_speaker(service):
+async def test_cosyvoice_without_reference_uses_a_builtin_speaker(service, settings):
     fake = await service("cosyvoice", seconds=0.2)
-    tts = BACKENDS["cosyvoice"](ServiceSettings("cosyvoice", fake.url), None, voice="英文女")
+    tts = BACKENDS["cosyvoice"](settings("cosyvoice", fake.url), None, voice="英文女")
     await asyncio.to_thread(consume, tts, "Hi")
-    tts.close()
     assert fake.log.requests == [{"tts_text": "Hi", "spk_id": "英文女"}]
 
 
 @pytest.mark.parametrize("name", SERVICES)
-async def test_cancel_closes_the_connection(name, service, voices, data_dir):
+async def test_cancel_closes_the_connection(name, service, settings, voices, data_dir):
     fake = await service(name, seconds=3.0, delay=0.1)
-    tts = BACKENDS[name](ServiceSettings(name, fake.url), resolve_reference(data_dir, "voices/me.wav", REF_TEXT))
+    tts = BACKENDS[name](settings(name, fake.url), resolve_reference(data_dir, "voices/me.wav", REF_TEXT))
     got = await asyncio.to_thread(consume, tts, "Hello", True)
-    tts.close()
     assert len(got) == 1
     await asyncio.wait_for(fake.log.hung_up.wait(), WAIT)
     assert fake.log.finished is None
 
 
-async def test_failures_say_what_to_check(service, voices, data_dir):
+async def test_failures_say_what_to_check(service, settings, voices, data_dir):
     reference = resolve_reference(data_dir, "voices/me.wav", REF_TEXT)
     fake = await service("fishtts", status=500)
-    tts = BACKENDS["fishtts"](ServiceSettings("fishtts", fake.url), reference)
-    with pytest.raises(TTSError, match="Fish-Speech at .* answered 500: .*scripted failure"):
+    tts = BACKENDS["fishtts"](settings("fishtts", fake.url), reference)
+    with pytest.raises(TTSError, match="Fish-Speech answered 500 at .*: .*scripted failure"):
         await asyncio.to_thread(consume, tts, "Hello")
-    tts.close()
-    tts = BACKENDS["sovits"](ServiceSettings("sovits", f"http://127.0.0.1:{closed_port()}"), reference)
+    tts = BACKENDS["sovits"](settings("sovits", f"http://127.0.0.1:{closed_port()}"), reference)
     with pytest.raises(TTSError, match="could not reach GPT-SoVITS .*--tts-server"):
         await asyncio.to_thread(consume, tts, "Hello")
-    tts.close()
-    tts = BACKENDS["sovits"](ServiceSettings("sovits", fake.url), None)
+    tts = BACKENDS["sovits"](settings("sovits", fake.url), None)
     with pytest.raises(TTSError, match="clones a voice: give a reference recording"):
         await asyncio.to_thread(consume, tts, "Hello")
-    tts.close()
+
+
+async def test_a_stalled_service_ends_the_sentence_and_an_interrupt_ends_the_wait(service, voices, data_dir):
+    """A service that accepts and then sends nothing: an error after --tts-timeout, or at once on interrupt."""
+    fake = await service("cosyvoice", delay=30.0)  # the first piece would come after 30 s
+    reference = resolve_reference(data_dir, "voices/me.wav", REF_TEXT)
+    stalled = ServiceSettings("cosyvoice", fake.url, timeout_s=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TTSError, match="did not start sending audio within 0.5 s"):
+            await asyncio.to_thread(consume, BACKENDS["cosyvoice"](stalled, reference), "Hello")
+        assert time.monotonic() - started < 5
+        patient = ServiceSettings("cosyvoice", fake.url, timeout_s=60.0)
+        interrupt_at = time.monotonic() + 0.5
+        started = time.monotonic()
+        backend = BACKENDS["cosyvoice"](patient, reference)
+        got = await asyncio.to_thread(lambda: list(backend.stream("Hello", lambda: time.monotonic() > interrupt_at)))
+        assert got == [] and time.monotonic() - started < 3
+        patient.close()
+    finally:
+        stalled.close()
 
 
 def test_reference_paths_stay_inside_the_data_directory(voices, data_dir, tmp_path):
@@ -185,12 +213,12 @@ async def test_server_clones_the_voices_clients_name(service, voices, data_dir, 
     running = await start_server(server_args(data_dir, "--tts", "cosyvoice", "--tts-server", fake.url))
     client = ReceiverClient(running.url)
     try:
-        async with http.post(f"{running.url}/offer", json={"sdp": "x", "type": "offer",
-                                                            "refaudio": "../../etc/passwd.wav"}) as response:
-            assert response.status == 400 and "outside the data directory" in (await response.json())["msg"]
         client.pc.addTransceiver("video", direction="recvonly")
         client.pc.addTransceiver("audio", direction="recvonly")
         await client.pc.setLocalDescription(await client.pc.createOffer())
+        bad_offer = {"sdp": client.pc.localDescription.sdp, "type": "offer", "refaudio": "../../etc/passwd.wav"}
+        async with http.post(f"{running.url}/offer", json=bad_offer) as response:
+            assert response.status == 400 and "outside the data directory" in (await response.json())["msg"]
         offer = {"sdp": client.pc.localDescription.sdp, "type": "offer", "refaudio": "voices/me.wav",
                  "reftext": REF_TEXT}
         async with http.post(f"{running.url}/offer", json=offer) as response:
@@ -227,6 +255,7 @@ def test_livetalking_flags_set_the_server_voice(data_dir, voices):
     settings = tts_settings(args)
     factory = TTSFactory(settings)
     backend = factory.create()
+    factory.close()
     assert backend.settings.url == "http://127.0.0.1:9"
     assert backend.reference == VoiceReference(audio=(voices / "me.wav").resolve(), text=REF_TEXT)
     assert factory.create("espeak").voice == "en-us"  # the server's recording is not forced on other backends

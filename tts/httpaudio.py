@@ -3,21 +3,22 @@
 The voice-cloning services LiveTalking users run answer with raw s16le PCM,
 or a WAV header followed by raw PCM. `PCMDecoder` turns body pieces into
 16 kHz float32 audio (a sample split across two pieces is carried over);
-`stream_pcm` runs one request, stops reading (and closes the connection) as
-soon as the utterance is cancelled, and turns HTTP failures into TTSErrors
-that say what to check.
+`stream_pcm` runs one request on the process's network loop, ends it (closing
+the connection) as soon as the utterance is cancelled or the service stalls,
+and turns HTTP failures into TTSErrors that say what to check.
 """
 
 from __future__ import annotations
 
 import struct
-from contextlib import AbstractContextManager
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Iterator
 
 import httpx2
 import numpy as np
 
 from tts.base import Resampler, TTSError
+from tts.netloop import NetworkLoop, StreamStalled
 
 S16_SCALE = 32768.0
 PIECE_BYTES = 4096
@@ -81,32 +82,47 @@ class PCMDecoder:
         return None
 
 
-def http_error(service: str, url: str, response: httpx2.Response) -> TTSError:
-    """A TTSError naming the service, the status and what the service said."""
-    try:
-        detail = response.read().decode("utf-8", "replace")[:MAX_ERROR_CHARS]
-    except httpx2.HTTPError:
-        detail = ""
-    return TTSError(f"{service} at {url} answered {response.status_code}: {detail or response.reason_phrase}")
+@dataclass(frozen=True)
+class ServiceRequest:
+    """One HTTP request to a TTS service (built in the TTS thread, sent on the network loop)."""
+
+    method: str
+    url: str
+    options: dict = field(default_factory=dict)  # json= / data= / files= for httpx2
 
 
-def stream_pcm(service: str, url: str, request: Callable[[], AbstractContextManager[httpx2.Response]],
-               decoder: PCMDecoder, cancelled: Callable[[], bool]) -> Iterator[np.ndarray]:
-    """Yield 16 kHz audio from one streamed request until the body ends or `cancelled()`."""
+def error_text(body: bytes) -> str:
+    return body.decode("utf-8", "replace")[:MAX_ERROR_CHARS]
+
+
+async def response_pieces(client: httpx2.AsyncClient, request: ServiceRequest, label: str) -> AsyncIterator[bytes]:
+    """The body of one streamed response, piece by piece (runs on the network loop)."""
+    async with client.stream(request.method, request.url, **request.options) as response:
+        if response.status_code != 200:
+            detail = error_text(await response.aread()) or response.reason_phrase
+            raise TTSError(f"{label} answered {response.status_code} at {request.url}: {detail}")
+        async for piece in response.aiter_bytes(PIECE_BYTES):
+            yield piece
+
+
+def stream_pcm(label: str, network: NetworkLoop, client: httpx2.AsyncClient, request: ServiceRequest,
+               decoder: PCMDecoder, cancelled: Callable[[], bool], timeout_s: float) -> Iterator[np.ndarray]:
+    """Yield 16 kHz audio from one streamed request until the body ends or `cancelled()`.
+
+    The transfer runs on the shared network loop: an interrupt ends it at once, and a
+    service that does not start (or stops) sending within `timeout_s` is an error.
+    """
     try:
-        with request() as response:
-            if response.status_code != 200:
-                raise http_error(service, url, response)
-            for piece in response.iter_bytes(PIECE_BYTES):
-                if cancelled():
-                    return  # leaving the block closes the connection
-                audio = decoder.push(piece)
-                if audio.size:
-                    yield audio
+        for piece in network.iterate(response_pieces(client, request, label), cancelled, timeout_s, timeout_s):
+            audio = decoder.push(piece)
+            if audio.size:
+                yield audio
+    except StreamStalled as exc:
+        raise TTSError(f"{label} at {request.url} {exc}: check the service or use --tts espeak") from exc
     except httpx2.TimeoutException as exc:
-        raise TTSError(f"{service} at {url} stalled ({type(exc).__name__}): check the service or use --tts espeak") from exc
+        raise TTSError(f"{label} at {request.url} timed out ({type(exc).__name__}): check the service") from exc
     except httpx2.TransportError as exc:
-        raise TTSError(f"could not reach {service} at {url} ({exc}): start it or fix --tts-server") from exc
+        raise TTSError(f"could not reach {label} at {request.url} ({exc}): start it or fix --tts-server") from exc
     if not cancelled():
         tail = decoder.flush()
         if tail.size:

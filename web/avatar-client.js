@@ -7,8 +7,24 @@ const HEARTBEAT_MS = 5000;
 const STATS_MS = 1000;
 
 const client = {
-  pc: null, sessionid: null, channel: null, timers: [], lastStats: null, config: null,
+  pc: null, sessionid: null, channel: null, timers: [], lastStats: null, config: null, token: readToken(),
 };
+
+// The API token (--auth-token) comes once in the URL fragment (/#token=...), which is never sent to
+// the server or kept in the history; the tab remembers it for reloads.
+function readToken() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get("token");
+  if (token) {
+    sessionStorage.setItem("avatar-token", token);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("avatar-token") || "";
+}
+
+function authHeaders() {
+  return client.token ? { Authorization: `Bearer ${client.token}` } : {};
+}
 
 function log(text, cls) {
   const item = document.createElement("li");
@@ -54,7 +70,7 @@ async function loadConfig() {
 
 async function postJSON(path, body) {
   const response = await fetch(path, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, body: JSON.stringify(body),
   });
   const data = await response.json().catch(() => ({ code: -1, msg: `HTTP ${response.status}` }));
   if (!response.ok || data.code !== 0 && data.code !== undefined) {

@@ -5,7 +5,17 @@
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 500;
 const PREVIEW_FRAMES = 50;  // at most this many frames fetched for the preview
-const token = new URLSearchParams(location.hash.slice(1)).get("token");
+const token = readToken();
+
+// The --auth-token, as the main page keeps it: once in the URL fragment, then in this tab's storage.
+function readToken() {
+  const fromFragment = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromFragment) {
+    sessionStorage.setItem("avatar-token", fromFragment);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("avatar-token") || "";
+}
 
 function authHeaders() {
   return token ? { Authorization: `Bearer ${token}` } : {};
@@ -67,7 +77,7 @@ async function preview(avatarId) {
   preview.timer = setInterval(() => {
     $("preview").src = order[index++ % order.length];
   }, 40 * step);
-  $("use").href = `/?avatar=${encodeURIComponent(avatarId)}${token ? `#token=${encodeURIComponent(token)}` : ""}`;
+  $("use").href = `/?avatar=${encodeURIComponent(avatarId)}`;  // the token stays in this tab's storage
   $("use").hidden = false;
 }
 
