@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from tests.tts_servers import _LocalServer, pcm_s16, pieces, sine
+from tests.tts_servers import LocalServer, pcm_s16, pieces, sine
 
 RATES = {"sovits": 32000, "cosyvoice": 22050, "fishtts": 44100, "xtts": 24000}
 REQUIRED = {
@@ -40,7 +40,7 @@ def wav_header(rate: int) -> bytes:
         + b"data" + struct.pack("<I", 0xFFFFFFFF)
 
 
-class FakeCloningService(_LocalServer):
+class FakeCloningService(LocalServer):
     """One service by name; `status` != 200 makes every synthesis request fail."""
 
     def __init__(self, service: str, seconds: float = 1.0, piece_bytes: int = 3001, delay: float = 0.04,
