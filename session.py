@@ -249,6 +249,7 @@ class SessionRegistry:
         self.id_prefix = id_prefix  # names this worker in every id, so a proxy can route by it
         self._sessions: dict[str, Session] = {}
         self._reserved: dict[str, int] = {}  # client address -> sessions being built
+        self.new_id: Callable[[], str] = lambda: str(uuid.uuid4())
 
     def pending(self, client: str) -> int:
         """Sessions of this client being built or not yet connected."""
@@ -276,7 +277,8 @@ class SessionRegistry:
         self._reserved[client] = self._reserved.get(client, 0) + 1
         if session_id is not None:
             return session_id
-        return f"{self.id_prefix}-{uuid.uuid4()}" if self.id_prefix else str(uuid.uuid4())
+        new = self.new_id()
+        return f"{self.id_prefix}-{new}" if self.id_prefix else new
 
     def release_reservation(self, client: str = "unknown") -> None:
         left = self._reserved.get(client, 0) - 1
