@@ -71,6 +71,7 @@ class InferenceWorker:
         self.models = models
         self.max_batch = max_batch
         self.stats = WorkerStats()
+        self.on_batch: Callable[[int, float], None] | None = None  # (frames, seconds) per pass (metrics)
         self._requests: queue.Queue[LipSyncRequest] = queue.Queue(maxsize=REQUEST_QUEUE_SIZE)
         self._stopping = threading.Event()
         self._last_seen: dict[str, float] = {}  # owner -> monotonic time of its last request
@@ -136,7 +137,10 @@ class InferenceWorker:
             for request in live:
                 request.finish(faces[start:start + request.frames])
                 start += request.frames
-            self.stats.busy_s += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.stats.busy_s += elapsed
+            if self.on_batch is not None:
+                self.on_batch(start, elapsed)
             self.stats.batches += 1
             self.stats.frames += start
             if len({r.owner for r in live}) > 1:
