@@ -27,7 +27,7 @@ from audiofile import AudioDecodeError, decode_audio
 from httpapi import BadRequest, error_middleware, ok, optional_bool, read_json, require_str
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
-from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
+from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, right_context
 from session import Session, SessionLimitError, SessionRegistry, TooManySubscribers
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
 from tts.base import TTSError
@@ -70,10 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_session", type=int, default=8, help="concurrent sessions allowed")
     parser.add_argument("--fps", type=int, default=25, choices=SUPPORTED_FPS)
     parser.add_argument("--batch_size", type=int, default=8, help="frames per inference batch (musetalk)")
-    parser.add_argument("-l", "--left-context", dest="left_context", type=int, default=DEFAULT_CONTEXT_CHUNKS,
-                        help="musetalk: past audio around each batch, in 20 ms chunks")
-    parser.add_argument("-r", "--right-context", dest="right_context", type=int, default=DEFAULT_CONTEXT_CHUNKS,
-                        help="musetalk: future audio around each batch, in 20 ms chunks (adds that much latency)")
+    parser.add_argument("-r", "--right-context", dest="right_context", type=right_context, default=DEFAULT_CONTEXT_CHUNKS,
+                        help="musetalk: future audio whisper sees after each batch, in 20 ms chunks (adds that latency)")
     parser.add_argument("--ice-server", dest="ice_servers", action="append", type=parse_ice_server, default=[],
                         metavar="URL", help="STUN/TURN server, repeatable: stun:HOST:PORT, turn:USER:SECRET@HOST:PORT")
     parser.add_argument("--ice-host", dest="ice_hosts", action="append", default=[], metavar="ADDR",
@@ -390,7 +388,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     avatars = AvatarStore(args.data_dir / "avatars")
     if engines is None:
         config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
-        musetalk = MuseTalkSettings(left_chunks=args.left_context, right_chunks=args.right_context)
+        musetalk = MuseTalkSettings(right_chunks=args.right_context)
         engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
     ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session),
                         tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)))

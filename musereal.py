@@ -95,8 +95,8 @@ class MuseReal(BaseReal):
         self.assets = runtime.assets_for(avatar)
         self.worker = runtime.worker
         self.settings = runtime.settings
-        self.asr = MuseASR(config.fps, runtime.settings.left_chunks, runtime.settings.right_chunks,
-                           edge_mode_for(runtime.models.version))
+        self.asr = MuseASR(config.fps, runtime.settings.right_chunks, edge_mode_for(runtime.models.version),
+                           max_batch=max(1, config.batch_size))
         self._next_batch = self._first_batch()
 
     def _first_batch(self) -> int:
@@ -123,11 +123,9 @@ class MuseReal(BaseReal):
             return [None] * len(work)
         self._next_batch = min(2 * self._next_batch, max(1, self.config.batch_size))
         epoch = work[0].epoch
-        window = self.asr.window(chunks, self.peek_audio(self.asr.right))
         request = LipSyncRequest(
             owner=self.session_id,
-            window=window,
-            asr=self.asr,
+            audio=self.asr.window(chunks, self.peek_audio(self.asr.right)),
             latents=self.assets.latents[[item.index for item in work]],
             is_current=lambda: self.epoch == epoch and not self.stopped,
         )

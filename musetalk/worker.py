@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from museasr import AudioWindow, MuseASR, encode_windows
+from museasr import BatchAudio, batch_features, encode_windows
 from musetalk.loader import MuseTalkModels
 from musetalk.vae import decode_to_bgr
 
@@ -35,11 +35,10 @@ ACTIVE_S = 1.0  # a session that sent a request this recently counts as speaking
 
 @dataclass
 class LipSyncRequest:
-    """One session's batch: its audio window, its avatar latents and a staleness check."""
+    """One session's batch: its audio windows, its avatar latents and a staleness check."""
 
     owner: str
-    window: AudioWindow
-    asr: MuseASR
+    audio: BatchAudio
     latents: torch.Tensor  # (frames, 8, 32, 32), float32 on the CPU
     is_current: Callable[[], bool]
     faces: np.ndarray | None = None  # (frames, 256, 256, 3) BGR uint8 once done
@@ -173,8 +172,13 @@ class InferenceWorker:
     @torch.inference_mode()
     def _infer(self, requests: list[LipSyncRequest]) -> np.ndarray:
         models = self.models
-        layers = encode_windows(models, [r.window for r in requests])
-        audio = torch.cat([r.asr.features(lay, r.window) for r, lay in zip(requests, layers)])
+        layers = encode_windows(models, [w for r in requests for w in r.audio.windows])
+        per_request, start = [], 0
+        for request in requests:
+            count = len(request.audio.windows)
+            per_request.append(batch_features(request.audio, layers[start:start + count]))
+            start += count
+        audio = torch.cat(per_request)
         audio = models.pe(audio.float()).to(models.dtype)
         latents = torch.cat([r.latents for r in requests]).to(models.device, models.dtype)
         faces = []

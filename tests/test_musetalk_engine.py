@@ -60,12 +60,11 @@ def test_latents_match_the_avatar(muse_env):
 
 
 def _request(models, owner: str, avatar_folder: Path, seed: int, current=lambda: True) -> LipSyncRequest:
-    asr = MuseASR(fps=25, left_chunks=10, right_chunks=10, edge="zero")
+    asr = MuseASR(fps=25, right_chunks=10, edge="zero")
     audio = spoken(SENTENCES[seed % 2], 0.4)
     chunks = [AudioChunk(audio[i:i + CHUNK_SAMPLES], True, 0) for i in range(0, len(audio), CHUNK_SAMPLES)]
-    window = asr.window(chunks[:8], chunks[8:])
     latents = load_latents(avatar_folder, 6)[:4]
-    return LipSyncRequest(owner=owner, window=window, asr=asr, latents=latents, is_current=current)
+    return LipSyncRequest(owner=owner, audio=asr.window(chunks[:8], chunks[8:]), latents=latents, is_current=current)
 
 
 def _infer_all(worker: InferenceWorker, requests: list[LipSyncRequest]) -> list[np.ndarray]:
