@@ -28,6 +28,7 @@ from httpapi import BadRequest, error_middleware, ok, optional_bool, read_json, 
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, right_context
+from musetalk.settings import add_arguments as add_musetalk_arguments
 from session import Session, SessionLimitError, SessionRegistry, TooManySubscribers
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
 from tts.base import TTSError
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8, help="frames per inference batch (musetalk)")
     parser.add_argument("-r", "--right-context", dest="right_context", type=right_context, default=DEFAULT_CONTEXT_CHUNKS,
                         help="musetalk: future audio whisper sees after each batch, in 20 ms chunks (adds that latency)")
+    add_musetalk_arguments(parser)
     parser.add_argument("--ice-server", dest="ice_servers", action="append", type=parse_ice_server, default=[],
                         metavar="URL", help="STUN/TURN server, repeatable: stun:HOST:PORT, turn:USER:SECRET@HOST:PORT")
     parser.add_argument("--ice-host", dest="ice_hosts", action="append", default=[], metavar="ADDR",
@@ -388,7 +390,8 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     avatars = AvatarStore(args.data_dir / "avatars")
     if engines is None:
         config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
-        musetalk = MuseTalkSettings(right_chunks=args.right_context)
+        musetalk = MuseTalkSettings(right_chunks=args.right_context, channels_last=args.musetalk_channels_last,
+                                    compile=args.musetalk_compile)
         engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
     ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session),
                         tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)))

@@ -18,6 +18,19 @@ class MuseTalkSettings:
     first_batch: int = FIRST_BATCH_FRAMES
     version: str = "auto"  # v15 | v1 | auto (v15 when its weights are present)
     device: str | None = None  # None: cuda when available, else cpu
+    channels_last: bool = False  # GPU speed-ups (musetalk/accel.py)
+    compile: str = "off"  # off | default | reduce-overhead (CUDA graphs) | max-autotune
+
+
+COMPILE_CHOICES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The MuseTalk speed-up flags (app.py and bench/bench_musetalk.py)."""
+    parser.add_argument("--musetalk-channels-last", dest="musetalk_channels_last", action="store_true",
+                        help="musetalk: channels-last memory format for the UNet and VAE (GPU)")
+    parser.add_argument("--musetalk-compile", dest="musetalk_compile", choices=COMPILE_CHOICES, default="off",
+                        help="musetalk: torch.compile the models; reduce-overhead adds CUDA graphs (GPU)")
 
 
 def right_context(text: str) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from museasr import BatchAudio, batch_features, encode_windows
+from musetalk.accel import bucket
 from musetalk.loader import MuseTalkModels
 from musetalk.vae import decode_to_bgr
 
@@ -66,9 +67,10 @@ class WorkerStats:
 class InferenceWorker:
     """Owns MuseTalkModels; `infer` is called from many session threads, inference runs on one."""
 
-    def __init__(self, models: MuseTalkModels, max_batch: int):
+    def __init__(self, models: MuseTalkModels, max_batch: int, pad_to_bucket: bool = False):
         self.models = models
         self.max_batch = max_batch
+        self.pad_to_bucket = pad_to_bucket  # compiled models: run a few fixed batch sizes (musetalk/accel.py)
         self.stats = WorkerStats()
         self._requests: queue.Queue[LipSyncRequest] = queue.Queue(maxsize=REQUEST_QUEUE_SIZE)
         self._stopping = threading.Event()
@@ -183,7 +185,12 @@ class InferenceWorker:
         latents = torch.cat([r.latents for r in requests]).to(models.device, models.dtype)
         faces = []
         for start in range(0, latents.shape[0], self.max_batch):
-            part = slice(start, start + self.max_batch)
-            out = models.unet(latents[part], 0, encoder_hidden_states=audio[part]).sample
-            faces.append(decode_to_bgr(models.vae, out))
+            part_latents, part_audio = latents[start:start + self.max_batch], audio[start:start + self.max_batch]
+            frames = part_latents.shape[0]
+            if self.pad_to_bucket:
+                extra = bucket(frames, self.max_batch) - frames
+                part_latents = torch.cat([part_latents, part_latents.new_zeros((extra, *part_latents.shape[1:]))])
+                part_audio = torch.cat([part_audio, part_audio.new_zeros((extra, *part_audio.shape[1:]))])
+            out = models.unet(part_latents, 0, encoder_hidden_states=part_audio).sample
+            faces.append(decode_to_bgr(models.vae, out[:frames]))
         return np.concatenate(faces)

@@ -59,12 +59,14 @@ def test_latents_match_the_avatar(muse_env):
     assert (folder / LATENTS_FILE).is_file()
 
 
-def _request(models, owner: str, avatar_folder: Path, seed: int, current=lambda: True) -> LipSyncRequest:
+def _request(models, owner: str, avatar_folder: Path, seed: int, current=lambda: True,
+             frames: int = 4) -> LipSyncRequest:
     asr = MuseASR(fps=25, right_chunks=10, edge="zero")
     audio = spoken(SENTENCES[seed % 2], 0.4)
     chunks = [AudioChunk(audio[i:i + CHUNK_SAMPLES], True, 0) for i in range(0, len(audio), CHUNK_SAMPLES)]
-    latents = load_latents(avatar_folder, 6)[:4]
-    return LipSyncRequest(owner=owner, audio=asr.window(chunks[:8], chunks[8:]), latents=latents, is_current=current)
+    latents = load_latents(avatar_folder, 6)[:frames]
+    return LipSyncRequest(owner=owner, audio=asr.window(chunks[:2 * frames], chunks[2 * frames:]), latents=latents,
+                          is_current=current)
 
 
 def _infer_all(worker: InferenceWorker, requests: list[LipSyncRequest]) -> list[np.ndarray]:
@@ -292,3 +294,25 @@ def test_genavatar_musetalk_without_weights_says_what_to_run(tmp_path, caplog):
     assert genavatar.main(argv) == 2
     assert "download_models.py" in caplog.text
     assert not (tmp_path / "avatars" / "astro").exists()  # nothing half-made goes live
+
+
+def test_bucket_padding_and_channels_last_keep_the_faces(muse_env, models):
+    """The GPU speed-up paths on CPU: a 3-frame pass padded to 4 (what compiled models run) and
+    channels-last weights give the faces of a plain pass."""
+    from musetalk.accel import accelerate, bucket
+
+    assert [bucket(n, 32) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
+    never = threading.Event()
+    results = []
+    for pad, memory in ((False, False), (True, False), (True, True)):
+        fresh = load_models(muse_env[0], device="cpu")
+        worker = InferenceWorker(accelerate(fresh, channels_last=memory), max_batch=32, pad_to_bucket=pad)
+        worker.start()
+        try:
+            request = _request(models, "a", muse_env[1] / "avatars" / "museface", seed=0, frames=3)
+            results.append(worker.infer(request, never))
+        finally:
+            worker.stop()
+    assert results[0].shape == (3, 256, 256, 3)
+    for other in results[1:]:
+        assert np.abs(other.astype(np.int16) - results[0]).max() <= 2
