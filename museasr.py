@@ -8,7 +8,8 @@ the output is trimmed to the clip's length, and indices outside the clip are
 MuseTalk's edges: v1.5 uses zero features there, v1.0 repeats the first/last
 frame.
 
-Streaming, a clip is an utterance: a run of consecutive speech chunks. Each
+Streaming, a clip is an utterance: a run of consecutive speech chunks (an
+interrupt, i.e. a new epoch, also ends one). Each
 batch of B video frames is encoded in one 30 s window placed at the start of
 its utterance (or, after 30 s of speech, as far back as fits):
 
@@ -112,10 +113,14 @@ class MuseASR:
         if self.max_history <= 0:
             raise ValueError("batch and right context do not fit whisper's 30 s window")
         self._utterance: deque[np.ndarray] = deque(maxlen=self.max_history)  # speech chunks of the current run
+        self._epoch: int | None = None  # an interrupt (new epoch) ends the utterance too
 
     def push(self, chunks: list[AudioChunk]) -> None:
         """Record consumed audio: speech extends the current utterance, anything else ends it."""
         for chunk in chunks:
+            if chunk.epoch != self._epoch:
+                self._utterance.clear()
+                self._epoch = chunk.epoch
             if chunk.speech:
                 self._utterance.append(chunk.samples)
             else:
@@ -127,7 +132,7 @@ class MuseASR:
             raise ValueError(f"a batch needs whole frames of {self.per_frame} chunks")
         if len(chunks) > self.per_frame * self.max_batch:
             raise ValueError(f"a batch holds at most {self.max_batch} frames")
-        history = list(self._utterance)
+        history = list(self._utterance) if chunks and chunks[0].epoch == self._epoch else []
         sequence = [*history, *(c.samples for c in chunks), *(c.samples for c in future[: self.right])]
         speech = [True] * len(history) + [c.speech for c in chunks] + [c.speech for c in future[: self.right]]
         runs = _runs(speech)

@@ -295,6 +295,13 @@ def test_window_starts_at_the_utterance_and_carries_its_history():
     assert _chunk_values(third) == [8, 9]
 
 
+def test_an_interrupt_ends_the_utterance():
+    asr = MuseASR(fps=25, right_chunks=0)
+    asr.window(_valued([1, 2]), [])
+    interrupted = [AudioChunk(np.full(CHUNK_SAMPLES, v, np.float32), True, 1) for v in (3, 4)]
+    assert _chunk_values(asr.window(interrupted, [])) == [3, 4]  # epoch 1: no history from epoch 0
+
+
 def test_a_batch_spanning_two_utterances_gets_a_window_each():
     asr = MuseASR(fps=25, right_chunks=2)
     chunks = _valued([1, 2, 3]) + _valued([0, 0], speech=False) + _valued([4, 5, 6, 7, 8])
