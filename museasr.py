@@ -29,6 +29,7 @@ Whisper's cost does not depend on how much of the 30 s holds audio.
 from __future__ import annotations
 
 from collections import deque
+from itertools import takewhile
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,8 +134,9 @@ class MuseASR:
         if len(chunks) > self.per_frame * self.max_batch:
             raise ValueError(f"a batch holds at most {self.max_batch} frames")
         history = list(self._utterance) if chunks and chunks[0].epoch == self._epoch else []
-        sequence = [*history, *(c.samples for c in chunks), *(c.samples for c in future[: self.right])]
-        speech = [True] * len(history) + [c.speech for c in chunks] + [c.speech for c in future[: self.right]]
+        future = list(takewhile(lambda c: c.epoch == chunks[-1].epoch, future[: self.right])) if chunks else []
+        sequence = [*history, *(c.samples for c in chunks), *(c.samples for c in future)]
+        speech = [True] * len(history) + [c.speech for c in chunks] + [c.speech for c in future]
         runs = _runs(speech)
         frames = len(chunks) // self.per_frame
         firsts = len(history) + self.per_frame * np.arange(frames)
