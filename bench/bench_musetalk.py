@@ -13,6 +13,7 @@ per-session voiced fps, first voiced frame after the audio arrived, late
 frames, GPU memory per session. No WebRTC (VP8 encoding is CPU work).
 
     python bench/bench_musetalk.py --device cpu --batch-sizes 1 4 --iters 2 --warmup 1   # CPU, part 1
+    python bench/bench_musetalk.py --device cpu --whisper-only --threads 1 --batch-sizes 1 8 32 --iters 5
     python bench/bench_musetalk.py --gpu-suite          # one command, CUDA: every GPU figure of BENCHMARKS.md
     python bench/bench_musetalk.py --device cuda --musetalk-compile reduce-overhead --sessions 1 2 4 8 16
     python bench/bench_musetalk.py --smoke --sessions 1 2   # tiny models: checks the code path, numbers meaningless
@@ -107,10 +108,12 @@ def bench_batch(models: MuseTalkModels, batch: int, args) -> dict:
         for iteration in range(args.warmup + args.iters):
             t_whisper = timed(lambda: encode_windows(models, [window]), device)
             t_short = timed(short_window, device)
-            result = {}
-            t_unet = timed(lambda: result.setdefault(
-                "x", models.unet(latents, 0, encoder_hidden_states=audio).sample), device)
-            t_vae = timed(lambda: decode_to_bgr(models.vae, result["x"]), device)
+            t_unet = t_vae = 0.0
+            if not args.whisper_only:
+                result = {}
+                t_unet = timed(lambda: result.setdefault(
+                    "x", models.unet(latents, 0, encoder_hidden_states=audio).sample), device)
+                t_vae = timed(lambda: decode_to_bgr(models.vae, result["x"]), device)
             if iteration >= args.warmup:
                 for key, value in (("whisper", t_whisper), ("short", t_short), ("unet", t_unet), ("vae", t_vae)):
                     out[key].append(value)
@@ -256,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speech-seconds", type=float, default=8.0)
     parser.add_argument("--session-batch", type=int, default=8, help="a session's batch (the server's --batch_size)")
     parser.add_argument("--max-batch", type=int, default=32, help="frames per worker pass over all sessions")
+    parser.add_argument("--whisper-only", action="store_true", help="part 1 times the whisper step only")
     parser.add_argument("--smoke", action="store_true", help="tiny models: exercise the code, numbers meaningless")
     parser.add_argument("--gpu-suite", action="store_true", help="run every GPU configuration (CUDA)")
     add_arguments(parser)
@@ -281,17 +285,21 @@ def main(argv: list[str] | None = None) -> int:
           f"built in {time.perf_counter() - started:.1f} s, torch {torch.__version__}, "
           f"iters {args.iters} (+{args.warmup} warm-up)")
     if args.batch_sizes:
+        columns = ["batch", "whisper step / batch (30 s window)", "whisper, short window (before)"]
+        if not args.whisper_only:
+            columns += ["UNet / frame", "VAE decode / frame", "UNet+VAE fps", "fps incl. whisper"]
         print()
-        print("| batch | whisper step / batch (30 s window) | whisper, short window (before) | UNet / frame "
-              "| VAE decode / frame | UNet+VAE fps | fps incl. whisper |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+        print("| " + " | ".join(columns) + " |")
+        print("|" + "---:|" * len(columns))
         for batch in args.batch_sizes:
             t = bench_batch(models, batch, args)
-            per_frame = (t["unet"] + t["vae"]) / batch
-            with_whisper = (t["unet"] + t["vae"] + t["whisper"]) / batch
-            print(f"| {batch} | {t['whisper'] * 1000:.1f} ms | {t['short'] * 1000:.1f} ms | "
-                  f"{t['unet'] / batch * 1000:.1f} ms | {t['vae'] / batch * 1000:.1f} ms | {1 / per_frame:.2f} | "
-                  f"{1 / with_whisper:.2f} |", flush=True)
+            cells = [str(batch), f"{t['whisper'] * 1000:.1f} ms", f"{t['short'] * 1000:.1f} ms"]
+            if not args.whisper_only:
+                per_frame = (t["unet"] + t["vae"]) / batch
+                with_whisper = (t["unet"] + t["vae"] + t["whisper"]) / batch
+                cells += [f"{t['unet'] / batch * 1000:.1f} ms", f"{t['vae'] / batch * 1000:.1f} ms",
+                          f"{1 / per_frame:.2f}", f"{1 / with_whisper:.2f}"]
+            print("| " + " | ".join(cells) + " |", flush=True)
     if args.sessions:
         if args.batch_sizes:  # part 1 applied the speed-ups already: start the live part from fresh models
             models = None
