@@ -95,3 +95,12 @@ def test_bad_checkpoints_say_what_to_do(tmp_path):
     torch.save(state, path)
     with pytest.raises(FaceParseError, match=r"does not match BiSeNet.*ffm\.conv1\.weight"):
         load_face_parser(tmp_path)
+
+
+def test_download_plan_fetches_the_face_parsing_files(tmp_path):
+    import download_models
+    from faceparse import BACKBONE_WEIGHTS, PARSER_DIR
+
+    for version in ("v15", "v1"):
+        planned = {item.path(tmp_path) for item in download_models.plan(version)}
+        assert parser_weights(tmp_path) in planned and tmp_path / PARSER_DIR / BACKBONE_WEIGHTS in planned
