@@ -20,7 +20,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 AVATAR_FORMAT_VERSION = 1
-AVATAR_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+AVATAR_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch)
 METADATA_FILE = "avatar.json"
 FRAMES_DIR = "frames"
 MASKS_DIR = "masks"
@@ -39,7 +39,7 @@ def check_avatar_id(avatar_id: object) -> str:
     Only letters, digits, '_', '-' and '.' (not leading) are allowed, so an id
     can never climb out of data/avatars/.
     """
-    if not isinstance(avatar_id, str) or not AVATAR_ID_PATTERN.match(avatar_id) or ".." in avatar_id:
+    if not isinstance(avatar_id, str) or not AVATAR_ID_PATTERN.fullmatch(avatar_id) or ".." in avatar_id:
         raise AvatarError(
             f"invalid avatar id {avatar_id!r}: use 1-64 letters, digits, '_', '-' or '.'"
         )
@@ -144,14 +144,26 @@ class AvatarStore:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
-    def exists(self, avatar_id: str) -> bool:
+    def folder(self, avatar_id: str) -> Path | None:
+        """The avatar's folder if it is a real folder inside the root (a symlink, or anything that
+        resolves outside data/, is refused: the data folder is all a client may reach)."""
         check_avatar_id(avatar_id)
-        return (self.root / avatar_id / METADATA_FILE).is_file()
+        folder = self.root / avatar_id
+        if folder.is_symlink() or not folder.is_dir():
+            return None
+        if not folder.resolve().is_relative_to(self.root.resolve()):
+            return None
+        meta = folder / METADATA_FILE
+        return folder if meta.is_file() and not meta.is_symlink() else None
+
+    def exists(self, avatar_id: str) -> bool:
+        return self.folder(avatar_id) is not None
 
     def available(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / METADATA_FILE).is_file())
+        return sorted(p.name for p in self.root.iterdir()
+                      if AVATAR_ID_PATTERN.fullmatch(p.name) and self.folder(p.name) is not None)
 
     def get(self, avatar_id: str) -> Avatar:
         check_avatar_id(avatar_id)
@@ -163,8 +175,8 @@ class AvatarStore:
             with self._lock:
                 if avatar_id in self._cache:
                     return self._cache[avatar_id]
-            folder = self.root / avatar_id
-            if not folder.is_dir():
+            folder = self.folder(avatar_id)
+            if folder is None:
                 known = ", ".join(self.available()) or "none"
                 raise AvatarError(f"unknown avatar {avatar_id!r} (available: {known})")
             avatar = load_avatar(folder)

@@ -98,6 +98,7 @@ class MuseReal(BaseReal):
         # A batch must be computed while the previous one plays: keep a batch of frames ahead of the wire.
         config = replace(config, lookahead_frames=max(config.lookahead_frames, config.batch_size))
         super().__init__(avatar, config, session_id)
+        self.runtime = runtime
         self.assets = runtime.assets_for(avatar)
         self.worker = runtime.worker
         self.settings = runtime.settings
@@ -132,7 +133,8 @@ class MuseReal(BaseReal):
         request = LipSyncRequest(
             owner=self.session_id,
             audio=self.asr.window(chunks, self.peek_audio(self.asr.right)),
-            latents=self.assets.latents[[item.index for item in work]],
+            latents=torch.stack([self.runtime.assets_for(item.avatar or self.avatar).latents[item.index]
+                                 for item in work]),
             is_current=lambda: self.epoch == epoch and not self.stopped,
         )
         try:
@@ -144,8 +146,24 @@ class MuseReal(BaseReal):
             return [None] * len(work)
         return [face if item.speech else None for item, face in zip(work, faces)]
 
+    def prepare_avatar(self, avatar: Avatar) -> None:
+        self.runtime.assets_for(avatar)
+
+    def can_lipsync(self, avatar: Avatar) -> bool:
+        try:
+            self.runtime.assets_for(avatar)
+        except AvatarError as exc:
+            logger.info("musetalk cannot lip-sync %s: %s", avatar.avatar_id, exc)
+            return False
+        return True
+
+    def use_avatar(self, avatar: Avatar) -> None:
+        super().use_avatar(avatar)
+        self.assets = self.runtime.assets_for(avatar)
+
     def compose(self, work: FrameWork, result: np.ndarray | None) -> np.ndarray:
-        frame = self.avatar.frames[work.index]
+        avatar = work.avatar or self.avatar
+        frame = avatar.frames[work.index]
         if result is None:
             return frame
-        return paste_back(frame, result, self.assets.plans[work.index])
+        return paste_back(frame, result, self.runtime.assets_for(avatar).plans[work.index])

@@ -21,19 +21,21 @@ from typing import Callable, Iterator
 import numpy as np
 
 from basereal import BaseReal
-from media import CHUNK_SAMPLES, AudioChunk, SpeechEvent
+from media import CHUNK_SAMPLES, SAMPLE_RATE, AudioChunk, SpeechEvent
+from speechbudget import SpeechBudget
 from textproc import clean_for_speech, split_sentences
 from tts.base import TTSBackend, TTSError
 
 logger = logging.getLogger(__name__)
 
 SEGMENT_QUEUE_SIZE = 256
+S16_MAX = 32767.0
 JOIN_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
 class Segment:
-    """One piece of an utterance: text for `backend`, or ready 16 kHz audio."""
+    """One piece of an utterance: text for `backend`, or ready 16 kHz audio (int16: half the memory)."""
 
     utterance_id: str
     utterance_text: str
@@ -44,6 +46,10 @@ class Segment:
     audio: np.ndarray | None = None
     backend: TTSBackend | None = None
 
+    @property
+    def audio_seconds(self) -> float:
+        return 0.0 if self.audio is None else self.audio.size / SAMPLE_RATE
+
 
 class QueueFull(Exception):
     """The session already has too much speech queued."""
@@ -52,8 +58,10 @@ class QueueFull(Exception):
 class TTSWorker:
     """Speaks queued segments into one engine, in order, honouring interrupts."""
 
-    def __init__(self, engine: BaseReal, on_error: Callable[[str], None], name: str = "tts"):
+    def __init__(self, engine: BaseReal, on_error: Callable[[str], None], name: str = "tts",
+                 budget: SpeechBudget | None = None):
         self.engine = engine
+        self.budget = budget or SpeechBudget()
         self._on_error = on_error
         self._segments: queue.Queue[Segment] = queue.Queue(maxsize=SEGMENT_QUEUE_SIZE)
         self._stopping = threading.Event()
@@ -79,9 +87,20 @@ class TTSWorker:
         return utterance_id, len(sentences)
 
     def play(self, audio: np.ndarray, label: str) -> str:
-        """Queue decoded 16 kHz float32 audio as one utterance."""
+        """Queue decoded 16 kHz audio (int16, or float32 in [-1, 1]) as one utterance.
+
+        Raises SpeechBudgetFull when the session cannot hold that many more seconds.
+        """
+        if audio.dtype != np.int16:
+            audio = (np.clip(audio, -1.0, 1.0) * S16_MAX).astype(np.int16)
         utterance_id = uuid.uuid4().hex[:12]
-        self._enqueue([Segment(utterance_id, label, self.engine.epoch, first=True, last=True, audio=audio)])
+        segment = Segment(utterance_id, label, self.engine.epoch, first=True, last=True, audio=audio)
+        self.budget.reserve(segment.audio_seconds)
+        try:
+            self._enqueue([segment])
+        except QueueFull:
+            self.budget.release(segment.audio_seconds)
+            raise
         return utterance_id
 
     def _enqueue(self, segments: list[Segment]) -> None:
@@ -95,8 +114,10 @@ class TTSWorker:
     def clear(self) -> None:
         """Drop queued segments (an interrupt; the epoch bump cancels the one in progress)."""
         with self._segments.mutex:
+            dropped = list(self._segments.queue)
             self._segments.queue.clear()
             self._segments.not_full.notify_all()
+        self.budget.release(sum(segment.audio_seconds for segment in dropped))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -111,6 +132,7 @@ class TTSWorker:
             except queue.Empty:
                 continue
             if segment.epoch != self.engine.epoch:
+                self.budget.release(segment.audio_seconds)
                 continue
             try:
                 self._speak(segment)
@@ -122,13 +144,15 @@ class TTSWorker:
                 logger.exception("TTS crashed for utterance %s", segment.utterance_id)
                 self._on_error(f"speech synthesis failed: {exc}")
                 self._close_utterance(segment)
+            finally:
+                self.budget.release(segment.audio_seconds)  # played, cut short or failed: no longer held
 
     def _cancelled(self, epoch: int) -> Callable[[], bool]:
         return lambda: self._stopping.is_set() or self.engine.epoch != epoch
 
     def _audio_of(self, segment: Segment) -> Iterator[np.ndarray]:
         if segment.audio is not None:
-            yield segment.audio
+            yield segment.audio.astype(np.float32) / S16_MAX
         else:
             assert segment.backend is not None
             yield from segment.backend.stream(segment.text, self._cancelled(segment.epoch))
@@ -179,8 +203,10 @@ class TTSWorker:
         """After a failure: skip the utterance's other sentences and end it if it had started."""
         with self._segments.mutex:
             kept = [s for s in self._segments.queue if s.utterance_id != segment.utterance_id]
+            skipped = [s for s in self._segments.queue if s.utterance_id == segment.utterance_id]
             self._segments.queue.clear()
             self._segments.queue.extend(kept)
+        self.budget.release(sum(s.audio_seconds for s in skipped))
         if self._open == segment.utterance_id and self._start is None:
             end = SpeechEvent("end", segment.utterance_id, segment.utterance_text)
             self.engine.put_audio(AudioChunk(np.zeros(CHUNK_SAMPLES, np.float32), False, segment.epoch, (end,)))
@@ -188,6 +214,7 @@ class TTSWorker:
 
 
 TTS_CHOICES = ("auto", "espeak", "edgetts", "openai")
+MAX_CACHED_BACKENDS = 256
 TTS_BACKENDS = TTS_CHOICES[1:]
 
 
@@ -198,30 +225,68 @@ class TTSSettings:
     proxy: str | None = None  # edgetts
     base_url: str | None = None  # openai
     model: str = "tts-1"  # openai
+    timeout_s: float = 10.0  # network backends: first audio, and between pieces
 
 
 class TTSFactory:
-    """Builds TTS backends for sessions; owns process-wide TTS state (espeak's library)."""
+    """Builds TTS backends for sessions; owns the process-wide TTS state.
+
+    Backends are light and stateless, so one instance per (backend, voice) is
+    shared by every session; what holds resources (espeak's library, the speech
+    endpoint's HTTP client and its loop) exists once and is closed in `close()`.
+    """
 
     def __init__(self, settings: TTSSettings):
         self.settings = settings
+        self._lock = threading.Lock()
+        self._backends: dict[tuple[str, str], TTSBackend] = {}
+        self._speech = None  # tts.openai_speech.SpeechService, built on first use
 
     def create(self, backend: str | None = None, voice: str | None = None) -> TTSBackend:
         """A backend by name (default: the server's), raising TTSError for unknown names or voices."""
         name = backend or self.settings.backend
+        if name not in TTS_BACKENDS:
+            raise TTSError(f"unknown TTS backend {str(name)[:40]!r}: choose one of {', '.join(TTS_BACKENDS)}")
         voice = voice or (self.settings.voice if name == self.settings.backend else None)
+        key = (name, voice or "")
+        with self._lock:
+            cached = self._backends.get(key)
+        if cached is not None:
+            return cached
+        built = self._build(name, voice)
+        with self._lock:
+            if len(self._backends) >= MAX_CACHED_BACKENDS:
+                self._backends.clear()  # only names from allow-lists get here; this just bounds the table
+            return self._backends.setdefault(key, built)
+
+    def _build(self, name: str, voice: str | None) -> TTSBackend:
         if name == "espeak":
             from tts.espeak import EspeakLibrary, EspeakTTS
 
             return EspeakTTS(EspeakLibrary.shared(), voice or "en-us")
         if name == "edgetts":
-            from tts.edge import DEFAULT_VOICE, EdgeTTS
+            from tts.edge import DEFAULT_VOICE, EdgeTTS, check_voice
 
-            return EdgeTTS(voice or DEFAULT_VOICE, proxy=self.settings.proxy)
-        if name == "openai":
-            from tts.openai_speech import OpenAISpeechTTS
+            timeout = max(1, round(self.settings.timeout_s))
+            return EdgeTTS(check_voice(voice or DEFAULT_VOICE), proxy=self.settings.proxy,
+                           connect_timeout=timeout, receive_timeout=timeout)
+        from tts.openai_speech import DEFAULT_VOICE, OpenAISpeechTTS, SpeechService, check_voice
 
-            if not self.settings.base_url:
-                raise TTSError("the openai TTS backend needs the server started with --tts-base-url")
-            return OpenAISpeechTTS(self.settings.base_url, self.settings.model, voice or "alloy")
-        raise TTSError(f"unknown TTS backend {name!r}: choose one of {', '.join(TTS_BACKENDS)}")
+        voice = check_voice(voice or DEFAULT_VOICE)
+        if not self.settings.base_url:
+            raise TTSError("the openai TTS backend needs the server started with --tts-base-url")
+        with self._lock:
+            if self._speech is None:
+                self._speech = SpeechService(self.settings.base_url, self.settings.model,
+                                             first_piece_s=self.settings.timeout_s,
+                                             between_pieces_s=self.settings.timeout_s)
+            service = self._speech
+        return OpenAISpeechTTS(voice=voice, service=service)
+
+    def close(self) -> None:
+        """Shut the shared clients (server shutdown)."""
+        with self._lock:
+            speech, self._speech = self._speech, None
+            self._backends.clear()
+        if speech is not None:
+            speech.close()

@@ -7,8 +7,24 @@ const HEARTBEAT_MS = 5000;
 const STATS_MS = 1000;
 
 const client = {
-  pc: null, sessionid: null, channel: null, timers: [], lastStats: null,
+  pc: null, sessionid: null, channel: null, timers: [], lastStats: null, token: readToken(),
 };
+
+// The API token (--auth-token) comes once in the URL fragment (/#token=...), which is never sent to
+// the server or kept in the history; the tab remembers it for reloads.
+function readToken() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get("token");
+  if (token) {
+    sessionStorage.setItem("avatar-token", token);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("avatar-token") || "";
+}
+
+function authHeaders() {
+  return client.token ? { Authorization: `Bearer ${client.token}` } : {};
+}
 
 function log(text, cls) {
   const item = document.createElement("li");
@@ -30,7 +46,7 @@ function setControls(connected) {
 
 async function postJSON(path, body) {
   const response = await fetch(path, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, body: JSON.stringify(body),
   });
   const data = await response.json().catch(() => ({ code: -1, msg: `HTTP ${response.status}` }));
   if (!response.ok || data.code !== 0 && data.code !== undefined) {
@@ -53,6 +69,7 @@ function waitForIceGathering(pc) {
 }
 
 function handleEvent(event) {
+  if (typeof listenPage !== "undefined") listenPage.onEvent(event);
   if (event.type === "start") {
     $("speaking").textContent = "speaking";
     $("speaking").className = "pill talk";
@@ -100,8 +117,9 @@ async function connect() {
     $("engine").textContent = `engine: ${config.model}`;
     const pc = new RTCPeerConnection({ iceServers: config.iceServers || [] });
     client.pc = pc;
-    pc.addTransceiver("video", { direction: "recvonly" });
-    pc.addTransceiver("audio", { direction: "recvonly" });
+    const uplink = typeof listenPage === "undefined" ? "recvonly" : "sendrecv";  // listen.js sends mic/camera
+    pc.addTransceiver("video", { direction: uplink });
+    pc.addTransceiver("audio", { direction: uplink });
     const stream = new MediaStream();
     pc.addEventListener("track", (e) => {
       stream.addTrack(e.track);
@@ -125,11 +143,13 @@ async function connect() {
     const params = new URLSearchParams(location.search);
     const answer = await postJSON("/offer", {
       sdp: pc.localDescription.sdp, type: "offer", avatar: params.get("avatar") || undefined,
+      listen: typeof listenPage === "undefined" ? undefined : listenPage.mode(),
     });
     client.sessionid = answer.sessionid;
     document.body.dataset.sessionid = answer.sessionid;
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     log(`session ${answer.sessionid.slice(0, 8)} (engine ${config.model})`);
+    if (typeof listenPage !== "undefined") listenPage.connected(pc);
   } catch (err) {
     log(`connect failed: ${err.message}`, "error");
     disconnect();
@@ -143,6 +163,7 @@ function disconnect() {
   client.pc = null;
   client.sessionid = null;
   client.lastStats = null;
+  if (typeof listenPage !== "undefined") listenPage.disconnected();
   setControls(false);
   setState("closed");
 }
