@@ -186,7 +186,8 @@ def face_geometry(frames: list[np.ndarray], landmarks: np.ndarray, options: Prep
     shift = options.bbox_shift if options.version == "v1" else 0
     mode = parsing_mode_for(options.version)
     face_boxes, crop_boxes, masks = [], [], []
-    for frame, points in zip(frames, landmarks):
+    source = "face parsing" if parser is not None else "landmark"
+    for frame, points in tqdm(list(zip(frames, landmarks)), desc=f"{source} masks", unit="frame"):
         box = face_box(points, frame.shape, shift, margin)
         crop = crop_box(box)
         labels = parser.parse(expanded_crop(frame, crop)) if parser is not None else None
@@ -204,8 +205,10 @@ def face_parser_for(models_dir: Path):
         logger.info("no face-parsing weights in %s: blend masks come from the landmarks",
                     parser_weights(models_dir).parent)
         return None
+    import torch
+
     try:
-        return load_face_parser(models_dir)
+        return load_face_parser(models_dir, "cuda" if torch.cuda.is_available() else "cpu")
     except FaceParseError as exc:
         raise AvatarError(str(exc)) from None
 

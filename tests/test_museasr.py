@@ -10,6 +10,7 @@ checkpoint's own tensor names (HF for v1.5, openai tiny.pt for v1.0).
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from media import CHUNK_SAMPLES, AudioChunk
 from museasr import (WINDOW_CHUNKS, ZERO, BatchAudio, MuseASR, batch_features, edge_indices, encode_windows,
                      feature_indices, slice_features)
 from musetalk.loader import load_models
+from musetalk.settings import right_context
 from tests.musetalk_fixtures import spoken, write_tiny_weights
 
 SR, N_FFT, HOP, N_MELS, N_SAMPLES = 16000, 400, 160, 80, 480000
@@ -320,3 +322,7 @@ def test_bad_batches_are_refused():
         MuseASR(fps=25, max_batch=2).window(_valued([1] * 6), [])
     with pytest.raises(ValueError, match="right audio context"):
         MuseASR(fps=25, right_chunks=101)
+    for bad in ("101", "-1", "ten"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            right_context(bad)
+    assert right_context("100") == 100
