@@ -37,7 +37,8 @@ import listen
 from httpapi import BODY_READ_TIMEOUT_S, BODY_TIMEOUT_KEY, BadRequest, error_middleware, ok, optional_bool, read_json, require_str
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
-from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
+from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, right_context
+from musetalk.settings import add_arguments as add_musetalk_arguments
 from peeractivity import seconds_since_peer_report
 import ops
 from ops.broadcast import TRANSPORTS
@@ -99,10 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_session", type=int, default=8, help="concurrent sessions allowed")
     parser.add_argument("--fps", type=int, default=25, choices=SUPPORTED_FPS)
     parser.add_argument("--batch_size", type=int, default=8, help="frames per inference batch (musetalk)")
-    parser.add_argument("-l", "--left-context", dest="left_context", type=int, default=DEFAULT_CONTEXT_CHUNKS,
-                        help="musetalk: past audio around each batch, in 20 ms chunks")
-    parser.add_argument("-r", "--right-context", dest="right_context", type=int, default=DEFAULT_CONTEXT_CHUNKS,
-                        help="musetalk: future audio around each batch, in 20 ms chunks (adds that much latency)")
+    parser.add_argument("-r", "--right-context", dest="right_context", type=right_context, default=DEFAULT_CONTEXT_CHUNKS,
+                        help="musetalk: future audio whisper sees after each batch, in 20 ms chunks (adds that latency)")
+    add_musetalk_arguments(parser)
     parser.add_argument("--ice-server", dest="ice_servers", action="append", type=parse_ice_server, default=[],
                         metavar="URL", help="STUN/TURN server, repeatable: stun:HOST:PORT, turn:USER:SECRET@HOST:PORT")
     parser.add_argument("--ice-host", dest="ice_hosts", action="append", default=[], metavar="ADDR",
@@ -516,7 +516,8 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     avatars = AvatarStore(args.data_dir / "avatars")
     if engines is None:
         config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
-        musetalk = MuseTalkSettings(left_chunks=args.left_context, right_chunks=args.right_context)
+        musetalk = MuseTalkSettings(right_chunks=args.right_context, channels_last=args.musetalk_channels_last,
+                                    compile=args.musetalk_compile)
         engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
     access = AccessPolicy(args.auth_token, args.allow_origins)
     metrics = Metrics(engines.model)
