@@ -18,14 +18,16 @@ import numpy as np
 
 from avatar import Avatar
 from basereal import BaseReal, EngineConfig, FrameWork
-from lipshape import MouthShape, MouthShaper
+from lipshape import MouthShaper
+from visemeaudio import SpectralVisemes
+from visemes import MouthShape
 from mouthwarp import MouthRig
 
 logger = logging.getLogger(__name__)
 
 RIGS_KEY = "lite.rigs"
 RIGS_LOCK_KEY = "lite.rigs.lock"
-LOOKAHEAD_CHUNKS = 1
+LOOKAHEAD_FRAMES = 1
 
 
 def avatar_rigs(avatar: Avatar) -> tuple[MouthRig, ...] | None:
@@ -57,20 +59,18 @@ class LiteReal(BaseReal):
             logger.warning("avatar %s has no face data: the lite engine streams it without lip movement; "
                            "rebuild it with `python genavatar.py --image/--video ... --avatar_id %s`",
                            avatar.avatar_id, avatar.avatar_id)
-        self.shaper = MouthShaper()
+        self.shaper = MouthShaper(SpectralVisemes(), config.fps)
 
     def render_frames(self, work: list[FrameWork]) -> list[MouthShape | None]:
         if self.rigs is None:
             return [None] * len(work)
         results: list[MouthShape | None] = []
         for index, item in enumerate(work):
-            current = np.concatenate([chunk.samples for chunk in item.chunks])
-            if index + 1 < len(work):
-                ahead = work[index + 1].chunks[:LOOKAHEAD_CHUNKS]
-            else:
-                ahead = self.peek_audio(LOOKAHEAD_CHUNKS)
-            ahead_samples = np.concatenate([c.samples for c in ahead if c.epoch == item.epoch] or [np.zeros(0, np.float32)])
-            shape = self.shaper.shape(current, ahead_samples, item.speech)
+            wanted = LOOKAHEAD_FRAMES * self.chunks_per_frame
+            ahead = [c for w in work[index + 1:] for c in w.chunks][:wanted]
+            if len(ahead) < wanted:
+                ahead += self.peek_audio(wanted - len(ahead))
+            shape = self.shaper.shape(item.chunks, [c for c in ahead if c.epoch == item.epoch])
             results.append(None if shape.closed else shape)
         return results
 

@@ -7,7 +7,10 @@ all in face-aligned coordinates (u along the mouth, v down the face):
   jaw    everything below the lip seam moves down, the lower lip most in the
          middle and the jaw as a rotating block, fading out below the chin;
   lips   the upper lip lifts a little and the lower lip drops a little more;
-  width  the mouth corners move out (spread) or in (rounded).
+  width  the mouth corners move out (spread) or in (rounded, further than
+         they spread: rounded lips also push forward, so the mouth narrows);
+  press  the upper lip comes down and the lower lip up to meet in the middle
+         of the photo's resting gap, closing it (m, b, p; f and v in part).
 
 The seam is the lower inner lip line: above it nothing follows the jaw (so
 teeth already visible in the photo stay with the upper jaw); across it the
@@ -26,13 +29,16 @@ import numpy as np
 
 from blending import BlendPlan, paste_back
 from facegeom import JAW, MOUTH_LEFT, MOUTH_RIGHT, NOSE_TIP, CHIN, face_axes, smoothstep, to_face_coords
-from lipshape import MouthShape
+from visemes import MouthShape
 
 JAW_DROP = 0.34  # jaw opening at jaw=1, in mouth half-widths
 LIP_PART = 0.22  # extra lip parting at lips=1
-CORNER_SHIFT = 0.14  # corner movement at width=+-1
+SPREAD_SHIFT = 0.14  # outward corner movement at width=+1
+ROUND_SHIFT = 0.32  # inward corner movement at width=-1
+PRESS_OVERLAP = 0.03  # pressed lips squeeze a little past their meeting line (mouth half-widths)
 UPPER_LIP_SHARE = 0.35  # of the lip parting, how much is the upper lip lifting
 SEAM = (48, 60, 67, 66, 65, 64, 54)  # outer corner, lower inner lip, outer corner
+UPPER_INNER = (48, 60, 61, 62, 63, 64, 54)  # outer corner, upper inner lip, outer corner
 SEAM_SAMPLES = 25
 REST_OPEN_RATIO = 0.12  # inner-lip gap / mouth half-width above which the photo already shows teeth
 SUBPIXEL_BITS = 3
@@ -103,6 +109,8 @@ class MouthRig:
         self.lips = ((-UPPER_LIP_SHARE * (1 - lower) * up + (1 - UPPER_LIP_SHARE) * lower * down)
                      * lip_profile * taper).astype(np.float32)
 
+        self.press = self._press_field(local, u, v, seam_u, seam_v, v_nose, chin_span, mw, lip_profile, taper)
+
         along = np.where(np.abs(u) <= mw, u / mw, np.sign(u) * np.exp(-(((np.abs(u) - mw) / (0.6 * mw)) ** 2)))
         self.width = (along * np.exp(-(((v - v_seam) / (0.55 * mw)) ** 2)) * taper).astype(np.float32)
 
@@ -119,6 +127,20 @@ class MouthRig:
         self.plan = BlendPlan.build(frame.shape, self.box, crop_box, mask)
 
     # ---- preparation ------------------------------------------------------
+    @staticmethod
+    def _press_field(local, u, v, seam_u, seam_v, v_nose, chin_span, mw, lip_profile, taper) -> np.ndarray:
+        """Unit press: above the middle of the resting gap things move down by half the
+        gap, below it up by half, fading towards the nose and the chin."""
+        top_u, top_v = _smooth_seam(local[list(UPPER_INNER)])
+        upper = np.interp(u, top_u, top_v)
+        lower = np.interp(u, seam_u, seam_v)
+        half_gap = np.maximum(lower - upper, 0.0) / 2 + PRESS_OVERLAP * mw * lip_profile
+        middle = (upper + lower) / 2
+        side = smoothstep(0.5 + (v - middle) / 1.4)  # 0 above the meeting line, 1 below
+        up_fade = smoothstep((v - v_nose) / max(float(np.min(top_v)) - v_nose, 1.0))
+        down_fade = 1.0 - smoothstep((v - middle) / (0.7 * chin_span))
+        return (half_gap * ((1 - side) * up_fade - side * down_fade) * taper).astype(np.float32)
+
     def _warp_box(self, lm: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         chin_down = lm[CHIN] + self.ey * 0.8 * float(np.linalg.norm(lm[CHIN] - self.origin))
         points = np.concatenate([lm[2:15], lm[31:36], chin_down[None]])
@@ -178,10 +200,11 @@ class MouthRig:
     # ---- per frame ---------------------------------------------------------
     def render(self, shape: MouthShape) -> np.ndarray:
         """The full frame with the mouth in `shape` (a new array)."""
-        drop = shape.jaw * JAW_DROP * self.half_width
-        part = shape.lips * LIP_PART * self.half_width
-        side = shape.width * CORNER_SHIFT * self.half_width
-        dv = drop * self.jaw + part * self.lips
+        apart = 1.0 - shape.press
+        drop = shape.jaw * apart * JAW_DROP * self.half_width
+        part = shape.lips * apart * LIP_PART * self.half_width
+        side = shape.width * (SPREAD_SHIFT if shape.width > 0 else ROUND_SHIFT) * self.half_width
+        dv = drop * self.jaw + part * self.lips + shape.press * self.press
         du = side * self.width
         map_x = self.grid_x - (du * self.ex[0] + dv * self.ey[0])
         map_y = self.grid_y - (du * self.ex[1] + dv * self.ey[1])
