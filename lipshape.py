@@ -23,11 +23,17 @@ SPEECH_RANGE_DB = 26.0  # loudness below (speech level - this) keeps the mouth c
 INITIAL_LEVEL_DB = -18.0
 LEVEL_RISE, LEVEL_FALL = 0.15, 0.02  # adaptive speech level: quick up, slow down
 SILENCE_DB = -70.0
-ANTICIPATION = 0.35  # share of the next frame's visemes in this frame's target
-OPEN_FLOOR, OPEN_GAIN = 0.3, 0.8  # opening = viseme opening * (floor + gain * loudness)
+ANTICIPATION = 0.6  # share of the next frame's visemes in this frame's target
+PRESS_ANTICIPATION = 0.15  # lips close on time, not a frame early (that would swallow short vowels)
+OPEN_FLOOR, OPEN_GAIN = 0.05, 1.0  # opening = viseme opening * (floor + gain * loudness)
+LOUDNESS_GAIN = 1.3  # amplitude relative to the speech level -> opening (the jaw follows amplitude)
+LOUDNESS_CURVE = 1.0
 CLOSURE_GAIN = 1.8  # a closure filling a little over half the frame presses the lips fully
 LABIODENTAL_PRESS = 0.7
-STIFFNESS = np.array([34.0, 34.0, 22.0, 45.0])  # spring rate (rad/s) of jaw, lips, width, press
+PAUSE_PRESS = 0.5  # in pauses and quiet moments inside speech the lips come lightly together
+QUIET_LOUDNESS = 0.6  # below this loudness a speech frame counts as (partly) quiet
+STIFFNESS = np.array([60.0, 60.0, 22.0, 55.0])  # spring rate (rad/s) of jaw, lips, width, press
+RELEASE_STIFFNESS = np.array([60.0, 60.0, 22.0, 110.0])  # towards a lower goal: a plosive release is quick
 CLOSED_EPS = 0.02
 
 
@@ -43,10 +49,12 @@ def viseme_weights(codes: np.ndarray) -> np.ndarray:
 
 
 class CriticalSpring:
-    """Critically damped second-order follower, integrated exactly per step."""
+    """Critically damped second-order follower, integrated exactly per step; it may
+    move towards a lower goal at another rate (lips part at a release faster than they close)."""
 
-    def __init__(self, rates: np.ndarray, dt: float):
-        self.rates = rates
+    def __init__(self, rates: np.ndarray, dt: float, falling: np.ndarray | None = None):
+        self.rising = rates
+        self.falling = rates if falling is None else falling
         self.dt = dt
         self.position = np.zeros_like(rates)
         self.velocity = np.zeros_like(rates)
@@ -56,7 +64,7 @@ class CriticalSpring:
         self.velocity[:] = 0.0
 
     def step(self, goal: np.ndarray) -> np.ndarray:
-        w, t = self.rates, self.dt
+        w, t = np.where(goal < self.position, self.falling, self.rising), self.dt
         error = self.position - goal
         b = self.velocity + w * error
         decay = np.exp(-w * t)
@@ -80,7 +88,7 @@ class MouthShaper:
     def __init__(self, estimator, fps: int = 25):
         self.estimator = estimator
         self.level_db = INITIAL_LEVEL_DB
-        self.spring = CriticalSpring(STIFFNESS.copy(), 1.0 / fps)
+        self.spring = CriticalSpring(STIFFNESS.copy(), 1.0 / fps, RELEASE_STIFFNESS.copy())
 
     def reset(self) -> None:
         self.spring.reset()
@@ -89,15 +97,23 @@ class MouthShaper:
         if speech and level > self.level_db - SPEECH_RANGE_DB:
             rate = LEVEL_RISE if level > self.level_db else LEVEL_FALL
             self.level_db += rate * (level - self.level_db)
-        return float(np.clip((level - (self.level_db - SPEECH_RANGE_DB)) / SPEECH_RANGE_DB, 0.0, 1.15))
+        if level < self.level_db - SPEECH_RANGE_DB:
+            return 0.0
+        return float(np.clip(LOUDNESS_GAIN * 10.0 ** ((level - self.level_db) / 20.0), 0.0, 1.15))
 
-    def _weights(self, chunks: list[AudioChunk], audio: np.ndarray, loud: float) -> np.ndarray:
+    def _weights(self, chunks: list[AudioChunk], audio: np.ndarray, loud: float) -> tuple[np.ndarray, float]:
+        """Viseme weights of some chunks, and the share of them that is a pause inside speech."""
         spoken = [c for c in chunks if c.speech]
-        if not spoken or loud <= 0.0 and all(c.visemes is None for c in spoken):
-            return np.eye(VISEME_COUNT)[Viseme.REST]
+        rest = np.eye(VISEME_COUNT)[Viseme.REST]
+        if not spoken:
+            return rest, 0.0
+        in_speech = len(spoken) / len(chunks)
         if all(c.visemes is not None for c in spoken):
-            return viseme_weights(np.concatenate([c.visemes for c in spoken]))
-        return self.estimator(audio)
+            weights = viseme_weights(np.concatenate([c.visemes for c in spoken]))
+            return weights * in_speech + rest * (1 - in_speech), float(weights[Viseme.REST] * in_speech)
+        if loud <= 0.0:
+            return rest, in_speech
+        return self.estimator(audio), 0.0
 
     def target(self, current: list[AudioChunk], ahead: list[AudioChunk]) -> np.ndarray:
         """The unsmoothed (jaw, lips, width, press) for one frame and the audio right after it."""
@@ -106,16 +122,18 @@ class MouthShaper:
         loud_now = self._loudness(db(now_audio), speech)
         ahead_audio = np.concatenate([c.samples for c in ahead]) if ahead else np.zeros(0, np.float32)
         loud_ahead = self._loudness(db(ahead_audio), False) if ahead else 0.0
-        weights = (1 - ANTICIPATION) * self._weights(current, np.concatenate([now_audio, ahead_audio]), loud_now)
-        if ahead:
-            weights = weights + ANTICIPATION * self._weights(ahead, ahead_audio, loud_ahead)
-        else:
-            weights[Viseme.REST] += ANTICIPATION
+        now, pause = self._weights(current, np.concatenate([now_audio, ahead_audio]), loud_now)
+        later = self._weights(ahead, ahead_audio, loud_ahead)[0] if ahead else np.eye(VISEME_COUNT)[Viseme.REST]
+        weights = (1 - ANTICIPATION) * now + ANTICIPATION * later
         goal = weights @ SHAPE_TABLE
-        loud = max(loud_now, 0.6 * loud_ahead) ** 1.2
+        loud = max(loud_now, 0.6 * loud_ahead) ** LOUDNESS_CURVE
         opening = min(OPEN_FLOOR + OPEN_GAIN * loud, 1.1) if loud > 0 or weights[Viseme.REST] < 1 else 0.0
         goal[:2] *= opening
-        goal[3] = min(1.0, CLOSURE_GAIN * (weights[Viseme.CLOSED] + LABIODENTAL_PRESS * weights[Viseme.LABIODENTAL]))
+        closing = (1 - PRESS_ANTICIPATION) * now + PRESS_ANTICIPATION * later
+        quiet = max(0.0, 1.0 - loud_now / QUIET_LOUDNESS) if speech else 0.0
+        relaxed = pause + (1.0 - pause) * quiet
+        closure = closing[Viseme.CLOSED] + LABIODENTAL_PRESS * closing[Viseme.LABIODENTAL] + PAUSE_PRESS * relaxed
+        goal[3] = min(1.0, CLOSURE_GAIN * closure)
         return goal
 
     def shape(self, current: list[AudioChunk], ahead: list[AudioChunk]) -> MouthShape:

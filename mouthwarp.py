@@ -109,7 +109,8 @@ class MouthRig:
         self.lips = ((-UPPER_LIP_SHARE * (1 - lower) * up + (1 - UPPER_LIP_SHARE) * lower * down)
                      * lip_profile * taper).astype(np.float32)
 
-        self.press = self._press_field(local, u, v, seam_u, seam_v, v_nose, chin_span, mw, lip_profile, taper)
+        self.press, top_u, top_v = self._press_field(local, u, v, seam_u, seam_v, v_nose, chin_span, mw, lip_profile,
+                                                     taper)
 
         along = np.where(np.abs(u) <= mw, u / mw, np.sign(u) * np.exp(-(((np.abs(u) - mw) / (0.6 * mw)) ** 2)))
         self.width = (along * np.exp(-(((v - v_seam) / (0.55 * mw)) ** 2)) * taper).astype(np.float32)
@@ -123,6 +124,8 @@ class MouthRig:
         self.edge_jaw = profile.astype(np.float32)
         self.edge_down = ((1 - UPPER_LIP_SHARE) * profile).astype(np.float32)
         self.edge_width = (self.sample_u / mw).astype(np.float32)
+        rest_gap = np.maximum(self.sample_v - np.interp(self.sample_u, top_u, top_v), 0.0)
+        self.edge_press = (-rest_gap / 2).astype(np.float32)  # pressed, the new opening starts at the meeting line
         self.colors = self._colors(frame, lm, local)
         self.plan = BlendPlan.build(frame.shape, self.box, crop_box, mask)
 
@@ -139,7 +142,7 @@ class MouthRig:
         side = smoothstep(0.5 + (v - middle) / 1.4)  # 0 above the meeting line, 1 below
         up_fade = smoothstep((v - v_nose) / max(float(np.min(top_v)) - v_nose, 1.0))
         down_fade = 1.0 - smoothstep((v - middle) / (0.7 * chin_span))
-        return (half_gap * ((1 - side) * up_fade - side * down_fade) * taper).astype(np.float32)
+        return (half_gap * ((1 - side) * up_fade - side * down_fade) * taper).astype(np.float32), top_u, top_v
 
     def _warp_box(self, lm: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         chin_down = lm[CHIN] + self.ey * 0.8 * float(np.linalg.norm(lm[CHIN] - self.origin))
@@ -200,7 +203,7 @@ class MouthRig:
     # ---- per frame ---------------------------------------------------------
     def render(self, shape: MouthShape) -> np.ndarray:
         """The full frame with the mouth in `shape` (a new array)."""
-        apart = 1.0 - shape.press
+        apart = (1.0 - shape.press) ** 2  # pressing lips hold together against the jaw
         drop = shape.jaw * apart * JAW_DROP * self.half_width
         part = shape.lips * apart * LIP_PART * self.half_width
         side = shape.width * (SPREAD_SHIFT if shape.width > 0 else ROUND_SHIFT) * self.half_width
@@ -209,12 +212,13 @@ class MouthRig:
         map_x = self.grid_x - (du * self.ex[0] + dv * self.ey[0])
         map_y = self.grid_y - (du * self.ex[1] + dv * self.ey[1])
         patch = cv2.remap(self.frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        self._paint_cavity(patch, drop, part, side)
+        self._paint_cavity(patch, drop, part, side, shape.press)
         return paste_back(self.frame, patch, self.plan)
 
-    def _paint_cavity(self, patch: np.ndarray, drop: float, part: float, side: float) -> None:
-        upper_v = self.sample_v + part * self.edge_up
-        lower_v = self.sample_v + drop * self.edge_jaw + part * self.edge_down
+    def _paint_cavity(self, patch: np.ndarray, drop: float, part: float, side: float, press: float) -> None:
+        seam_v = self.sample_v + press * self.edge_press
+        upper_v = seam_v + part * self.edge_up
+        lower_v = seam_v + drop * self.edge_jaw + part * self.edge_down
         gap = lower_v - upper_v
         if float(gap.max()) < 0.6:
             return

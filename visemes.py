@@ -60,11 +60,11 @@ class MouthShape:
 # Target shape per class at full loudness (the opening scales with loudness).
 SHAPES: dict[Viseme, MouthShape] = {
     Viseme.REST: MouthShape(),
-    Viseme.NEUTRAL: MouthShape(jaw=0.35, lips=0.35, width=0.0),
+    Viseme.NEUTRAL: MouthShape(jaw=0.75, lips=0.35, width=0.0),
     Viseme.CLOSED: MouthShape(press=1.0),
     Viseme.LABIODENTAL: MouthShape(jaw=0.08, width=0.25, press=0.7),
-    Viseme.ROUNDED: MouthShape(jaw=0.3, lips=0.3, width=-1.0),
-    Viseme.SPREAD: MouthShape(jaw=0.25, lips=0.35, width=0.9),
+    Viseme.ROUNDED: MouthShape(jaw=0.75, lips=0.4, width=-1.0),
+    Viseme.SPREAD: MouthShape(jaw=0.7, lips=0.35, width=0.9),
     Viseme.OPEN: MouthShape(jaw=1.0, lips=0.45, width=0.15),
 }
 SHAPE_TABLE = np.stack([SHAPES[v].as_array() for v in Viseme])  # (classes, 4)
