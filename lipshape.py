@@ -101,7 +101,7 @@ class MouthShaper:
             return 0.0
         return float(np.clip(LOUDNESS_GAIN * 10.0 ** ((level - self.level_db) / 20.0), 0.0, 1.15))
 
-    def _weights(self, chunks: list[AudioChunk], audio: np.ndarray, loud: float) -> tuple[np.ndarray, float]:
+    def _weights(self, chunks: list[AudioChunk], estimate: np.ndarray | None) -> tuple[np.ndarray, float]:
         """Viseme weights of some chunks, and the share of them that is a pause inside speech."""
         spoken = [c for c in chunks if c.speech]
         rest = np.eye(VISEME_COUNT)[Viseme.REST]
@@ -111,9 +111,9 @@ class MouthShaper:
         if all(c.visemes is not None for c in spoken):
             weights = viseme_weights(np.concatenate([c.visemes for c in spoken]))
             return weights * in_speech + rest * (1 - in_speech), float(weights[Viseme.REST] * in_speech)
-        if loud <= 0.0:
+        if estimate is None:
             return rest, in_speech
-        return self.estimator(audio), 0.0
+        return estimate, 0.0
 
     def target(self, current: list[AudioChunk], ahead: list[AudioChunk]) -> np.ndarray:
         """The unsmoothed (jaw, lips, width, press) for one frame and the audio right after it."""
@@ -122,8 +122,14 @@ class MouthShaper:
         loud_now = self._loudness(db(now_audio), speech)
         ahead_audio = np.concatenate([c.samples for c in ahead]) if ahead else np.zeros(0, np.float32)
         loud_ahead = self._loudness(db(ahead_audio), False) if ahead else 0.0
-        now, pause = self._weights(current, np.concatenate([now_audio, ahead_audio]), loud_now)
-        later = self._weights(ahead, ahead_audio, loud_ahead)[0] if ahead else np.eye(VISEME_COUNT)[Viseme.REST]
+        estimate = None
+        if speech and any(c.visemes is None for c in current if c.speech):
+            # The estimate already looks at the next frame: it stands for this frame and the next.
+            estimate = self.estimator(np.concatenate([now_audio, ahead_audio]))
+            if loud_now <= 0.0 and loud_ahead <= 0.0:
+                estimate = None
+        now, pause = self._weights(current, estimate)
+        later = self._weights(ahead, estimate)[0] if ahead else np.eye(VISEME_COUNT)[Viseme.REST]
         weights = (1 - ANTICIPATION) * now + ANTICIPATION * later
         goal = weights @ SHAPE_TABLE
         loud = max(loud_now, 0.6 * loud_ahead) ** LOUDNESS_CURVE

@@ -1,12 +1,15 @@
 """LiteReal: the CPU lip-sync engine (no downloaded weights).
 
-Per video frame, `MouthShaper` turns the frame's audio (plus one queued chunk
-of lookahead) into a mouth shape, and the avatar frame's `MouthRig` warps the
-lower face into that shape. Rigs are built once per avatar (shared by every
-session, cached on the avatar) when the first session starts; per frame the
-work is a weighted sum of three small fields, one remap of the mouth box, a
-painted mouth cavity and a masked paste-back. A closed mouth is the idle frame
-itself, untouched.
+Per video frame, `MouthShaper` turns the frame's audio and visemes (plus the
+next frame's, as lookahead) into a mouth shape, and the avatar frame's
+`MouthRig` warps the lower face into that shape. Visemes come with the audio
+when the TTS knows its phonemes (espeak); otherwise a small network trained
+here estimates them from the sound (visemeaudio.py).
+
+Rigs are built once per avatar (shared by every session, cached on the avatar)
+when the first session starts; per frame the work is a weighted sum of four
+small fields, one remap of the mouth box, a painted mouth cavity and a masked
+paste-back. A closed mouth is the idle frame itself, untouched.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from avatar import Avatar
 from basereal import BaseReal, EngineConfig, FrameWork
 from lipshape import MouthShaper
-from visemeaudio import SpectralVisemes
+from visemeaudio import MODEL_PATH, VisemeNetwork, audio_estimator
 from visemes import MouthShape
 from mouthwarp import MouthRig
 
@@ -59,7 +62,11 @@ class LiteReal(BaseReal):
             logger.warning("avatar %s has no face data: the lite engine streams it without lip movement; "
                            "rebuild it with `python genavatar.py --image/--video ... --avatar_id %s`",
                            avatar.avatar_id, avatar.avatar_id)
-        self.shaper = MouthShaper(SpectralVisemes(), config.fps)
+        network = VisemeNetwork(MODEL_PATH) if MODEL_PATH.is_file() else None  # a few kB, read per session
+        if network is None:
+            logger.warning("%s is missing: audio without phoneme labels is shaped by band-energy rules; "
+                           "run `python training/train_visemes.py` to rebuild it", MODEL_PATH)
+        self.shaper = MouthShaper(audio_estimator(network), config.fps)
 
     def render_frames(self, work: list[FrameWork]) -> list[MouthShape | None]:
         if self.rigs is None:

@@ -162,9 +162,10 @@ def test_rounded_lips_are_narrower_than_spread_lips(astronaut, landmarker):
     assert widths[ROUNDED_WORDS] <= 0.86 * widths[SPREAD_WORDS], widths
 
 
-def test_lips_press_shut_at_each_m_and_not_at_each_l(astronaut, landmarker):
+@pytest.mark.parametrize("labelled", [True, False], ids=["phonemes", "audio only"])
+def test_lips_press_shut_at_each_m_and_not_at_each_l(astronaut, landmarker, labelled):
     for text, consonant, shut in ((CLOSURES, Viseme.CLOSED, True), (LIQUIDS, Viseme.NEUTRAL, False)):
-        audio, bundles = render(astronaut, text)
+        audio, bundles = render(astronaut, text, labelled)
         codes = frame_codes(audio)
         gaps = mouth_marks(landmarker, astronaut, bundles[: len(codes) + 2])[:, 1]
         consonants = runs(codes == consonant)
@@ -175,3 +176,21 @@ def test_lips_press_shut_at_each_m_and_not_at_each_l(astronaut, landmarker):
             assert np.all(smallest <= 0.25 * gaps.max()), (smallest / gaps.max()).round(2)
         else:
             assert gaps[1 : len(codes)].min() > 0.25 * gaps.max(), (gaps / gaps.max()).round(2)
+
+
+def test_the_shipped_network_reads_visemes_from_an_unseen_voice():
+    """Held-out sentences (never trained on) in a voice the network never heard."""
+    from training.train_visemes import HELD_OUT_VOICE, SENTENCES, utterance_frames
+    from visemeaudio import MODEL_PATH, VisemeNetwork
+
+    network = VisemeNetwork(MODEL_PATH)
+    held_out = SENTENCES.read_text().splitlines()[-4:]
+    frames = [utterance_frames(text, HELD_OUT_VOICE, 165) for text in held_out]
+    features = np.concatenate([f for f, _ in frames])
+    truth = np.concatenate([t for _, t in frames]).argmax(1)
+    predicted = network(features).argmax(1)
+    accuracy = float(np.mean(predicted == truth))
+    majority = float(np.max(np.bincount(truth)) / len(truth))
+    assert accuracy > majority + 0.2, (accuracy, majority)
+    for viseme in (Viseme.CLOSED, Viseme.ROUNDED, Viseme.SPREAD, Viseme.OPEN):
+        assert np.mean(predicted[truth == viseme] == viseme) > 0.35, viseme.name
