@@ -6,7 +6,8 @@
 
 Per frame it stores the 68 face landmarks (dlib), MuseTalk's face box, the
 1.5x square crop box and a feathered lower-face blend mask. A still photo is
-turned into a seamless idle loop (head sway, breathing, blinks). Frames of a
+turned into a seamless idle loop (head sway, breathing, blinks); a video's
+own mouths are indexed by shape (mouthbank.py) for the lite engine to show. Frames of a
 video where no face is found get landmarks interpolated from their neighbours.
 """
 
@@ -31,6 +32,7 @@ from avatar import (AVATAR_FORMAT_VERSION, CROP_BOXES_FILE, FACE_BOXES_FILE, FRA
                     METADATA_FILE, AvatarError, check_avatar_id, frame_path, mask_path)
 from facegeom import FaceError, FaceLandmarker, crop_box, face_box, landmark_box, lower_face_mask
 from idleloop import IdleAnimator, loop_poses
+from mouthbank import MouthBank
 
 logger = logging.getLogger("genavatar")
 
@@ -263,8 +265,18 @@ def build_avatar(out_dir: Path, options: PrepareOptions, *, image: np.ndarray | 
     }
     if image is not None:
         metadata["idle_loop_seconds"] = len(frames) / options.fps
-    folder = write_avatar(out_dir, frames, metadata, face,
-                          finish=lambda tmp: prepare_model_data(options.model, tmp, options))
+    bank = None
+    if image is None:  # a video: its own mouths, indexed by shape, for the lite engine
+        bank = MouthBank.build(frames, face.landmarks)
+        metadata["real_mouths"] = len(bank.features)
+        logger.info("indexed %d real mouths of %d frames", len(bank.features), len(frames))
+
+    def finish(tmp: Path) -> None:
+        if bank is not None:
+            bank.save(tmp)
+        prepare_model_data(options.model, tmp, options)
+
+    folder = write_avatar(out_dir, frames, metadata, face, finish=finish)
     seconds = time.monotonic() - started
     logger.info("prepared %s: %d frames, face found in %d, interpolated in %d, %.1f s",
                 out_dir.name, len(frames), detected, missing, seconds)

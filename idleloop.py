@@ -24,8 +24,9 @@ HEAD_ROLL_DEG = 0.9
 BREATH_RATIO = 0.01  # chest rise as a fraction of the face width
 BLINK_PROFILE = (0.35, 0.8, 1.0, 0.85, 0.55, 0.25, 0.08)  # lid closure per frame at 25 fps (~280 ms)
 BLINK_AT = 0.45  # where in the loop the blink happens (fraction of its length)
-LID_FOLD = 0.55  # the lid skin that slides over the eye starts this far from the lid towards the brow
-LID_SKIN = 0.35  # the lid skin that covers the eye ends this share of the eye opening above the lid line
+LID_FOLD = 0.75  # the lid skin that slides over the eye starts this far from the lid towards the brow
+LID_SKIN = 0.6  # the lid skin that covers the eye ends this share of the eye opening above the lid line
+LID_OVERSHOOT = 0.3  # dlib's lower lid points sit inside the lower lashes
 LASH_PX = 0.9  # half-width of the closed lid's lash line
 LASH_SHADE = 0.45
 LID_SMOOTH = 0.05  # smoothing along the closed lid, as a share of the face width
@@ -60,6 +61,17 @@ def loop_poses(count: int, face_width: float, fps: int) -> list[IdlePose]:
         blink[start : start + len(profile)] = profile
     return [IdlePose((float(sway_x[i]), float(sway_y[i])), float(roll[i]), float(breath[i]), float(blink[i]))
             for i in range(count)]
+
+
+def _arc(u: np.ndarray, rel: np.ndarray, corner_a: int, corner_b: int, middle: tuple[int, int]) -> np.ndarray:
+    """A lid line as a smooth arc from corner to corner through the mean of its middle points."""
+    start, end = rel[corner_a], rel[corner_b]
+    t = np.clip((u - start[0]) / max(float(end[0] - start[0]), 1e-3), 0, 1)
+    chord = start[1] + t * (end[1] - start[1])
+    mid = rel[list(middle)].mean(0)
+    tm = np.clip((mid[0] - start[0]) / max(float(end[0] - start[0]), 1e-3), 0.2, 0.8)
+    bulge = (mid[1] - (start[1] + tm * (end[1] - start[1]))) / (4 * tm * (1 - tm))
+    return chord + 4 * bulge * t * (1 - t)
 
 
 class IdleAnimator:
@@ -115,14 +127,13 @@ class IdleAnimator:
             v = (x - origin[0]) * self.ey[0] + (y - origin[1]) * self.ey[1]
             rel = (lm - origin) @ np.stack([self.ex, self.ey], axis=1)
             width = rel[corner_b, 0]
-            upper = np.interp(u, rel[[corner_a, top_a, top_b, corner_b], 0], rel[[corner_a, top_a, top_b, corner_b], 1])
-            lower = np.interp(u, rel[[corner_a, bottom_a, bottom_b, corner_b], 0],
-                              rel[[corner_a, bottom_a, bottom_b, corner_b], 1])
+            upper = _arc(u, rel, corner_a, corner_b, (top_a, top_b))
+            lower = _arc(u, rel, corner_a, corner_b, (bottom_a, bottom_b))
             full = np.clip(lower - upper, 0, None)
             brow = np.interp(u, [0, width], [rel[brow_a, 1], rel[brow_b, 1]])
             fold = upper - LID_FOLD * (upper - brow)
             skin = upper - LID_SKIN * full  # above the lashes and the crease shadow
-            edge = upper + full * closure
+            edge = upper + full * closure * (1.0 + LID_OVERSHOOT)  # closed, it covers the lower lashes too
             across = smoothstep((u + 0.12 * width) / (0.12 * width)) * smoothstep((1.12 * width - u) / (0.12 * width))
             here = (v >= fold) & (v <= edge) & (full > 0.5)
             source = fold + (v - fold) * (skin - fold) / np.maximum(edge - fold, 1e-3)  # [fold, edge] <- [fold, skin]

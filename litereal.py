@@ -24,10 +24,12 @@ from basereal import BaseReal, EngineConfig, FrameWork
 from lipshape import MouthShaper
 from visemeaudio import MODEL_PATH, VisemeNetwork, audio_estimator
 from visemes import MouthShape
+from mouthbank import MouthBank, MouthRetriever
 from mouthwarp import MouthRig
 
 logger = logging.getLogger(__name__)
 
+MOUTHS_KEY = "lite.mouths"
 RIGS_KEY = "lite.rigs"
 RIGS_LOCK_KEY = "lite.rigs.lock"
 LOOKAHEAD_FRAMES = 1
@@ -50,6 +52,15 @@ def avatar_rigs(avatar: Avatar) -> tuple[MouthRig, ...] | None:
     return rigs
 
 
+def avatar_mouths(avatar: Avatar) -> MouthBank | None:
+    """A video avatar's indexed real mouths (None for photos), read on first use and cached."""
+    if MOUTHS_KEY not in avatar.extras:
+        with avatar.extras.setdefault(RIGS_LOCK_KEY, threading.Lock()):
+            if MOUTHS_KEY not in avatar.extras:
+                avatar.extras[MOUTHS_KEY] = MouthBank.load(avatar.folder) if avatar.has_face_data else None
+    return avatar.extras[MOUTHS_KEY]
+
+
 class LiteReal(BaseReal):
     """Audio-driven lower-face warp on the avatar's own frames."""
 
@@ -67,6 +78,8 @@ class LiteReal(BaseReal):
             logger.warning("%s is missing: audio without phoneme labels is shaped by band-energy rules; "
                            "run `python training/train_visemes.py` to rebuild it", MODEL_PATH)
         self.shaper = MouthShaper(audio_estimator(network), config.fps)
+        bank = avatar_mouths(avatar)
+        self.retriever = MouthRetriever(bank) if bank is not None else None
 
     def render_frames(self, work: list[FrameWork]) -> list[MouthShape | None]:
         if self.rigs is None:
@@ -83,10 +96,20 @@ class LiteReal(BaseReal):
 
     def compose(self, work: FrameWork, result: MouthShape | None) -> np.ndarray:
         if result is None or self.rigs is None:
+            if self.retriever is not None:
+                self.retriever.reset()
             return self.avatar.frames[work.index]
-        return self.rigs[work.index].render(result)
+        rig = self.rigs[work.index]
+        mouth = self.retriever.choose(rig.moved_landmarks(result)) if self.retriever is not None else None
+        if mouth is None:
+            return rig.render(result)
+        image = rig.render(result, cavity=False)
+        self.retriever.paste(image, rig.landmarks, *mouth)
+        return image
 
     def interrupt(self) -> int:
         epoch = super().interrupt()
         self.shaper.reset()
+        if self.retriever is not None:
+            self.retriever.reset()
         return epoch

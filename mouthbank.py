@@ -159,14 +159,14 @@ class MouthRetriever:
         self._previous = None
         self.last_choice = None
 
-    def paste(self, image: np.ndarray, rest_landmarks: np.ndarray, moved_landmarks: np.ndarray) -> bool:
-        """Paste the real mouth closest to `moved_landmarks` into `image` (in place);
-        False, leaving `image` alone, when the video has no mouth like it."""
+    def choose(self, moved_landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The real mouth (face-aligned patch, its landmarks in patch pixels) closest to the
+        shape `moved_landmarks` show, blended and smoothed; None when the video has none like it."""
         wanted = mouth_features(moved_landmarks)
         order, distance = self.bank.nearest(wanted)
         if distance[0] > MAX_DISTANCE:
             self.reset()
-            return False
+            return None
         weights = 1.0 / (distance + 1e-3)
         weights /= weights.sum()
         patch = sum(w * self.bank.patches[i].astype(np.float32) for i, w in zip(order, weights))
@@ -174,20 +174,21 @@ class MouthRetriever:
             patch = (1 - TEMPORAL_KEEP) * patch + TEMPORAL_KEEP * self._previous
         self._previous = patch
         self.last_choice = int(order[0])
+        return patch, self.bank.points[order[0]]
 
+    @staticmethod
+    def paste(image: np.ndarray, rest_landmarks: np.ndarray, patch: np.ndarray, points: np.ndarray) -> None:
+        """Paste a chosen mouth into `image` (in place), colour-matched, over this frame's own mouth."""
         frame = FaceFrame.of(rest_landmarks)
         affine = frame.patch_to_image()
         here = cv2.warpAffine(image, affine, (PATCH_W, PATCH_H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        chosen_points = self.bank.points[order[0]]
-        mask = np.maximum(lip_mask(chosen_points), lip_mask(frame.to_patch(rest_landmarks)))
+        mask = np.maximum(lip_mask(points), lip_mask(frame.to_patch(rest_landmarks)))
         ring = (mask > 0.05) & (mask < 0.6)
         if ring.any():  # colour match: the bank mouth's surroundings take this frame's colour
             gain = (here[ring].mean(0) + 1.0) / (patch[ring].mean(0) + 1.0)
             patch = patch * np.clip(gain, 0.7, 1.4)
-        blended = here + mask[..., None] * (patch - here)
-        _paste_patch(image, blended, mask, affine)
-        return True
+        _paste_patch(image, here + mask[..., None] * (patch - here), mask, affine)
 
 
 def _paste_patch(image: np.ndarray, patch: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> None:

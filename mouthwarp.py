@@ -42,6 +42,7 @@ UPPER_INNER = (48, 60, 61, 62, 63, 64, 54)  # outer corner, upper inner lip, out
 SEAM_SAMPLES = 25
 REST_OPEN_RATIO = 0.12  # inner-lip gap / mouth half-width above which the photo already shows teeth
 SUBPIXEL_BITS = 3
+LANDMARK_PROBE = 0.12  # lip landmarks read the fields this far (mouth half-widths) off the lip line
 CAVITY_TINT = np.array([0.2, 0.2, 0.36], np.float32)  # BGR: the mouth's inside is a dark, reddish lip colour
 
 
@@ -128,6 +129,24 @@ class MouthRig:
         self.edge_press = (-rest_gap / 2).astype(np.float32)  # pressed, the new opening starts at the meeting line
         self.colors = self._colors(frame, lm, local)
         self.plan = BlendPlan.build(frame.shape, self.box, crop_box, mask)
+        self.landmarks = lm
+        self._landmark_fields = self._fields_at_landmarks(lm)
+
+    def _fields_at_landmarks(self, lm: np.ndarray) -> np.ndarray:
+        """(68, 4): jaw, lips, width and press field values that move each landmark.
+
+        The fields step across the lips, so lower-lip points read them a little
+        below themselves and upper-lip points a little above."""
+        offset = np.zeros(68, np.float32)
+        offset[list(range(55, 60)) + [65, 66, 67]] = LANDMARK_PROBE
+        offset[list(range(49, 54)) + [61, 62, 63]] = -LANDMARK_PROBE
+        points = lm + offset[:, None] * self.half_width * self.ey
+        x1, y1, x2, y2 = self.box
+        cols = np.clip(np.round(points[:, 0]).astype(int) - x1, 0, x2 - x1 - 1)
+        rows = np.clip(np.round(points[:, 1]).astype(int) - y1, 0, y2 - y1 - 1)
+        inside = (points[:, 0] >= x1) & (points[:, 0] < x2) & (points[:, 1] >= y1) & (points[:, 1] < y2)
+        fields = np.stack([field[rows, cols] for field in (self.jaw, self.lips, self.width, self.press)], axis=1)
+        return (fields * inside[:, None]).astype(np.float32)
 
     # ---- preparation ------------------------------------------------------
     @staticmethod
@@ -201,18 +220,33 @@ class MouthRig:
         return MouthColors(cavity=lip_color * CAVITY_TINT + 2, tongue=lip_color * 0.7, teeth=teeth, draw_teeth=draw_teeth)
 
     # ---- per frame ---------------------------------------------------------
-    def render(self, shape: MouthShape) -> np.ndarray:
-        """The full frame with the mouth in `shape` (a new array)."""
+    def _amounts(self, shape: MouthShape) -> tuple[float, float, float]:
+        """Pixels of jaw drop, lip parting and corner movement for a shape."""
         apart = (1.0 - shape.press) ** 2  # pressing lips hold together against the jaw
         drop = shape.jaw * apart * JAW_DROP * self.half_width
         part = shape.lips * apart * LIP_PART * self.half_width
         side = shape.width * (SPREAD_SHIFT if shape.width > 0 else ROUND_SHIFT) * self.half_width
+        return drop, part, side
+
+    def moved_landmarks(self, shape: MouthShape) -> np.ndarray:
+        """Where `shape` puts this frame's landmarks (what a real mouth for it must look like)."""
+        drop, part, side = self._amounts(shape)
+        fields = self._landmark_fields
+        dv = drop * fields[:, 0] + part * fields[:, 1] + shape.press * fields[:, 3]
+        du = side * fields[:, 2]
+        return self.landmarks + du[:, None] * self.ex + dv[:, None] * self.ey
+
+    def render(self, shape: MouthShape, cavity: bool = True) -> np.ndarray:
+        """The full frame with the mouth in `shape` (a new array); without `cavity` the
+        opening is left unpainted, for a real mouth to be pasted over it."""
+        drop, part, side = self._amounts(shape)
         dv = drop * self.jaw + part * self.lips + shape.press * self.press
         du = side * self.width
         map_x = self.grid_x - (du * self.ex[0] + dv * self.ey[0])
         map_y = self.grid_y - (du * self.ex[1] + dv * self.ey[1])
         patch = cv2.remap(self.frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        self._paint_cavity(patch, drop, part, side, shape.press)
+        if cavity:
+            self._paint_cavity(patch, drop, part, side, shape.press)
         return paste_back(self.frame, patch, self.plan)
 
     def _paint_cavity(self, patch: np.ndarray, drop: float, part: float, side: float, press: float) -> None:
