@@ -23,7 +23,7 @@ from avatar import Avatar
 from basereal import BaseReal, EngineConfig, FrameWork
 from lipshape import MouthShaper
 from visemeaudio import MODEL_PATH, VisemeNetwork, audio_estimator
-from visemes import MouthShape
+from visemes import SHAPES, MouthShape, Viseme
 from mouthbank import MouthBank, MouthRetriever
 from mouthwarp import MouthRig
 
@@ -33,6 +33,7 @@ MOUTHS_KEY = "lite.mouths"
 RIGS_KEY = "lite.rigs"
 RIGS_LOCK_KEY = "lite.rigs.lock"
 LOOKAHEAD_FRAMES = 1
+WIDEST, ROUNDEST, MOST_OPEN = SHAPES[Viseme.SPREAD], SHAPES[Viseme.ROUNDED], SHAPES[Viseme.OPEN]
 
 
 def avatar_rigs(avatar: Avatar) -> tuple[MouthRig, ...] | None:
@@ -100,12 +101,21 @@ class LiteReal(BaseReal):
                 self.retriever.reset()
             return self.avatar.frames[work.index]
         rig = self.rigs[work.index]
-        mouth = self.retriever.choose(rig.moved_landmarks(result)) if self.retriever is not None else None
+        mouth = None
+        if self.retriever is not None:
+            mouth = self.retriever.choose(rig.landmarks, rig.moved_landmarks(result), *self._extremes(rig))
         if mouth is None:
             return rig.render(result)
-        image = rig.render(result, cavity=False)
-        self.retriever.paste(image, rig.landmarks, *mouth)
+        patch, points, jaw_px = mouth
+        jaw = rig.jaw_shape(jaw_px)  # the jaw and chin follow the real lower lip down
+        image = rig.render(jaw) if not jaw.closed else self.avatar.frames[work.index].copy()
+        self.retriever.paste(image, rig.landmarks, patch, points)
         return image
+
+    @staticmethod
+    def _extremes(rig: MouthRig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rig's widest, roundest and most open mouths on its frame (its range)."""
+        return tuple(rig.moved_landmarks(shape) for shape in (WIDEST, ROUNDEST, MOST_OPEN))
 
     def interrupt(self) -> int:
         epoch = super().interrupt()

@@ -7,14 +7,17 @@ cancel out) and indexed by four landmark measures of its shape, all in
 eye-distance units: mouth width, inner-lip gap, outer-lip height and how far
 the lower lip sits below the nose (the jaw). They are saved in mouths.npz.
 
-Run time (`MouthRetriever`, one per session): the rig predicts where the
-wanted `MouthShape` would put the lip landmarks of the current frame; the two
-indexed mouths closest to that shape are blended, mixed with the previous
-frame's mouth (temporal smoothing), colour-matched to the current frame on a
-ring around the mouth and pasted over the rig's warp (which still moves the
-jaw and chin) with a feathered mask. A wanted shape that the video never
-showed (farther than MAX_DISTANCE from every indexed mouth) falls back to
-the warp with its painted cavity. Photo avatars have no bank: they keep the warp.
+Run time (`MouthRetriever`, one per session): the rig predicts how the
+wanted `MouthShape` would move the lip landmarks of the current frame; that
+movement, applied to the video's most closed mouth, is looked up among the
+indexed mouths (with a little hysteresis against flicker), cross-faded with
+the previous frame's mouth (temporal smoothing), colour-matched to the current
+frame on a ring around it and pasted, lips and teeth, with a feathered mask
+into the current frame, whose jaw and chin the rig's warp moves to meet the
+real lower lip. A wanted shape that the video never
+showed (farther than MAX_DISTANCE from every indexed mouth, or MAX_BEYOND
+outside the range of shapes the video covers) falls back to the warp with its
+painted cavity. Photo avatars have no bank: they keep the warp.
 """
 
 from __future__ import annotations
@@ -33,11 +36,20 @@ logger = logging.getLogger(__name__)
 MOUTHS_FILE = "mouths.npz"
 PATCH_W, PATCH_H = 96, 80
 SPAN_U = (-0.8, 0.8)  # patch extent along the eye line, in eye distances from the nose tip
-SPAN_V = (0.1, 1.25)  # and down the face
+SPAN_V = (-0.05, 1.25)  # and down the face
 FEATURE_WEIGHTS = np.array([1.0, 2.0, 1.0, 1.0], np.float32)  # width, inner gap, outer height, lower lip
 MAX_DISTANCE = 0.08  # in weighted eye-distance units: farther than this, the video has no such mouth
-TEMPORAL_KEEP = 0.35  # share of the previous frame's mouth in this frame's
-MASK_GROW = 0.12  # the paste mask reaches this far (eye distances) beyond the lips
+# How far speech takes a mouth from its rest, in eye distances: wider when spread, narrower
+# when rounded, and the inner gap, outer height and lower-lip drop of a wide-open vowel. The
+# rig's range on each frame is mapped onto these, so a video's mouths are chosen by shape.
+SPREAD_RANGE = 0.12
+ROUND_RANGE = 0.12
+OPEN_RANGE = (0.3, 0.3, 0.25)
+MAX_BEYOND = 0.2  # nor when the wanted shape lies this far beyond the range the video shows
+TEMPORAL_KEEP = 0.25  # share of the previous frame's mouth in this frame's
+HYSTERESIS = 0.01  # the mouth shown last frame stays while it is this close to the best
+COLOUR_GAIN = (0.9, 1.1)  # the same video: colour only drifts with light, never more
+MASK_GROW = 0.1  # the paste mask reaches this far (eye distances) beyond the lips
 MAX_BANK = 400
 
 
@@ -92,13 +104,13 @@ def cut_patch(frame: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 
 
 def lip_mask(patch_points: np.ndarray) -> np.ndarray:
-    """float32 patch-sized mask: the outer lips, grown and feathered."""
+    """float32 patch-sized mask: the outer lips, grown and feathered (teeth and lips; the
+    jaw and chin around them follow the rig's warp)."""
     mask = np.zeros((PATCH_H, PATCH_W), np.uint8)
     cv2.fillPoly(mask, [np.round(patch_points[48:60] * 8).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=3)
     grow = max(1, int(MASK_GROW * PATCH_W / (SPAN_U[1] - SPAN_U[0])))
     mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-    blur = 2 * grow + 1
-    return cv2.GaussianBlur(mask, (blur, blur), 0).astype(np.float32) / 255.0
+    return cv2.GaussianBlur(mask, (2 * grow + 1, 2 * grow + 1), 0).astype(np.float32) / 255.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,14 @@ class MouthBank:
             return None
         with np.load(path) as data:
             return MouthBank(data["patches"], data["features"], data["points"])
+
+    @property
+    def rest(self) -> np.ndarray:
+        """The features of the video's most closed mouth (its rest)."""
+        return self.features[int(np.argmin(self.features[:, 1]))]
+
+    def distance(self, wanted: np.ndarray, index: int) -> float:
+        return float(np.sqrt((((self.features[index] - wanted) * FEATURE_WEIGHTS) ** 2).sum()))
 
     def nearest(self, wanted: np.ndarray, count: int = 2) -> tuple[np.ndarray, np.ndarray]:
         """Indices and weighted distances of the `count` closest mouths."""
@@ -159,22 +179,44 @@ class MouthRetriever:
         self._previous = None
         self.last_choice = None
 
-    def choose(self, moved_landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The real mouth (face-aligned patch, its landmarks in patch pixels) closest to the
-        shape `moved_landmarks` show, blended and smoothed; None when the video has none like it."""
-        wanted = mouth_features(moved_landmarks)
-        order, distance = self.bank.nearest(wanted)
-        if distance[0] > MAX_DISTANCE:
+    def choose(self, rest_landmarks: np.ndarray, moved_landmarks: np.ndarray, widest: np.ndarray,
+               roundest: np.ndarray, most_open: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """The real mouth (face-aligned patch, its landmarks in patch pixels, and how far its
+        lower lip sits below this frame's, in pixels, for the jaw to follow) for the shape that
+        moves `rest_landmarks` to `moved_landmarks`, blended and smoothed; None when the video
+        has none like it.
+
+        The rig's range (its widest, roundest and most open shapes on this frame) is mapped
+        onto the range of speech (SPREAD_RANGE, ROUND_RANGE, OPEN_RANGE), starting from the video's most closed mouth:
+        a frame of a speaking video may itself be mid-word, the wanted shape is not relative
+        to it."""
+        rest = mouth_features(rest_landmarks)
+        delta = mouth_features(moved_landmarks) - rest
+        spreading = delta[0] > 0
+        reach = mouth_features(most_open) - rest  # the rig's own range on this frame
+        reach[0] = mouth_features(widest if spreading else roundest)[0] - rest[0]
+        share = np.clip(delta / np.where(np.abs(reach) > 1e-3, reach, np.inf), -1.0, 1.5)
+        span = np.array([SPREAD_RANGE if spreading else -ROUND_RANGE, *OPEN_RANGE], np.float32)
+        wanted = self.bank.rest + share * span
+        wanted[1] = max(float(wanted[1]), 0.0)  # pressed lips: no gap (never a negative one)
+        inside = np.clip(wanted, self.bank.features.min(0), self.bank.features.max(0))
+        order, distance = self.bank.nearest(inside, count=1)
+        beyond = float(np.sqrt((((wanted - inside) * FEATURE_WEIGHTS) ** 2).sum()))
+        if distance[0] > MAX_DISTANCE or beyond > MAX_BEYOND:
             self.reset()
             return None
-        weights = 1.0 / (distance + 1e-3)
-        weights /= weights.sum()
-        patch = sum(w * self.bank.patches[i].astype(np.float32) for i, w in zip(order, weights))
+        choice = int(order[0])
+        if self.last_choice is not None and self.last_choice != choice:
+            held = self.bank.distance(inside, self.last_choice)
+            if held < distance[0] + HYSTERESIS:  # no flicker between two near-equal mouths
+                choice = self.last_choice
+        patch = self.bank.patches[choice].astype(np.float32)
         if self._previous is not None:
             patch = (1 - TEMPORAL_KEEP) * patch + TEMPORAL_KEEP * self._previous
         self._previous = patch
-        self.last_choice = int(order[0])
-        return patch, self.bank.points[order[0]]
+        self.last_choice = choice
+        jaw_px = float(self.bank.features[choice, 3] - rest[3]) * FaceFrame.of(rest_landmarks).scale
+        return patch, self.bank.points[choice], jaw_px
 
     @staticmethod
     def paste(image: np.ndarray, rest_landmarks: np.ndarray, patch: np.ndarray, points: np.ndarray) -> None:
@@ -186,8 +228,8 @@ class MouthRetriever:
         mask = np.maximum(lip_mask(points), lip_mask(frame.to_patch(rest_landmarks)))
         ring = (mask > 0.05) & (mask < 0.6)
         if ring.any():  # colour match: the bank mouth's surroundings take this frame's colour
-            gain = (here[ring].mean(0) + 1.0) / (patch[ring].mean(0) + 1.0)
-            patch = patch * np.clip(gain, 0.7, 1.4)
+            gain = (np.median(here[ring], axis=0) + 1.0) / (np.median(patch[ring], axis=0) + 1.0)
+            patch = patch * np.clip(gain, *COLOUR_GAIN)
         _paste_patch(image, here + mask[..., None] * (patch - here), mask, affine)
 
 

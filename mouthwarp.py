@@ -228,6 +228,11 @@ class MouthRig:
         side = shape.width * (SPREAD_SHIFT if shape.width > 0 else ROUND_SHIFT) * self.half_width
         return drop, part, side
 
+    def jaw_shape(self, drop_px: float) -> MouthShape:
+        """The shape that only lowers the jaw by `drop_px` (a jaw is never raised past the frame's:
+        the neck below would be stretched)."""
+        return MouthShape(jaw=max(drop_px, 0.0) / (JAW_DROP * self.half_width))
+
     def moved_landmarks(self, shape: MouthShape) -> np.ndarray:
         """Where `shape` puts this frame's landmarks (what a real mouth for it must look like)."""
         drop, part, side = self._amounts(shape)
@@ -236,17 +241,15 @@ class MouthRig:
         du = side * fields[:, 2]
         return self.landmarks + du[:, None] * self.ex + dv[:, None] * self.ey
 
-    def render(self, shape: MouthShape, cavity: bool = True) -> np.ndarray:
-        """The full frame with the mouth in `shape` (a new array); without `cavity` the
-        opening is left unpainted, for a real mouth to be pasted over it."""
+    def render(self, shape: MouthShape) -> np.ndarray:
+        """The full frame with the mouth in `shape` (a new array)."""
         drop, part, side = self._amounts(shape)
         dv = drop * self.jaw + part * self.lips + shape.press * self.press
         du = side * self.width
         map_x = self.grid_x - (du * self.ex[0] + dv * self.ey[0])
         map_y = self.grid_y - (du * self.ex[1] + dv * self.ey[1])
         patch = cv2.remap(self.frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        if cavity:
-            self._paint_cavity(patch, drop, part, side, shape.press)
+        self._paint_cavity(patch, drop, part, side, shape.press)
         return paste_back(self.frame, patch, self.plan)
 
     def _paint_cavity(self, patch: np.ndarray, drop: float, part: float, side: float, press: float) -> None:
