@@ -106,10 +106,10 @@ class LiteReal(BaseReal):
             mouth = self.retriever.choose(rig.landmarks, rig.moved_landmarks(result), *self._extremes(rig))
         if mouth is None:
             return rig.render(result)
-        patch, points, jaw_px = mouth
+        patch, choice, jaw_px = mouth
         jaw = rig.jaw_shape(jaw_px)  # the jaw and chin follow the real lower lip down
         image = rig.render(jaw) if not jaw.closed else self.avatar.frames[work.index].copy()
-        self.retriever.paste(image, rig.landmarks, patch, points)
+        self.retriever.paste(image, work.index, rig.landmarks, patch, choice)
         return image
 
     @staticmethod

@@ -23,7 +23,7 @@ painted cavity. Photo avatars have no bank: they keep the warp.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -120,6 +120,7 @@ class MouthBank:
     patches: np.ndarray  # (N, PATCH_H, PATCH_W, 3) uint8, face-aligned
     features: np.ndarray  # (N, 4) float32
     points: np.ndarray  # (N, 68, 2) float32 landmarks in patch pixels
+    masks: dict[int, np.ndarray] = field(default_factory=dict, compare=False)  # made on first use
 
     @staticmethod
     def build(frames: list[np.ndarray], landmarks: np.ndarray) -> "MouthBank":
@@ -139,6 +140,13 @@ class MouthBank:
             return None
         with np.load(path) as data:
             return MouthBank(data["patches"], data["features"], data["points"])
+
+    def mask(self, index: int) -> np.ndarray:
+        """The paste mask of mouth `index` (made once, shared by every session)."""
+        mask = self.masks.get(index)
+        if mask is None:
+            mask = self.masks[index] = lip_mask(self.points[index])
+        return mask
 
     @property
     def rest(self) -> np.ndarray:
@@ -173,6 +181,7 @@ class MouthRetriever:
     def __init__(self, bank: MouthBank):
         self.bank = bank
         self._previous: np.ndarray | None = None
+        self._frame_masks: dict[int, np.ndarray] = {}  # paste masks of this avatar's own mouths, by frame
         self.last_choice: int | None = None  # bank index mostly shown in the last frame (None: the warp)
 
     def reset(self) -> None:
@@ -180,8 +189,8 @@ class MouthRetriever:
         self.last_choice = None
 
     def choose(self, rest_landmarks: np.ndarray, moved_landmarks: np.ndarray, widest: np.ndarray,
-               roundest: np.ndarray, most_open: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
-        """The real mouth (face-aligned patch, its landmarks in patch pixels, and how far its
+               roundest: np.ndarray, most_open: np.ndarray) -> tuple[np.ndarray, int, float] | None:
+        """The real mouth (face-aligned patch, its index in the bank, and how far its
         lower lip sits below this frame's, in pixels, for the jaw to follow) for the shape that
         moves `rest_landmarks` to `moved_landmarks`, blended and smoothed; None when the video
         has none like it.
@@ -216,20 +225,24 @@ class MouthRetriever:
         self._previous = patch
         self.last_choice = choice
         jaw_px = float(self.bank.features[choice, 3] - rest[3]) * FaceFrame.of(rest_landmarks).scale
-        return patch, self.bank.points[choice], jaw_px
+        return patch, choice, jaw_px
 
-    @staticmethod
-    def paste(image: np.ndarray, rest_landmarks: np.ndarray, patch: np.ndarray, points: np.ndarray) -> None:
-        """Paste a chosen mouth into `image` (in place), colour-matched, over this frame's own mouth."""
+    def paste(self, image: np.ndarray, frame_index: int, rest_landmarks: np.ndarray, patch: np.ndarray,
+              choice: int) -> None:
+        """Paste a chosen mouth into `image` (avatar frame `frame_index`, in place),
+        colour-matched, over this frame's own mouth."""
         frame = FaceFrame.of(rest_landmarks)
         affine = frame.patch_to_image()
         here = cv2.warpAffine(image, affine, (PATCH_W, PATCH_H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        mask = np.maximum(lip_mask(points), lip_mask(frame.to_patch(rest_landmarks)))
-        ring = (mask > 0.05) & (mask < 0.6)
+        own = self._frame_masks.get(frame_index)
+        if own is None:
+            own = self._frame_masks[frame_index] = lip_mask(frame.to_patch(rest_landmarks))
+        mask = np.maximum(self.bank.mask(choice), own)
+        ring = ((mask > 0.05) & (mask < 0.6)).astype(np.uint8)
         if ring.any():  # colour match: the bank mouth's surroundings take this frame's colour
-            gain = (np.median(here[ring], axis=0) + 1.0) / (np.median(patch[ring], axis=0) + 1.0)
-            patch = patch * np.clip(gain, *COLOUR_GAIN)
+            gain = (np.array(cv2.mean(here, ring)[:3]) + 1.0) / (np.array(cv2.mean(patch, ring)[:3]) + 1.0)
+            patch = patch * np.clip(gain, *COLOUR_GAIN).astype(np.float32)
         _paste_patch(image, here + mask[..., None] * (patch - here), mask, affine)
 
 
