@@ -9,7 +9,9 @@ against an adaptive speech level, scales how far the jaw and lips open, so
 quiet and loud voices both use the whole range; closures and rounding do not
 depend on loudness. Each shape parameter then follows its target like a
 critically damped spring (a jaw has mass: it never jumps, never overshoots,
-never jitters), so an utterance's end closes the mouth softly.
+never jitters), so an utterance's end closes the mouth softly. Loudness well
+above the speech level (a stressed, emphasised syllable) lifts the brows on a
+slower spring; silence never moves them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ QUIET_LOUDNESS = 0.6  # below this loudness a speech frame counts as (partly) qu
 STIFFNESS = np.array([60.0, 60.0, 22.0, 55.0])  # spring rate (rad/s) of jaw, lips, width, press
 RELEASE_STIFFNESS = np.array([60.0, 60.0, 22.0, 110.0])  # towards a lower goal: a plosive release is quick
 CLOSED_EPS = 0.02
+EMPHASIS_FROM, EMPHASIS_SPAN = 0.95, 0.2  # loudness above the usual speech level raises the brows
+BROW_STIFFNESS = 14.0  # brows rise slowly with a stressed syllable...
+BROW_RELEASE = 35.0  # ...and settle with the mouth when the voice drops
 
 
 def db(samples: np.ndarray) -> float:
@@ -89,9 +94,12 @@ class MouthShaper:
         self.estimator = estimator
         self.level_db = INITIAL_LEVEL_DB
         self.spring = CriticalSpring(STIFFNESS.copy(), 1.0 / fps, RELEASE_STIFFNESS.copy())
+        self.brow_spring = CriticalSpring(np.array([BROW_STIFFNESS]), 1.0 / fps, np.array([BROW_RELEASE]))
+        self._emphasis = 0.0
 
     def reset(self) -> None:
         self.spring.reset()
+        self.brow_spring.reset()
 
     def _loudness(self, level: float, speech: bool) -> float:
         if speech and level > self.level_db - SPEECH_RANGE_DB:
@@ -136,6 +144,7 @@ class MouthShaper:
         opening = min(OPEN_FLOOR + OPEN_GAIN * loud, 1.1) if loud > 0 or weights[Viseme.REST] < 1 else 0.0
         goal[:2] *= opening
         closing = (1 - PRESS_ANTICIPATION) * now + PRESS_ANTICIPATION * later
+        self._emphasis = float(np.clip((loud_now - EMPHASIS_FROM) / EMPHASIS_SPAN, 0.0, 1.0)) if speech else 0.0
         quiet = max(0.0, 1.0 - loud_now / QUIET_LOUDNESS) if speech else 0.0
         relaxed = pause + (1.0 - pause) * quiet
         closure = closing[Viseme.CLOSED] + LABIODENTAL_PRESS * closing[Viseme.LABIODENTAL] + PAUSE_PRESS * relaxed
@@ -146,9 +155,10 @@ class MouthShaper:
         """The smoothed shape for the next frame; MouthShape() (exactly closed) once at rest."""
         goal = self.target(current, ahead)
         state = self.spring.step(goal)
-        if not np.any(goal) and self.spring.at_rest:
-            self.spring.reset()
+        brow = float(self.brow_spring.step(np.array([self._emphasis]))[0])
+        if not np.any(goal) and not self._emphasis and self.spring.at_rest and self.brow_spring.at_rest:
+            self.reset()
             return MouthShape()
         jaw, lips, width, press = state
         return MouthShape(float(np.clip(jaw, 0, 1)), float(np.clip(lips, 0, 1)), float(np.clip(width, -1, 1)),
-                          float(np.clip(press, 0, 1)))
+                          float(np.clip(press, 0, 1)), float(np.clip(brow, 0, 1)))

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from blending import BlendPlan, paste_back
+from browlift import BrowLift
 from facegeom import JAW, MOUTH_LEFT, MOUTH_RIGHT, NOSE_TIP, CHIN, face_axes, smoothstep, to_face_coords
 from visemes import MouthShape
 
@@ -130,6 +131,7 @@ class MouthRig:
         self.colors = self._colors(frame, lm, local)
         self.plan = BlendPlan.build(frame.shape, self.box, crop_box, mask)
         self.landmarks = lm
+        self.brows = BrowLift(lm, frame.shape)
         self._landmark_fields = self._fields_at_landmarks(lm)
 
     def _fields_at_landmarks(self, lm: np.ndarray) -> np.ndarray:
@@ -228,10 +230,10 @@ class MouthRig:
         side = shape.width * (SPREAD_SHIFT if shape.width > 0 else ROUND_SHIFT) * self.half_width
         return drop, part, side
 
-    def jaw_shape(self, drop_px: float) -> MouthShape:
+    def jaw_shape(self, drop_px: float, brow: float) -> MouthShape:
         """The shape that only lowers the jaw by `drop_px` (a jaw is never raised past the frame's:
-        the neck below would be stretched)."""
-        return MouthShape(jaw=max(drop_px, 0.0) / (JAW_DROP * self.half_width))
+        the neck below would be stretched) and lifts the brows by `brow`."""
+        return MouthShape(jaw=max(drop_px, 0.0) / (JAW_DROP * self.half_width), brow=brow)
 
     def moved_landmarks(self, shape: MouthShape) -> np.ndarray:
         """Where `shape` puts this frame's landmarks (what a real mouth for it must look like)."""
@@ -250,7 +252,9 @@ class MouthRig:
         map_y = self.grid_y - (du * self.ex[1] + dv * self.ey[1])
         patch = cv2.remap(self.frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         self._paint_cavity(patch, drop, part, side, shape.press)
-        return paste_back(self.frame, patch, self.plan)
+        image = paste_back(self.frame, patch, self.plan)
+        self.brows.apply(image, shape.brow)
+        return image
 
     def _paint_cavity(self, patch: np.ndarray, drop: float, part: float, side: float, press: float) -> None:
         seam_v = self.sample_v + press * self.edge_press

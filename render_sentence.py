@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -30,6 +31,7 @@ logger = logging.getLogger("render_sentence")
 ROOT = Path(__file__).resolve().parent
 TAIL_FRAMES = 12  # silence after the sentence, so the mouth is seen to close
 BUNDLE_TIMEOUT_S = 5.0
+FEED_AHEAD_FRAMES = 4
 SHEET_TILES = 24
 SHEET_COLUMNS = 6
 DEFAULT_RATE_WPM = 165  # EspeakTTS's default
@@ -71,6 +73,12 @@ def run_engine(engine: BaseReal, audio: np.ndarray | LabelledAudio, tail_frames:
     bundles = []
     try:
         for _ in range(len(chunks) // engine.chunks_per_frame):
+            # Take a frame only while the feeder is ahead: on a loaded machine the render
+            # thread would otherwise find the input empty and play silence mid-sentence.
+            deadline = time.monotonic() + BUNDLE_TIMEOUT_S
+            while (feeder.is_alive() and engine.audio_in.qsize() < FEED_AHEAD_FRAMES * engine.chunks_per_frame
+                   and time.monotonic() < deadline):
+                time.sleep(0.002)
             bundles.append(engine.output.get(timeout=BUNDLE_TIMEOUT_S))
     finally:
         engine.stop()

@@ -41,17 +41,19 @@ VISEME_COUNT = len(Viseme)
 class MouthShape:
     """jaw 0..1 (closed..wide open), lips 0..1 (extra lip parting), width -1..1
     (rounded and protruded..spread), press 0..1 (the lips pushed together, closing
-    whatever gap the photo's resting mouth has)."""
+    whatever gap the photo's resting mouth has); brow 0..1 (brows raised with speech
+    emphasis: the face's share of the shape)."""
 
     jaw: float = 0.0
     lips: float = 0.0
     width: float = 0.0
     press: float = 0.0
+    brow: float = 0.0
 
     @property
     def closed(self) -> bool:
-        """Exactly the resting mouth (the idle frame is shown untouched)."""
-        return not (self.jaw or self.lips or self.width or self.press)
+        """Exactly the resting face (the idle frame is shown untouched)."""
+        return not (self.jaw or self.lips or self.width or self.press or self.brow)
 
     def as_array(self) -> np.ndarray:
         return np.array([self.jaw, self.lips, self.width, self.press], np.float64)

@@ -72,12 +72,13 @@ def test_speech_shows_real_mouths_closed_at_each_m(video_avatar):
     for start, end in runs(codes == Viseme.CLOSED):
         choices = [shown[k] for k in range(start, end + 1) if shown[k] is not None]
         assert choices and min(gap[c] for c in choices) <= 0.25 * gap.max(), (start, end)
-    opened = []  # the widest real mouth shown in each vowel (the unstressed ones open less)
+    opened = []  # the widest real mouth shown in each vowel
     for start, end in runs(codes == Viseme.OPEN):
         choices = [shown[k] for k in range(start, end + 1) if shown[k] is not None]
         opened.append(max((gap[c] for c in choices), default=0.0))
-    assert np.median(opened) > 0.4 * gap.max(), opened
-    assert np.mean(np.array(opened) > 2 * gap.min()) >= 0.75, opened
+    stressed = np.array(opened[::2])  # "MAma": the unstressed second vowel, between two m, barely opens
+    assert len(stressed) == 4 and np.all(stressed > 2 * gap.min()), opened
+    assert np.sum(stressed > 0.4 * gap.max()) >= 3, opened
     # After the utterance the frames are the avatar's own, untouched.
     voiced = -(-len(audio.samples) // FRAME_SAMPLES)
     for k in range(voiced + 4, voiced + TAIL_FRAMES):

@@ -194,3 +194,27 @@ def test_the_shipped_network_reads_visemes_from_an_unseen_voice():
     assert accuracy > majority + 0.2, (accuracy, majority)
     for viseme in (Viseme.CLOSED, Viseme.ROUNDED, Viseme.SPREAD, Viseme.OPEN):
         assert np.mean(predicted[truth == viseme] == viseme) > 0.35, viseme.name
+
+
+def test_brows_lift_with_emphasis_and_rest_in_silence(astronaut):
+    from litereal import avatar_rigs
+    from visemes import MouthShape
+
+    track = []
+    audio = synthesize_labelled("Stop! That is absolutely AMAZING!", "en-us")
+    chunks = speech_chunks(audio, 0, TAIL_FRAMES, 2)
+    frames = [chunks[i:i + 2] for i in range(0, len(chunks), 2)]
+    shaper = MouthShaper(SpectralVisemes())
+    for k in range(len(frames)):
+        track.append(shaper.shape(frames[k], frames[k + 1] if k + 1 < len(frames) else []).brow)
+    voiced = len(audio.samples) // FRAME_SAMPLES
+    assert max(track[:voiced]) > 0.2, "emphasis never lifts the brows"
+    assert np.mean(np.array(track[:voiced]) > 0.1) < 0.8, "brows stay up: that is not emphasis"
+    assert all(b == 0.0 for b in track[-4:]), "brows rest in silence"
+    rig = avatar_rigs(astronaut)[0]
+    lifted = rig.render(MouthShape(brow=1.0)).astype(np.int16)
+    still = astronaut.frames[0].astype(np.int16)
+    changed = np.argwhere(np.abs(lifted - still).max(axis=2) > 8)
+    lm = astronaut.landmarks[0]
+    assert len(changed) > 50, "the brows do not move"
+    assert changed[:, 0].max() <= lm[[37, 38, 43, 44], 1].max() + 1, "the eyes moved"
