@@ -107,7 +107,7 @@ class LiteReal(BaseReal):
         if mouth is None:
             return rig.render(result)
         patch, choice, jaw_px = mouth
-        jaw = rig.jaw_shape(jaw_px, result.brow)  # the jaw and chin follow the real lower lip down
+        jaw = rig.jaw_shape(jaw_px, result)  # the jaw and chin follow the real lower lip down
         image = rig.render(jaw) if not jaw.closed else self.avatar.frames[work.index].copy()
         self.retriever.paste(image, work.index, rig.landmarks, patch, choice)
         return image

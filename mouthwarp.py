@@ -230,10 +230,10 @@ class MouthRig:
         side = shape.width * (SPREAD_SHIFT if shape.width > 0 else ROUND_SHIFT) * self.half_width
         return drop, part, side
 
-    def jaw_shape(self, drop_px: float, brow: float) -> MouthShape:
-        """The shape that only lowers the jaw by `drop_px` (a jaw is never raised past the frame's:
-        the neck below would be stretched) and lifts the brows by `brow`."""
-        return MouthShape(jaw=max(drop_px, 0.0) / (JAW_DROP * self.half_width), brow=brow)
+    def jaw_shape(self, drop_px: float, wanted: MouthShape) -> MouthShape:
+        """Under a pasted real mouth: the jaw lowered by `drop_px` (never raised past the frame's:
+        the neck below would be stretched), the frame's own lips pressed and brows lifted as wanted."""
+        return MouthShape(jaw=max(drop_px, 0.0) / (JAW_DROP * self.half_width), press=wanted.press, brow=wanted.brow)
 
     def moved_landmarks(self, shape: MouthShape) -> np.ndarray:
         """Where `shape` puts this frame's landmarks (what a real mouth for it must look like)."""
