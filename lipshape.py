@@ -10,8 +10,8 @@ quiet and loud voices both use the whole range; closures and rounding do not
 depend on loudness. Each shape parameter then follows its target like a
 critically damped spring (a jaw has mass: it never jumps, never overshoots,
 never jitters), so an utterance's end closes the mouth softly. Loudness well
-above the speech level (a stressed, emphasised syllable) lifts the brows on a
-slower spring; silence never moves them.
+above the speech level (a stressed, emphasised syllable) lifts the brows and
+dips the head a little on a slower spring; silence never moves them.
 """
 
 from __future__ import annotations

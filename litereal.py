@@ -110,6 +110,7 @@ class LiteReal(BaseReal):
         jaw = rig.jaw_shape(jaw_px, result)  # the jaw and chin follow the real lower lip down
         image = rig.render(jaw) if not jaw.closed else self.avatar.frames[work.index].copy()
         self.retriever.paste(image, work.index, rig.landmarks, patch, choice)
+        rig.face_motion.apply(image, result.brow)  # after the paste: the real mouth nods with the head
         return image
 
     @staticmethod

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from blending import BlendPlan, paste_back
-from browlift import BrowLift
+from facemotion import FaceMotion
 from facegeom import JAW, MOUTH_LEFT, MOUTH_RIGHT, NOSE_TIP, CHIN, face_axes, smoothstep, to_face_coords
 from visemes import MouthShape
 
@@ -131,7 +131,7 @@ class MouthRig:
         self.colors = self._colors(frame, lm, local)
         self.plan = BlendPlan.build(frame.shape, self.box, crop_box, mask)
         self.landmarks = lm
-        self.brows = BrowLift(lm, frame.shape)
+        self.face_motion = FaceMotion(lm, frame.shape)
         self._landmark_fields = self._fields_at_landmarks(lm)
 
     def _fields_at_landmarks(self, lm: np.ndarray) -> np.ndarray:
@@ -232,8 +232,8 @@ class MouthRig:
 
     def jaw_shape(self, drop_px: float, wanted: MouthShape) -> MouthShape:
         """Under a pasted real mouth: the jaw lowered by `drop_px` (never raised past the frame's:
-        the neck below would be stretched), the frame's own lips pressed and brows lifted as wanted."""
-        return MouthShape(jaw=max(drop_px, 0.0) / (JAW_DROP * self.half_width), press=wanted.press, brow=wanted.brow)
+        the neck below would be stretched) and the frame's own lips pressed as wanted."""
+        return MouthShape(jaw=max(drop_px, 0.0) / (JAW_DROP * self.half_width), press=wanted.press)
 
     def moved_landmarks(self, shape: MouthShape) -> np.ndarray:
         """Where `shape` puts this frame's landmarks (what a real mouth for it must look like)."""
@@ -253,7 +253,7 @@ class MouthRig:
         patch = cv2.remap(self.frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         self._paint_cavity(patch, drop, part, side, shape.press)
         image = paste_back(self.frame, patch, self.plan)
-        self.brows.apply(image, shape.brow)
+        self.face_motion.apply(image, shape.brow)
         return image
 
     def _paint_cavity(self, patch: np.ndarray, drop: float, part: float, side: float, press: float) -> None:

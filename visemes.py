@@ -41,8 +41,8 @@ VISEME_COUNT = len(Viseme)
 class MouthShape:
     """jaw 0..1 (closed..wide open), lips 0..1 (extra lip parting), width -1..1
     (rounded and protruded..spread), press 0..1 (the lips pushed together, closing
-    whatever gap the photo's resting mouth has); brow 0..1 (brows raised with speech
-    emphasis: the face's share of the shape)."""
+    whatever gap the photo's resting mouth has); brow 0..1 (speech emphasis: brows
+    raised and a small nod, the face's share of the shape)."""
 
     jaw: float = 0.0
     lips: float = 0.0

@@ -196,7 +196,9 @@ def test_the_shipped_network_reads_visemes_from_an_unseen_voice():
         assert np.mean(predicted[truth == viseme] == viseme) > 0.35, viseme.name
 
 
-def test_brows_lift_with_emphasis_and_rest_in_silence(astronaut):
+def test_brows_and_head_move_with_emphasis_and_rest_in_silence(astronaut):
+    import cv2
+
     from litereal import avatar_rigs
     from visemes import MouthShape
 
@@ -208,13 +210,29 @@ def test_brows_lift_with_emphasis_and_rest_in_silence(astronaut):
     for k in range(len(frames)):
         track.append(shaper.shape(frames[k], frames[k + 1] if k + 1 < len(frames) else []).brow)
     voiced = len(audio.samples) // FRAME_SAMPLES
-    assert max(track[:voiced]) > 0.2, "emphasis never lifts the brows"
-    assert np.mean(np.array(track[:voiced]) > 0.1) < 0.8, "brows stay up: that is not emphasis"
-    assert all(b == 0.0 for b in track[-4:]), "brows rest in silence"
+    assert max(track[:voiced]) > 0.2, "emphasis never moves the face"
+    assert np.mean(np.array(track[:voiced]) > 0.1) < 0.8, "the face stays moved: that is not emphasis"
+    assert all(b == 0.0 for b in track[-4:]), "brows and head rest in silence"
+
     rig = avatar_rigs(astronaut)[0]
-    lifted = rig.render(MouthShape(brow=1.0)).astype(np.int16)
-    still = astronaut.frames[0].astype(np.int16)
-    changed = np.argwhere(np.abs(lifted - still).max(axis=2) > 8)
+    moved = cv2.cvtColor(rig.render(MouthShape(brow=1.0)), cv2.COLOR_BGR2GRAY).astype(np.float32)
+    still = cv2.cvtColor(astronaut.frames[0], cv2.COLOR_BGR2GRAY).astype(np.float32)
     lm = astronaut.landmarks[0]
-    assert len(changed) > 50, "the brows do not move"
-    assert changed[:, 0].max() <= lm[[37, 38, 43, 44], 1].max() + 1, "the eyes moved"
+    x1, x2 = int(lm[36, 0]), int(lm[45, 0])
+    eyes_y, brow_y = int(lm[[37, 43], 1].mean()), int(lm[[19, 24], 1].mean())
+    nose = (slice(int(lm[29, 1]), int(lm[33, 1])), slice(int(lm[31, 0]), int(lm[35, 0])))
+    brows = (slice(brow_y - 6, brow_y + 6), slice(x1, x2))
+
+    def shift_down(region) -> float:
+        """How far (px) the picture in `region` moved down: the best of quarter-pixel shifts."""
+        trials = np.arange(-4.0, 4.01, 0.25)
+        errors = [np.mean((cv2.warpAffine(still, np.float32([[1, 0, 0], [0, 1, dy]]), still.shape[::-1])[region]
+                           - moved[region]) ** 2) for dy in trials]
+        return float(trials[int(np.argmin(errors))])
+
+    dip, lift = shift_down(nose), shift_down(brows)
+    assert dip > 0.8, f"the head does not nod ({dip:.2f} px)"
+    assert lift < dip - 0.8, f"the brows do not rise against the nod ({lift:.2f} vs {dip:.2f} px)"
+    corner = (slice(0, 40), slice(0, 40))
+    assert np.array_equal(moved[corner], still[corner]), "the background moved"
+    assert eyes_y > brow_y
