@@ -25,6 +25,7 @@ BROWS = ((17, 18, 19, 20, 21), (22, 23, 24, 25, 26))
 UPPER_LIDS = ((37, 38), (43, 44))
 FOREHEAD_FADE = 1.2  # the lift fades out this many brow-to-lid distances above the brow
 NOD_RATIO = 0.012  # head dip at full emphasis, as a share of the face height
+NOD_INNER, NOD_FADE = 0.85, 0.35  # the head ellipse moves whole inside 0.85 radii, fading out by 1.2
 
 
 class BrowLift:
@@ -80,13 +81,14 @@ class HeadNod:
         centre = lm[[27, 8]].mean(0) - np.array([0.0, 0.25 * face_height], np.float32)
         rx, ry = 0.95 * face_width, 0.95 * face_height
         height, width = shape[:2]
-        x1, y1 = int(max(centre[0] - 1.5 * rx, 0)), int(max(centre[1] - 1.5 * ry, 0))
-        x2, y2 = int(min(centre[0] + 1.5 * rx, width)), int(min(centre[1] + 1.5 * ry, height))
+        reach = NOD_INNER + NOD_FADE  # the weight is zero beyond this many radii
+        x1, y1 = int(max(centre[0] - reach * rx, 0)), int(max(centre[1] - reach * ry, 0))
+        x2, y2 = int(min(centre[0] + reach * rx, width)), int(min(centre[1] + reach * ry, height))
         self.box = (x1, y1, x2, y2)
         gx, gy = np.meshgrid(np.arange(x1, x2, dtype=np.float32), np.arange(y1, y2, dtype=np.float32))
         self.grid_x, self.grid_y = gx, gy
         dist = np.sqrt(((gx - centre[0]) / rx) ** 2 + ((gy - centre[1]) / ry) ** 2)
-        weight = 1.0 - smoothstep((dist - 0.85) / 0.6)
+        weight = 1.0 - smoothstep((dist - NOD_INNER) / NOD_FADE)
         weight *= 1.0 - smoothstep((gy - lm[8, 1]) / (0.3 * face_height))  # the neck stays
         self.weight = weight.astype(np.float32)
 

@@ -62,9 +62,9 @@ def bench_compose(avatar, frames: int = 150) -> tuple[float, float]:
     Medians, because the machine is shared and single frames get preempted."""
     rigs = avatar_rigs(avatar)
     rng = np.random.default_rng(0)
-    shapes = [MouthShape(float(j), float(l), float(w), float(p)) for j, l, w, p in
+    shapes = [MouthShape(float(j), float(l), float(w), float(p), float(b)) for j, l, w, p, b in
               zip(rng.uniform(0.1, 0.9, frames), rng.uniform(0.1, 0.8, frames), rng.uniform(-1, 1, frames),
-                  rng.choice([0.0, 0.0, 0.5, 1.0], frames))]
+                  rng.choice([0.0, 0.0, 0.5, 1.0], frames), rng.choice([0.0, 0.0, 0.0, 0.5], frames))]
     render, convert = [], []
     for i, shape in enumerate(shapes):
         started = time.perf_counter()
