@@ -8,41 +8,59 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
+import os
 import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import aioice.ice
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+import actions
+import avatarswitch
+import recorder
+import sse
+import adminapi
+import avatartasks
+import ltcompat
+import webfiles
 from avatar import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
-from audiofile import AudioDecodeError, decode_audio
-from httpapi import BadRequest, error_middleware, ok, optional_bool, read_json, require_str
+from audiofile import AudioDecodeError, AudioTooLong, decode_audio
+import listen
+from httpapi import BODY_READ_TIMEOUT_S, BODY_TIMEOUT_KEY, BadRequest, error_middleware, ok, optional_bool, read_json, require_str
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
-from session import Session, SessionLimitError, SessionRegistry, TooManySubscribers
+from peeractivity import seconds_since_peer_report
+from sdpcheck import OfferRejected, check_offer_sdp
+from security import AUTH_TOKEN_ENV, AccessPolicy, RedactingAccessLogger, public
+from session import Session, SessionLimitError, SessionRegistry
+from speechbudget import DEFAULT_SPEECH_BUDGET_S, SpeechBudget, SpeechBudgetFull
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
+from tts import cloning
+from tts.netloop import DEFAULT_FIRST_PIECE_S
 from tts.base import TTSError
+from tts.reference import resolve_reference
 
 logger = logging.getLogger("app")
 
 ROOT = Path(__file__).resolve().parent
 WEB_DIR = ROOT / "web"
 DEFAULT_AVATAR_ID = "default"
-CONNECT_TIMEOUT_S = 30.0
+DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
+DEFAULT_PENDING_PER_CLIENT = 4
+MAX_UPLOADS_AT_ONCE = 4  # uploads being received or decoded in the whole process
+UPLOAD_READ_TIMEOUT_S = 60.0
 REAPER_INTERVAL_S = 1.0
 MAX_SDP_CHARS = 100_000
 MAX_TEXT_CHARS = 20_000
-SSE_KEEPALIVE_S = 15.0
-SSE_POLL_S = 0.5  # how often an idle event stream checks that its listener is still there
 ICE_URL_PATTERN = re.compile(r"^(stun|stuns|turn|turns):(?:(?P<user>[^:@/]+):(?P<cred>[^@/]+)@)?(?P<rest>[^@\s]+)$")
 
 
@@ -57,6 +75,13 @@ def parse_ice_server(text: str) -> RTCIceServer:
     if match.group(1).startswith("turn") and not match.group("user"):
         raise argparse.ArgumentTypeError(f"TURN server {text!r} needs credentials: turn:USER:SECRET@HOST:PORT")
     return RTCIceServer(urls=url, username=match.group("user"), credential=match.group("cred"))
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ice-host", dest="ice_hosts", action="append", default=[], metavar="ADDR",
                         help="offer only these local addresses as ICE host candidates (repeatable)")
     parser.add_argument("--idle-timeout", dest="idle_timeout", type=float, default=600.0,
-                        help="close a session after this many seconds without a request or heartbeat (0: never)")
+                        help="close a session after this many seconds without a request, heartbeat or RTCP report from "
+                             "its peer (0: never)")
     parser.add_argument("--tts", choices=TTS_CHOICES, default="auto",
                         help="speech engine; auto = edgetts when it can be reached, else espeak (offline)")
     parser.add_argument("--voice", default=None, help="TTS voice (espeak: en-us, cmn, ...; edgetts: en-US-AriaNeural, ...)")
@@ -87,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tts-base-url", dest="tts_base_url", default=None,
                         help="OpenAI-compatible speech endpoint for --tts openai (e.g. http://127.0.0.1:8000/v1)")
     parser.add_argument("--tts-model", dest="tts_model", default="tts-1", help="model for --tts openai")
+    parser.add_argument("--tts-timeout", dest="tts_timeout", type=positive_float, default=DEFAULT_FIRST_PIECE_S,
+                        metavar="SECONDS", help="network TTS: longest wait for the first audio and between pieces "
+                                                "(a stuck service ends the sentence with an error event)")
+    cloning.add_arguments(parser)
+    avatartasks.add_arguments(parser)
+    ltcompat.add_arguments(parser)
     parser.add_argument("--llm-base-url", dest="llm_base_url", default=None,
                         help="OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM, DashScope...); key from "
                              "OPENAI_API_KEY or DASHSCOPE_API_KEY")
@@ -95,9 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="system prompt text, or a path to a .txt/.md file holding it")
     parser.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=20.0,
                         help="largest /humanaudio upload accepted")
+    parser.add_argument("--speech-budget", dest="speech_budget", type=positive_float, default=DEFAULT_SPEECH_BUDGET_S,
+                        metavar="SECONDS", help="audio one session may hold queued or playing (uploads); 429 beyond")
+    parser.add_argument("--handshake-timeout", dest="handshake_timeout", type=positive_float,
+                        default=DEFAULT_HANDSHAKE_TIMEOUT_S, metavar="SECONDS",
+                        help="close a session whose WebRTC connection is not up this long after its offer")
+    parser.add_argument("--max-pending-per-client", dest="max_pending_per_client", type=int,
+                        default=DEFAULT_PENDING_PER_CLIENT,
+                        help="sessions one client address may have being built or connecting at once")
+    parser.add_argument("--auth-token", dest="auth_token", default=os.environ.get(AUTH_TOKEN_ENV),
+                        help=f"require 'Authorization: Bearer TOKEN' on the API (default: ${AUTH_TOKEN_ENV}); "
+                             "the page takes it from its URL: /#token=TOKEN")
+    parser.add_argument("--body-timeout", dest="body_timeout", type=positive_float, default=BODY_READ_TIMEOUT_S,
+                        metavar="SECONDS", help="a request body (JSON) must arrive within this time (408 otherwise)")
+    parser.add_argument("--allow-origin", dest="allow_origins", action="append", default=[], metavar="ORIGIN",
+                        help="let pages from this origin call the API (CORS), repeatable; '*' allows any")
     parser.add_argument("--data-dir", dest="data_dir", type=Path, default=ROOT / "data")
     parser.add_argument("--models-dir", dest="models_dir", type=Path, default=ROOT / "models")
     parser.add_argument("--log-level", dest="log_level", default="INFO")
+    listen.add_arguments(parser)
+    actions.add_arguments(parser)
+    recorder.add_arguments(parser)
     return parser
 
 
@@ -111,7 +161,9 @@ class ServerContext:
     sessions: SessionRegistry
     tts: TTSFactory
     llm: LLMClient
+    access: AccessPolicy
     background: set[asyncio.Task] = field(default_factory=set)
+    uploads_in_progress: int = 0
 
 
 CONTEXT_KEY = web.AppKey("context", ServerContext)
@@ -137,8 +189,15 @@ def tts_settings(args: argparse.Namespace) -> TTSSettings:
         logger.info("tts auto: %s", "edgetts (service reachable)" if backend == "edgetts" else "espeak (offline)")
     if backend == "openai" and not args.tts_base_url:
         raise TTSError("--tts openai needs --tts-base-url (an OpenAI-compatible /v1 endpoint)")
+    service = cloning.ServiceSettings(backend, args.tts_server, args.tts_lang, args.tts_sample_rate) \
+        if backend in cloning.SERVICES else None
+    reference = resolve_reference(args.data_dir, args.ref_file, args.ref_text)
+    if reference is not None and reference.audio is not None and service is None:
+        raise TTSError(f"--REF_FILE {args.ref_file} is a recording, which only a cloning TTS can use: "
+                       f"add --tts {'|'.join(cloning.SERVICES)}")
     return TTSSettings(backend=backend, voice=args.voice, proxy=args.tts_proxy,
-                       base_url=args.tts_base_url, model=args.tts_model)
+                       base_url=args.tts_base_url, model=args.tts_model, timeout_s=args.tts_timeout,
+                       service=service, reference=reference)
 
 
 def llm_settings(args: argparse.Namespace) -> LLMSettings:
@@ -152,49 +211,62 @@ def context_of(request: web.Request) -> ServerContext:
 
 
 async def offer(request: web.Request) -> web.Response:
+    """Negotiate a session: the SDP is checked first, the engine is built only for a usable offer."""
     ctx = context_of(request)
     body = await read_json(request)
     sdp = require_str(body, "sdp", max_len=MAX_SDP_CHARS)
     if body.get("type") != "offer":
         raise BadRequest("'type' must be \"offer\"")
+    listen_mode = listen.mode_from(request.app, body)
     avatar_id = body.get("avatar") or ctx.args.avatar_id
     try:
         check_avatar_id(avatar_id)
-    except AvatarError as exc:
+        check_offer_sdp(sdp)
+    except (AvatarError, OfferRejected) as exc:
         raise BadRequest(str(exc)) from None
     if not ctx.avatars.exists(avatar_id):
         known = ", ".join(ctx.avatars.available()) or "none"
         raise BadRequest(f"unknown avatar {avatar_id!r} (available: {known})", status=404)
+    clips = await actions.offer_actions(request, body)
+    client = request.remote or "unknown"
     try:
-        session_id = ctx.sessions.reserve()
+        session_id = ctx.sessions.reserve(client, ctx.args.max_pending_per_client)
     except SessionLimitError as exc:
-        raise BadRequest(str(exc), status=503) from None
+        raise BadRequest(str(exc), status=exc.status) from None
 
     loop = asyncio.get_running_loop()
     session = None
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
     try:
-        backend = await loop.run_in_executor(None, ctx.tts.create)
-        engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
-        session = Session(session_id, engine, pc, loop, backend, ctx.llm)
-        pc.addTrack(session.player.audio)
-        pc.addTrack(session.player.video)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
         except Exception as exc:  # aiortc raises ValueError and others for bad SDP
-            raise BadRequest(f"could not negotiate the offer SDP: {exc}") from None
+            raise BadRequest(f"could not negotiate the offer SDP: {str(exc)[:200]}") from None
+        backend = await loop.run_in_executor(None, tts_for_request, ctx, None, None, body.get("refaudio"),
+                                             body.get("reftext"))
+        engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
+        await loop.run_in_executor(None, request.app[actions.LIBRARY_KEY].apply, engine, clips)
+        budget = SpeechBudget(ctx.args.speech_budget)
+        session = Session(session_id, engine, pc, loop, backend, ctx.llm, budget=budget, client=client)
+        pc.addTrack(session.player.audio)
+        pc.addTrack(session.player.video)
+        listen.attach(request.app, session, listen_mode)
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            raise BadRequest(f"could not answer the offer SDP: {str(exc)[:200]}") from None
     except BaseException as exc:
-        ctx.sessions.release_reservation()
+        ctx.sessions.release_reservation(client)
         if session is not None:
             await session.close("offer failed")
+        else:
+            await pc.close()
         if isinstance(exc, AvatarError):  # it exists (checked above) but is not usable by this engine
             raise BadRequest(str(exc), status=422) from None
         raise
     ctx.sessions.add(session)
     watch_connection(ctx, session)
-    logger.info("session %s started (avatar %s, engine %s, %d live)", session_id, avatar_id, ctx.engines.model, len(ctx.sessions))
+    logger.info("session %s started (avatar %s, engine %s, %d live)", session.tag, avatar_id, ctx.engines.model, len(ctx.sessions))
     answer = session.pc.localDescription
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "sessionid": session_id})
 
@@ -204,7 +276,9 @@ def watch_connection(ctx: ServerContext, session: Session) -> None:
 
     @pc.on("connectionstatechange")
     async def on_state() -> None:
-        logger.info("session %s connection %s", session.id, pc.connectionState)
+        logger.info("session %s connection %s", session.tag, pc.connectionState)
+        if pc.connectionState == "connected":
+            session.connected = True
         if pc.connectionState in ("failed", "closed"):
             await ctx.sessions.close(session.id, f"connection {pc.connectionState}")
 
@@ -218,7 +292,7 @@ def watch_connection(ctx: ServerContext, session: Session) -> None:
 
 
 async def reap_sessions(ctx: ServerContext) -> None:
-    """Close sessions that never connected or went quiet for --idle-timeout."""
+    """Close sessions that did not connect within --handshake-timeout or went quiet for --idle-timeout."""
     while True:
         await asyncio.sleep(REAPER_INTERVAL_S)
         await close_stale_sessions(ctx)  # a call of its own, so no session outlives it in this frame
@@ -228,26 +302,35 @@ async def close_stale_sessions(ctx: ServerContext) -> None:
     now = time.monotonic()
     for session in ctx.sessions.all():
         age = now - session.created
-        if session.pc.connectionState != "connected" and age > CONNECT_TIMEOUT_S:
-            await ctx.sessions.close(session.id, f"not connected after {CONNECT_TIMEOUT_S:.0f} s")
+        if not session.connected and age > ctx.args.handshake_timeout:
+            await ctx.sessions.close(session.id, f"not connected after {ctx.args.handshake_timeout:g} s")
         elif ctx.args.idle_timeout > 0 and now - session.last_activity > ctx.args.idle_timeout:
-            await ctx.sessions.close(session.id, f"idle for {ctx.args.idle_timeout:.0f} s")
+            heard = await seconds_since_peer_report(session.pc)
+            if heard is not None and heard < ctx.args.idle_timeout:
+                session.touch()  # a live peer (its RTCP reports arrive) is not idle, heartbeat or not
+            else:
+                await ctx.sessions.close(session.id, f"idle for {ctx.args.idle_timeout:.0f} s")
 
 
+@public
 async def client_config(request: web.Request) -> web.Response:
     """What the page needs to connect: ICE servers and which engine runs."""
     ctx = context_of(request)
     ice = [{"urls": s.urls, **({"username": s.username, "credential": s.credential} if s.username else {})}
            for s in ctx.args.ice_servers]
-    return ok(iceServers=ice, model=ctx.engines.model, fps=ctx.args.fps,
-              avatar=ctx.args.avatar_id, avatars=ctx.avatars.available())
+    chat_problem = ctx.llm.settings.problem()
+    return ok(iceServers=ice, model=ctx.engines.model, fps=ctx.args.fps, auth=ctx.access.auth_token is not None,
+              avatar=ctx.args.avatar_id, avatars=ctx.avatars.available(),
+              chat=chat_problem is None, chat_problem=chat_problem)
 
 
+@public
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_DIR / "index.html")
 
 
 def session_from(ctx: ServerContext, body: dict) -> Session:
+    body = ltcompat.sessionid_as_text(body, ctx.args.numeric_session_ids)
     session_id = require_str(body, "sessionid", max_len=64)
     session = ctx.sessions.get(session_id)
     if session is None:
@@ -261,19 +344,29 @@ async def is_speaking(request: web.Request) -> web.Response:
     return ok(data=session.speaking)
 
 
+def tts_for_request(ctx: ServerContext, backend: str | None, voice: str | None, ref_file: object = None,
+                    ref_text: object = None):
+    """A TTS backend for a client's choice; a reference voice must lie inside data/ (blocking: stats it)."""
+    try:
+        reference = resolve_reference(ctx.args.data_dir, ref_file, ref_text)
+        return ctx.tts.create(backend, voice, reference)
+    except TTSError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def requested_backend(ctx: ServerContext, session: Session, body: dict):
-    """The session's TTS backend, or one the request names: `tts: "espeak"` or `{backend, voice}`."""
+    """The session's TTS backend, or one the request names: `tts: "espeak"` or
+    `{backend, voice, ref_file, ref_text}` (a cloned voice, LiveTalking's form)."""
     choice = body.get("tts")
     if choice is None:
         return session.tts_backend
     if isinstance(choice, str):
         choice = {"backend": choice}
     if not isinstance(choice, dict) or not all(isinstance(choice.get(k, ""), str) for k in ("backend", "voice")):
-        raise BadRequest("'tts' must be a backend name or {\"backend\": name, \"voice\": voice}")
-    try:
-        return ctx.tts.create(choice.get("backend") or None, choice.get("voice") or None)
-    except TTSError as exc:
-        raise BadRequest(str(exc)) from None
+        raise BadRequest("'tts' must be a backend name or {\"backend\": name, \"voice\": voice, "
+                         "\"ref_file\": path, \"ref_text\": text}")
+    return tts_for_request(ctx, choice.get("backend") or None, choice.get("voice") or None,
+                           choice.get("ref_file"), choice.get("ref_text"))
 
 
 async def human(request: web.Request) -> web.Response:
@@ -312,78 +405,86 @@ async def interrupt_talk(request: web.Request) -> web.Response:
 
 
 async def human_audio(request: web.Request) -> web.Response:
-    """Play an uploaded audio file (any format FFmpeg decodes) through the avatar."""
+    """Play an uploaded audio file (any format FFmpeg decodes) through the avatar.
+
+    What an upload may cost is bounded three ways: its bytes (--max-upload-mb),
+    the seconds of audio it decodes to (the session's --speech-budget: decoding
+    stops there), and the uploads in progress in the whole process.
+    """
     ctx = context_of(request)
     limit = int(ctx.args.max_upload_mb * 1024 * 1024)
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise BadRequest(f"upload over the {ctx.args.max_upload_mb:g} MB limit", status=413)
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("send multipart/form-data with fields 'sessionid' and 'file'")
+    if ctx.uploads_in_progress >= MAX_UPLOADS_AT_ONCE:
+        raise BadRequest(f"{MAX_UPLOADS_AT_ONCE} uploads are already being processed: try again in a moment", status=429)
+    ctx.uploads_in_progress += 1
+    try:
+        try:
+            fields, data, filename = await asyncio.wait_for(read_upload(request, limit), UPLOAD_READ_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise BadRequest(f"upload not received within {UPLOAD_READ_TIMEOUT_S:g} s", status=408) from None
+        session = session_from(ctx, fields)
+        if not data:
+            raise BadRequest("field 'file' is missing or empty")
+        budget = session.tts.budget
+        allowed = budget.remaining_s()
+        if allowed < 1.0:
+            raise BadRequest(f"this session already holds {budget.held_s:.0f} s of audio (--speech-budget "
+                             f"{budget.limit_s:g} s): wait for it to play or interrupt it", status=429)
+        try:
+            audio = await asyncio.get_running_loop().run_in_executor(None, decode_audio, data, allowed)
+        except AudioTooLong:
+            status = 413 if allowed >= budget.limit_s else 429
+            raise BadRequest(f"the upload plays longer than the {allowed:.0f} s this session may still hold "
+                             f"(--speech-budget {budget.limit_s:g} s): send shorter audio or interrupt", status=status) from None
+        except AudioDecodeError as exc:
+            raise BadRequest(str(exc), status=415) from None
+        del data
+        try:
+            utterance_id = session.tts.play(audio, filename)
+        except (QueueFull, SpeechBudgetFull) as exc:
+            raise BadRequest(str(exc), status=429) from None
+        return ok(data={"utterance": utterance_id, "seconds": round(audio.size / 16000, 3)})
+    finally:
+        ctx.uploads_in_progress -= 1
+
+
+async def read_upload(request: web.Request, limit: int) -> tuple[dict[str, str], bytes | None, str]:
+    """The form's sessionid, the file's bytes (at most `limit`) and its name; a malformed form is a 400."""
     fields: dict[str, str] = {}
     data: bytes | None = None
     filename = "upload"
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if part.name == "file":
-            filename = part.filename or filename
-            chunks, size = [], 0
-            while piece := await part.read_chunk(256 * 1024):
-                size += len(piece)
-                if size > limit:
-                    raise BadRequest(f"upload over the {ctx.args.max_upload_mb:g} MB limit", status=413)
-                chunks.append(piece)
-            data = b"".join(chunks)
-        elif part.name == "sessionid":
-            fields["sessionid"] = (await part.read(decode=True)).decode(errors="replace")[:100]
-        else:
-            await part.release()
-    session = session_from(ctx, fields)
-    if not data:
-        raise BadRequest("field 'file' is missing or empty")
     try:
-        audio = await asyncio.get_running_loop().run_in_executor(None, decode_audio, data)
-    except AudioDecodeError as exc:
-        raise BadRequest(str(exc), status=415) from None
-    try:
-        utterance_id = session.tts.play(audio, filename)
-    except QueueFull as exc:
-        raise BadRequest(str(exc), status=429) from None
-    return ok(data={"utterance": utterance_id, "seconds": round(audio.size / 16000, 3)})
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if part.name == "file":
+                filename = (part.filename or filename)[:100]
+                chunks, size = [], 0
+                while piece := await part.read_chunk(256 * 1024):
+                    size += len(piece)
+                    if size > limit:
+                        raise BadRequest(f"upload over the {limit / 1024 / 1024:g} MB limit", status=413)
+                    chunks.append(piece)
+                data = b"".join(chunks)
+            elif part.name == "sessionid":
+                fields["sessionid"] = (await part.read_chunk(128)).decode(errors="replace").strip()[:100]
+                await part.release()
+            else:
+                await part.release()
+    except BadRequest:
+        raise
+    except (ValueError, AssertionError, AttributeError, KeyError, UnicodeError, aiohttp.ClientPayloadError) as exc:
+        raise BadRequest(f"malformed multipart body ({type(exc).__name__}): send multipart/form-data with "
+                         "fields 'sessionid' and 'file'") from None
+    return fields, data, filename
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events of one session: speech start/end at playout, errors, close."""
-    ctx = context_of(request)
-    session = session_from(ctx, {"sessionid": request.query.get("sessionid")})
-    try:
-        queue = session.events.subscribe()
-    except TooManySubscribers as exc:
-        raise BadRequest(str(exc), status=429) from None
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    try:
-        await response.prepare(request)
-        await response.write(b": connected\n\n")
-        last_write = time.monotonic()
-        while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), SSE_POLL_S)
-            except asyncio.TimeoutError:
-                if request.transport is None or request.transport.is_closing():
-                    break  # the listener hung up: free its slot now, not at the next write
-                if time.monotonic() - last_write >= SSE_KEEPALIVE_S:
-                    await response.write(b": keepalive\n\n")
-                    last_write = time.monotonic()
-                continue
-            if event is None:
-                break
-            last_write = time.monotonic()
-            session.touch()
-            await response.write(f"data: {json.dumps(event)}\n\n".encode())
-    except ConnectionResetError:
-        pass  # the listener went away
-    finally:
-        session.events.unsubscribe(queue)
-    return response
+    session = session_from(context_of(request), {"sessionid": request.query.get("sessionid")})
+    return await sse.stream_events(request, session, lambda event: event)
 
 
 def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -> web.Application:
@@ -392,14 +493,18 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
         config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
         musetalk = MuseTalkSettings(left_chunks=args.left_context, right_chunks=args.right_context)
         engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
+    access = AccessPolicy(args.auth_token, args.allow_origins)
     ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session),
-                        tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)))
+                        tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)), access=access)
+    if args.numeric_session_ids:
+        ctx.sessions.new_id = ltcompat.numeric_session_id
     if args.ice_hosts:
         restrict_ice_hosts(args.ice_hosts)
 
     upload_limit = int(args.max_upload_mb * 1024 * 1024) + 1024 * 1024
-    app = web.Application(middlewares=[error_middleware], client_max_size=upload_limit)
+    app = web.Application(middlewares=[error_middleware, access.middleware], client_max_size=upload_limit)
     app[CONTEXT_KEY] = ctx
+    app[BODY_TIMEOUT_KEY] = args.body_timeout
     app.router.add_get("/", index)
     app.router.add_get("/config", client_config)
     app.router.add_post("/offer", offer)
@@ -409,6 +514,14 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     app.router.add_post("/interrupt_talk", interrupt_talk)
     app.router.add_get("/events", events)
     app.router.add_static("/web", WEB_DIR)
+    listen.register(app, listen.ListenSettings.from_args(args), ctx.llm.settings.problem, lambda body: session_from(ctx, body))
+    actions.register_routes(app, args, lambda body: session_from(ctx, body))
+    recorder.register_routes(app, args, lambda body: session_from(ctx, body))
+    sse.register_routes(app, lambda body: session_from(ctx, body))
+    avatarswitch.register_routes(app, avatars, lambda body: session_from(ctx, body))
+    avatartasks.setup(app, args, avatars)
+    webfiles.register_routes(app, WEB_DIR)
+    adminapi.register_routes(app, args, ctx.sessions)
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")
@@ -420,6 +533,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
         await ctx.sessions.close_all("server shutdown")
         await ctx.llm.close()
         await asyncio.get_running_loop().run_in_executor(None, ctx.engines.close)
+        await asyncio.get_running_loop().run_in_executor(None, ctx.tts.close)
 
     app.on_startup.append(start_reaper)
     app.on_shutdown.append(shutdown)
@@ -431,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(args)
-    except (EngineUnavailable, TTSError, LLMError) as exc:
+    except (EngineUnavailable, TTSError, LLMError, listen.ListenConfigError, ValueError) as exc:  # ActionConfigError is a ValueError
         logger.error("%s", exc)
         return 2
     ctx = app[CONTEXT_KEY]
@@ -439,8 +553,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("avatar %r not found in %s: build it with `python genavatar.py --avatar_id %s --image PHOTO`"
                      " (the default one: `python genavatar.py --default`)", args.avatar_id, ctx.avatars.root, args.avatar_id)
         return 2
+    try:
+        ctx.engines.prepare(args.avatar_id)  # a LiveTalking folder gets its landmarks now, not at the first offer
+    except AvatarError as exc:
+        logger.error("%s", exc)
+        return 2
+    ctx.access.warn_if_exposed(args.host)
     logger.info("engine: %s; open http://%s:%d/", ctx.engines.model, args.host, args.listenport)
-    web.run_app(app, host=args.host, port=args.listenport, print=None)
+    web.run_app(app, host=args.host, port=args.listenport, print=None, access_log_class=RedactingAccessLogger)
     return 0
 
 

@@ -20,7 +20,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 AVATAR_FORMAT_VERSION = 1
-AVATAR_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+AVATAR_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch)
 METADATA_FILE = "avatar.json"
 FRAMES_DIR = "frames"
 MASKS_DIR = "masks"
@@ -39,7 +39,7 @@ def check_avatar_id(avatar_id: object) -> str:
     Only letters, digits, '_', '-' and '.' (not leading) are allowed, so an id
     can never climb out of data/avatars/.
     """
-    if not isinstance(avatar_id, str) or not AVATAR_ID_PATTERN.match(avatar_id) or ".." in avatar_id:
+    if not isinstance(avatar_id, str) or not AVATAR_ID_PATTERN.fullmatch(avatar_id) or ".." in avatar_id:
         raise AvatarError(
             f"invalid avatar id {avatar_id!r}: use 1-64 letters, digits, '_', '-' or '.'"
         )
@@ -92,10 +92,24 @@ class Avatar:
         return self.landmarks is not None and self.crop_boxes is not None and self.masks is not None
 
 
+def is_avatar_folder(folder: Path) -> bool:
+    """A folder genavatar.py wrote, or one in LiveTalking's layout (their index file not a symlink)."""
+    from ltavatar import COORDS_FILE, livetalking_kind
+
+    meta = folder / METADATA_FILE
+    if meta.is_file():
+        return not meta.is_symlink()
+    return livetalking_kind(folder) is not None and not (folder / COORDS_FILE).is_symlink()
+
+
 def load_avatar(folder: Path) -> Avatar:
-    """Read an avatar folder written by genavatar.py (blocking: call off the event loop)."""
+    """Read an avatar folder written by genavatar.py or LiveTalking (blocking: call off the event loop)."""
     meta_file = folder / METADATA_FILE
     if not meta_file.is_file():
+        from ltavatar import livetalking_kind, load_livetalking
+
+        if livetalking_kind(folder) is not None:
+            return load_livetalking(folder)
         raise AvatarError(
             f"avatar folder {folder} has no {METADATA_FILE}: build it with "
             f"`python genavatar.py --image PHOTO --avatar_id {folder.name}`"
@@ -140,39 +154,63 @@ class AvatarStore:
     def __init__(self, root: Path, max_cached: int = 8):
         self.root = root
         self.max_cached = max_cached
-        self._cache: dict[str, Avatar] = {}
+        self._cache: dict[tuple[str, bool], Avatar] = {}
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
+        self._loading: dict[tuple[str, bool], threading.Lock] = {}
+
+    def folder(self, avatar_id: str) -> Path | None:
+        """The avatar's folder if it is a real folder inside the root (a symlink, or anything that
+        resolves outside data/, is refused: the data folder is all a client may reach)."""
+        check_avatar_id(avatar_id)
+        folder = self.root / avatar_id
+        if folder.is_symlink() or not folder.is_dir():
+            return None
+        if not folder.resolve().is_relative_to(self.root.resolve()):
+            return None
+        return folder if is_avatar_folder(folder) else None
 
     def exists(self, avatar_id: str) -> bool:
-        check_avatar_id(avatar_id)
-        return (self.root / avatar_id / METADATA_FILE).is_file()
+        return self.folder(avatar_id) is not None
 
     def available(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / METADATA_FILE).is_file())
+        return sorted(p.name for p in self.root.iterdir()
+                      if AVATAR_ID_PATTERN.fullmatch(p.name) and self.folder(p.name) is not None)
 
-    def get(self, avatar_id: str) -> Avatar:
-        check_avatar_id(avatar_id)
+    def forget(self, avatar_id: str) -> None:
+        """Drop a cached avatar whose folder was rebuilt; sessions using it keep their copy."""
         with self._lock:
-            if avatar_id in self._cache:
-                return self._cache[avatar_id]
-            load_lock = self._loading.setdefault(avatar_id, threading.Lock())
+            for key in [k for k in self._cache if k[0] == avatar_id]:
+                del self._cache[key]
+
+    def get(self, avatar_id: str, landmarks: bool = False) -> Avatar:
+        """The avatar, loaded once. `landmarks`: an engine needs 68 landmarks per frame, which a
+        LiveTalking folder lacks; they are then computed once (slow, cached on disk)."""
+        check_avatar_id(avatar_id)
+        key = (avatar_id, landmarks)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+            load_lock = self._loading.setdefault(key, threading.Lock())
         with load_lock:
             with self._lock:
-                if avatar_id in self._cache:
-                    return self._cache[avatar_id]
-            folder = self.root / avatar_id
-            if not folder.is_dir():
+                if key in self._cache:
+                    return self._cache[key]
+            folder = self.folder(avatar_id)
+            if folder is None:
                 known = ", ".join(self.available()) or "none"
                 raise AvatarError(f"unknown avatar {avatar_id!r} (available: {known})")
             avatar = load_avatar(folder)
+            if landmarks and avatar.landmarks is None and str(avatar.metadata.get("format", "")).startswith("livetalking"):
+                from ltavatar import with_landmarks
+
+                avatar = with_landmarks(avatar)
             with self._lock:
                 if len(self._cache) >= self.max_cached:
                     evicted = next(iter(self._cache))
                     del self._cache[evicted]
-                    logger.info("avatar cache full: evicted %s", evicted)
-                self._cache[avatar_id] = avatar
-                self._loading.pop(avatar_id, None)
+                    logger.info("avatar cache full: evicted %s", evicted[0])
+                self._cache[key] = avatar
+                self._loading.pop(key, None)
             return avatar

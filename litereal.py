@@ -22,10 +22,10 @@ import numpy as np
 from avatar import Avatar
 from basereal import BaseReal, EngineConfig, FrameWork
 from lipshape import MouthShaper
-from visemeaudio import MODEL_PATH, VisemeNetwork, audio_estimator
-from visemes import SHAPES, MouthShape, Viseme
 from mouthbank import MouthBank, MouthRetriever
 from mouthwarp import MouthRig
+from visemeaudio import MODEL_PATH, VisemeNetwork, audio_estimator
+from visemes import SHAPES, MouthShape, Viseme
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +79,14 @@ class LiteReal(BaseReal):
             logger.warning("%s is missing: audio without phoneme labels is shaped by band-energy rules; "
                            "run `python training/train_visemes.py` to rebuild it", MODEL_PATH)
         self.shaper = MouthShaper(audio_estimator(network), config.fps)
-        bank = avatar_mouths(avatar)
-        self.retriever = MouthRetriever(bank) if bank is not None else None
+        self._retrieval: tuple[Avatar | None, MouthRetriever | None] = (None, None)  # compose thread only
 
     def render_frames(self, work: list[FrameWork]) -> list[MouthShape | None]:
-        if self.rigs is None:
-            return [None] * len(work)
         results: list[MouthShape | None] = []
         for index, item in enumerate(work):
+            if avatar_rigs(item.avatar or self.avatar) is None:
+                results.append(None)
+                continue
             wanted = LOOKAHEAD_FRAMES * self.chunks_per_frame
             ahead = [c for w in work[index + 1:] for c in w.chunks][:wanted]
             if len(ahead) < wanted:
@@ -95,23 +95,50 @@ class LiteReal(BaseReal):
             results.append(None if shape.closed else shape)
         return results
 
+    def prepare_avatar(self, avatar: Avatar) -> None:
+        avatar_rigs(avatar)
+
+    def can_lipsync(self, avatar: Avatar) -> bool:
+        return avatar_rigs(avatar) is not None
+
+    def use_avatar(self, avatar: Avatar) -> None:
+        super().use_avatar(avatar)
+        self.rigs = avatar_rigs(avatar)
+
     def compose(self, work: FrameWork, result: MouthShape | None) -> np.ndarray:
-        if result is None or self.rigs is None:
-            if self.retriever is not None:
-                self.retriever.reset()
-            return self.avatar.frames[work.index]
-        rig = self.rigs[work.index]
+        avatar = work.avatar or self.avatar
+        rigs = avatar_rigs(avatar) if result is not None else None
+        retriever = self._retriever(avatar)
+        if rigs is None:
+            if retriever is not None:
+                retriever.reset()
+            return avatar.frames[work.index]
+        rig = rigs[work.index]
         mouth = None
-        if self.retriever is not None:
-            mouth = self.retriever.choose(rig.landmarks, rig.moved_landmarks(result), *self._extremes(rig))
+        if retriever is not None:
+            mouth = retriever.choose(rig.landmarks, rig.moved_landmarks(result), *self._extremes(rig))
         if mouth is None:
             return rig.render(result)
         patch, choice, jaw_px = mouth
         jaw = rig.jaw_shape(jaw_px, result)  # the jaw and chin follow the real lower lip down
-        image = rig.render(jaw) if not jaw.closed else self.avatar.frames[work.index].copy()
-        self.retriever.paste(image, work.index, rig.landmarks, patch, choice)
+        image = rig.render(jaw) if not jaw.closed else avatar.frames[work.index].copy()
+        retriever.paste(image, work.index, rig.landmarks, patch, choice)
         rig.face_motion.apply(image, result.brow)  # after the paste: the real mouth nods with the head
         return image
+
+    @property
+    def retriever(self) -> MouthRetriever | None:
+        """The real-mouth retriever of the avatar composed last (None for photos)."""
+        return self._retrieval[1]
+
+    def _retriever(self, avatar: Avatar) -> MouthRetriever | None:
+        """This session's real-mouth retriever for `avatar` (None for photos), new on a switch."""
+        held, retriever = self._retrieval
+        if held is not avatar:
+            bank = avatar_mouths(avatar)
+            retriever = MouthRetriever(bank) if bank is not None else None
+            self._retrieval = (avatar, retriever)
+        return retriever
 
     @staticmethod
     def _extremes(rig: MouthRig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,6 +148,7 @@ class LiteReal(BaseReal):
     def interrupt(self) -> int:
         epoch = super().interrupt()
         self.shaper.reset()
-        if self.retriever is not None:
-            self.retriever.reset()
+        retriever = self._retrieval[1]
+        if retriever is not None:
+            retriever.reset()
         return epoch

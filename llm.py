@@ -20,6 +20,7 @@ import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -133,6 +134,7 @@ class Turn:
     """One exchange. Sentences are appended as generated and counted as spoken when played."""
 
     user: str
+    image: str | None = None  # sent with this turn's request only, never with later ones
     generated: list[str] = field(default_factory=list)
     spoken: int = 0
     interrupted: bool = False
@@ -154,12 +156,12 @@ class ChatHistory:
         self.max_chars = max_chars
         self.turns: deque[Turn] = deque(maxlen=max_turns + 1)  # + the exchange in progress
 
-    def start(self, user_text: str) -> Turn:
-        turn = Turn(user_text)
+    def start(self, user_text: str, image: str | None = None) -> Turn:
+        turn = Turn(user_text, image)
         self.turns.append(turn)
         return turn
 
-    def messages(self, system_prompt: str) -> list[dict[str, str]]:
+    def messages(self, system_prompt: str) -> list[dict[str, Any]]:
         """Chat messages for the newest turn: kept turns within the character cap, oldest first.
 
         A turn interrupted before anything was heard keeps its user text, merged into the
@@ -180,7 +182,11 @@ class ChatHistory:
                 messages.append({"role": "user", "content": "\n".join(unanswered)})
                 messages.append({"role": "assistant", "content": turn.assistant})
                 unanswered = []
-        messages.append({"role": "user", "content": "\n".join(unanswered)})
+        content: Any = "\n".join(unanswered)
+        image = self.turns[-1].image if self.turns else None
+        if image:
+            content = [{"type": "text", "text": content}, {"type": "image_url", "image_url": {"url": image}}]
+        messages.append({"role": "user", "content": content})
         return messages
 
 
@@ -265,7 +271,7 @@ class Conversation:
         self.history = history or ChatHistory(settings.max_history_turns, settings.max_history_chars)
         self._readers: set[asyncio.Task] = set()  # HTTP streams of replies in progress
 
-    async def reply(self, user_text: str) -> AsyncIterator[str]:
+    async def reply(self, user_text: str, image: str | None = None) -> AsyncIterator[str]:
         """Sentences of the answer, each as soon as it is complete.
 
         Ends quietly, without another sentence, once `interrupt()` is called. Cancelling the
@@ -273,7 +279,7 @@ class Conversation:
         """
         if not self.client.configured:
             raise LLMError(self.client.settings.problem() or NOT_CONFIGURED, LLMErrorKind.NOT_CONFIGURED)
-        turn = self.history.start(user_text)
+        turn = self.history.start(user_text, image)
         aggregator = SentenceAggregator(self.client.settings.min_comma_chars)
         deltas: asyncio.Queue[str | LLMError | None] = asyncio.Queue()  # holds at most one reply
         reader = asyncio.create_task(self._read_stream(self.history.messages(self.client.settings.system_prompt), deltas))

@@ -88,7 +88,10 @@ class SentenceAggregator:
         """Index just past the first complete sentence, or None if none is complete yet."""
         buf = self._buf
         i = self._scan
+        cap = self._cap_index()
         while i < len(buf):
+            if cap is not None and i >= cap:
+                return self._forced_cut(cap)
             char = buf[i]
             following = buf[i + 1] if i + 1 < len(buf) else None
             if char in HARD_ENDS:
@@ -113,7 +116,7 @@ class SentenceAggregator:
                     return self._past_closers(i + 1)
             i += 1
         self._scan = len(buf)
-        return self._forced_cut()
+        return None if cap is None else self._forced_cut(cap)
 
     def _past_closers(self, index: int, also: frozenset[str] = frozenset()) -> int:
         buf = self._buf
@@ -131,9 +134,17 @@ class SentenceAggregator:
             return True
         return self._buf[:dot].strip().isdigit()
 
-    def _forced_cut(self) -> int | None:
-        """A sentence that never ends is cut at a space (or anywhere, for CJK) once too long."""
-        if speech_length(self._buf) <= self.max_chars:
-            return None
-        space = self._buf.rfind(" ", 0, len(self._buf) - 1)
-        return space + 1 if space > len(self._buf) // 2 else len(self._buf)
+    def _cap_index(self) -> int | None:
+        """Index of the first character past `max_chars` of speech, or None if the buffer is shorter."""
+        length = 0
+        for index, char in enumerate(self._buf):
+            if not char.isspace():
+                length += CJK_WEIGHT if is_cjk(char) else 1
+                if length > self.max_chars:
+                    return index
+        return None
+
+    def _forced_cut(self, cap: int) -> int:
+        """A sentence longer than the cap is cut at its last space before the cap (or at the cap, for CJK)."""
+        space = self._buf.rfind(" ", 0, cap)
+        return space + 1 if space > cap // 2 else cap

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import contextlib
 
@@ -21,6 +21,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from basereal import BaseReal
 from llm import Conversation, LLMClient, LLMError
 from media import SpeechEvent
+from speechbudget import SpeechBudget
 from ttsreal import QueueFull, TTSWorker
 from tts.base import TTSBackend
 from webrtc import HumanPlayer
@@ -36,7 +37,11 @@ class TooManySubscribers(Exception):
 
 
 class SessionLimitError(Exception):
-    pass
+    """No room for another session: 503 when the server is full, 429 when one client holds too many."""
+
+    def __init__(self, msg: str, status: int = 503):
+        super().__init__(msg)
+        self.status = status
 
 
 class EventHub:
@@ -92,13 +97,18 @@ class Session:
         loop: asyncio.AbstractEventLoop,
         tts_backend: TTSBackend,
         llm: LLMClient,
+        budget: SpeechBudget | None = None,
+        client: str = "unknown",
     ):
         self.id = session_id
+        self.tag = session_id[:8]  # what the log shows: enough to follow a session, not to drive it
+        self.client = client  # the remote address that made the offer
+        self.connected = False  # set once the peer connection has been up
         self.engine = engine
         self.pc = pc
         self.events = EventHub(loop)
         self.tts_backend = tts_backend
-        self.tts = TTSWorker(engine, self._on_tts_error, name=f"tts-{session_id[:8]}")
+        self.tts = TTSWorker(engine, self._on_tts_error, name=f"tts-{session_id[:8]}", budget=budget)
         self.conversation = Conversation(llm)
         self._reply_sentences: dict[str, str] = {}  # utterance id -> chat sentence awaiting playout
         self._reply_task: asyncio.Task | None = None
@@ -114,12 +124,18 @@ class Session:
             on_playout=self._on_playout,
         )
         self._close_lock = asyncio.Lock()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self.close_reason = ""
+        self.closers: list[Callable[[], None]] = []  # blocking clean-ups of features (run off the loop on close)
 
     @property
     def speaking(self) -> bool:
         """True while an utterance's audio is being handed to WebRTC."""
         return self._playing is not None
+
+    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Something attached to this session (e.g. its listening) that close() must release first."""
+        self._closers.append(closer)
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -135,21 +151,22 @@ class Session:
         if event.kind == "end" and event.utterance_id in self._reply_sentences:
             self.conversation.mark_spoken(self._reply_sentences.pop(event.utterance_id))
 
-    def chat(self, text: str, backend: TTSBackend) -> None:
+    def chat(self, text: str, backend: TTSBackend, image: str | None = None) -> None:
         """Answer through the LLM: each sentence is spoken as soon as it is complete.
 
         Replies run one at a time; a new question waits for the reply before it
         (unless the caller interrupted first, which ends that reply at once).
+        `image` (a data: or https: URL) goes with this turn only, as an image part.
         """
         previous = self._reply_task
-        self._reply_task = asyncio.create_task(self._reply(text, backend, previous), name=f"chat-{self.id[:8]}")
+        self._reply_task = asyncio.create_task(self._reply(text, backend, previous, image), name=f"chat-{self.id[:8]}")
 
-    async def _reply(self, text: str, backend: TTSBackend, previous: asyncio.Task | None) -> None:
+    async def _reply(self, text: str, backend: TTSBackend, previous: asyncio.Task | None, image: str | None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         epoch = self.engine.epoch
         try:
-            async with contextlib.aclosing(self.conversation.reply(text)) as sentences:
+            async with contextlib.aclosing(self.conversation.reply(text, image)) as sentences:
                 async for sentence in sentences:
                     if self.engine.epoch != epoch:
                         return
@@ -159,7 +176,7 @@ class Session:
                         continue  # only emoji or markup: nothing to speak
                     self._reply_sentences[utterance_id] = sentence
         except LLMError as exc:
-            logger.warning("chat failed in session %s: %s", self.id, exc)
+            logger.warning("chat failed in session %s: %s", self.tag, exc)
             self.events.publish({"type": "error", "source": "llm", "kind": exc.kind.name.lower(), "msg": str(exc)})
         except QueueFull as exc:
             self.events.publish({"type": "error", "source": "tts", "msg": str(exc)})
@@ -185,8 +202,10 @@ class Session:
                 return
             self.closed = True
             self.close_reason = reason
-            logger.info("closing session %s: %s", self.id, reason)
+            logger.info("closing session %s: %s", self.tag, reason)
             self.player.stop()
+            for closer in self._closers:
+                await closer()
             if self._reply_task is not None:
                 self._reply_task.cancel()
                 await asyncio.wait([self._reply_task])
@@ -196,33 +215,54 @@ class Session:
             await self.pc.close()
 
     def _stop_threads(self) -> None:
+        for closer in self.closers:
+            closer()
         self.tts.stop()
-        self.engine.stop()
-        self.tts_backend.close()
+        self.engine.stop()  # the TTS backend is shared by the process (TTSFactory closes it)
 
 
 class SessionRegistry:
-    """Live sessions by id, with a limit that counts sessions still being built."""
+    """Live sessions by id, with limits that count sessions still being built.
+
+    Besides the server-wide limit, one client address may have only a few
+    sessions that are being built or have not connected yet, so offers that
+    never connect cannot take every slot.
+    """
 
     def __init__(self, max_sessions: int):
         self.max_sessions = max_sessions
         self._sessions: dict[str, Session] = {}
-        self._reserved = 0
+        self._reserved: dict[str, int] = {}  # client address -> sessions being built
+        self.new_id: Callable[[], str] = lambda: str(uuid.uuid4())
 
-    def reserve(self) -> str:
+    def pending(self, client: str) -> int:
+        """Sessions of this client being built or not yet connected."""
+        return self._reserved.get(client, 0) + sum(
+            1 for s in self._sessions.values() if s.client == client and not s.connected)
+
+    def reserve(self, client: str = "unknown", max_pending: int = 0) -> str:
         """Claim a slot for a session being built (raises SessionLimitError)."""
-        if len(self._sessions) + self._reserved >= self.max_sessions:
+        if len(self._sessions) + sum(self._reserved.values()) >= self.max_sessions:
             raise SessionLimitError(
                 f"server is at its limit of {self.max_sessions} sessions: try again later"
             )
-        self._reserved += 1
-        return str(uuid.uuid4())
+        if max_pending > 0 and self.pending(client) >= max_pending:
+            raise SessionLimitError(
+                f"this address already has {max_pending} sessions connecting: finish or close them first",
+                status=429,
+            )
+        self._reserved[client] = self._reserved.get(client, 0) + 1
+        return self.new_id()
 
-    def release_reservation(self) -> None:
-        self._reserved -= 1
+    def release_reservation(self, client: str = "unknown") -> None:
+        left = self._reserved.get(client, 0) - 1
+        if left > 0:
+            self._reserved[client] = left
+        else:
+            self._reserved.pop(client, None)
 
     def add(self, session: Session) -> None:
-        self._reserved -= 1
+        self.release_reservation(session.client)
         self._sessions[session.id] = session
 
     def get(self, session_id: str) -> Session | None:

@@ -22,20 +22,24 @@ from typing import Callable, Iterator
 import numpy as np
 
 from basereal import BaseReal
-from media import CHUNK_SAMPLES, AudioChunk, SpeechEvent
+from media import CHUNK_SAMPLES, SAMPLE_RATE, AudioChunk, SpeechEvent
+from speechbudget import SpeechBudget
 from textproc import clean_for_speech, split_sentences
 from tts.base import TTSBackend, TTSError
+from tts.cloning import SERVICES, ServiceSettings
+from tts.reference import VoiceReference
 from visemes import LabelledAudio, Viseme, downsample_codes
 
 logger = logging.getLogger(__name__)
 
 SEGMENT_QUEUE_SIZE = 256
+S16_MAX = 32767.0
 JOIN_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
 class Segment:
-    """One piece of an utterance: text for `backend`, or ready 16 kHz audio."""
+    """One piece of an utterance: text for `backend`, or ready 16 kHz audio (int16: half the memory)."""
 
     utterance_id: str
     utterance_text: str
@@ -46,6 +50,10 @@ class Segment:
     audio: np.ndarray | None = None
     backend: TTSBackend | None = None
 
+    @property
+    def audio_seconds(self) -> float:
+        return 0.0 if self.audio is None else self.audio.size / SAMPLE_RATE
+
 
 class QueueFull(Exception):
     """The session already has too much speech queued."""
@@ -54,8 +62,10 @@ class QueueFull(Exception):
 class TTSWorker:
     """Speaks queued segments into one engine, in order, honouring interrupts."""
 
-    def __init__(self, engine: BaseReal, on_error: Callable[[str], None], name: str = "tts"):
+    def __init__(self, engine: BaseReal, on_error: Callable[[str], None], name: str = "tts",
+                 budget: SpeechBudget | None = None):
         self.engine = engine
+        self.budget = budget or SpeechBudget()
         self._on_error = on_error
         self._segments: queue.Queue[Segment] = queue.Queue(maxsize=SEGMENT_QUEUE_SIZE)
         self._stopping = threading.Event()
@@ -81,9 +91,20 @@ class TTSWorker:
         return utterance_id, len(sentences)
 
     def play(self, audio: np.ndarray, label: str) -> str:
-        """Queue decoded 16 kHz float32 audio as one utterance."""
+        """Queue decoded 16 kHz audio (int16, or float32 in [-1, 1]) as one utterance.
+
+        Raises SpeechBudgetFull when the session cannot hold that many more seconds.
+        """
+        if audio.dtype != np.int16:
+            audio = (np.clip(audio, -1.0, 1.0) * S16_MAX).astype(np.int16)
         utterance_id = uuid.uuid4().hex[:12]
-        self._enqueue([Segment(utterance_id, label, self.engine.epoch, first=True, last=True, audio=audio)])
+        segment = Segment(utterance_id, label, self.engine.epoch, first=True, last=True, audio=audio)
+        self.budget.reserve(segment.audio_seconds)
+        try:
+            self._enqueue([segment])
+        except QueueFull:
+            self.budget.release(segment.audio_seconds)
+            raise
         return utterance_id
 
     def _enqueue(self, segments: list[Segment]) -> None:
@@ -97,8 +118,10 @@ class TTSWorker:
     def clear(self) -> None:
         """Drop queued segments (an interrupt; the epoch bump cancels the one in progress)."""
         with self._segments.mutex:
+            dropped = list(self._segments.queue)
             self._segments.queue.clear()
             self._segments.not_full.notify_all()
+        self.budget.release(sum(segment.audio_seconds for segment in dropped))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -113,6 +136,7 @@ class TTSWorker:
             except queue.Empty:
                 continue
             if segment.epoch != self.engine.epoch:
+                self.budget.release(segment.audio_seconds)
                 continue
             try:
                 self._speak(segment)
@@ -124,13 +148,15 @@ class TTSWorker:
                 logger.exception("TTS crashed for utterance %s", segment.utterance_id)
                 self._on_error(f"speech synthesis failed: {exc}")
                 self._close_utterance(segment)
+            finally:
+                self.budget.release(segment.audio_seconds)  # played, cut short or failed: no longer held
 
     def _cancelled(self, epoch: int) -> Callable[[], bool]:
         return lambda: self._stopping.is_set() or self.engine.epoch != epoch
 
     def _audio_of(self, segment: Segment) -> Iterator[np.ndarray | LabelledAudio]:
         if segment.audio is not None:
-            yield segment.audio
+            yield segment.audio.astype(np.float32) / S16_MAX
         else:
             assert segment.backend is not None
             yield from segment.backend.stream_labelled(segment.text, self._cancelled(segment.epoch))
@@ -191,8 +217,10 @@ class TTSWorker:
         """After a failure: skip the utterance's other sentences and end it if it had started."""
         with self._segments.mutex:
             kept = [s for s in self._segments.queue if s.utterance_id != segment.utterance_id]
+            skipped = [s for s in self._segments.queue if s.utterance_id == segment.utterance_id]
             self._segments.queue.clear()
             self._segments.queue.extend(kept)
+        self.budget.release(sum(s.audio_seconds for s in skipped))
         if self._open == segment.utterance_id and self._start is None:
             end = SpeechEvent("end", segment.utterance_id, segment.utterance_text)
             self.engine.put_audio(AudioChunk(np.zeros(CHUNK_SAMPLES, np.float32), False, segment.epoch, (end,)))
@@ -205,7 +233,8 @@ def _chunk(samples: np.ndarray, labels: np.ndarray | None, index: int) -> tuple[
     return samples[part], None if labels is None else downsample_codes(labels[part])
 
 
-TTS_CHOICES = ("auto", "espeak", "edgetts", "openai")
+TTS_CHOICES = ("auto", "espeak", "edgetts", "openai", *SERVICES)
+MAX_CACHED_BACKENDS = 256
 TTS_BACKENDS = TTS_CHOICES[1:]
 
 
@@ -216,30 +245,102 @@ class TTSSettings:
     proxy: str | None = None  # edgetts
     base_url: str | None = None  # openai
     model: str = "tts-1"  # openai
+    timeout_s: float = 10.0  # network backends: first audio, and between pieces
+    service: ServiceSettings | None = None  # sovits / cosyvoice / fishtts / xtts
+    reference: VoiceReference | None = None  # the server's default reference voice (--REF_FILE)
 
 
 class TTSFactory:
-    """Builds TTS backends for sessions; owns process-wide TTS state (espeak's library)."""
+    """Builds TTS backends for sessions; owns the process-wide TTS state.
+
+    Backends are light and stateless, so one instance per (backend, voice) is
+    shared by every session; what holds resources (espeak's library, the speech
+    endpoint's HTTP client and its loop) exists once and is closed in `close()`.
+    """
 
     def __init__(self, settings: TTSSettings):
         self.settings = settings
+        self._lock = threading.Lock()
+        self._backends: dict[tuple[str, str], TTSBackend] = {}
+        self._speech = None  # tts.openai_speech.SpeechService, built on first use
+        self._services: dict[str, ServiceSettings] = {}  # cloning services in use, each with one HTTP client
 
-    def create(self, backend: str | None = None, voice: str | None = None) -> TTSBackend:
-        """A backend by name (default: the server's), raising TTSError for unknown names or voices."""
+    def create(self, backend: str | None = None, voice: str | None = None,
+               reference: VoiceReference | None = None) -> TTSBackend:
+        """A backend by name (default: the server's), raising TTSError for unknown names or voices.
+
+        `reference`: the voice a cloning service imitates; for the other backends a
+        reference that is a plain name is their voice (LiveTalking's REF_FILE habit).
+        """
         name = backend or self.settings.backend
+        if name not in TTS_BACKENDS:
+            raise TTSError(f"unknown TTS backend {str(name)[:40]!r}: choose one of {', '.join(TTS_BACKENDS)}")
         voice = voice or (self.settings.voice if name == self.settings.backend else None)
+        if reference is None and name == self.settings.backend:
+            reference = self.settings.reference
+        if reference is not None and name not in SERVICES:
+            if reference.voice_id is None:
+                raise TTSError(f"the {name} TTS cannot clone a voice from a recording: use --tts "
+                               f"{'/'.join(SERVICES)}, or name a voice")
+            voice, reference = voice or reference.voice_id, None
+        key = (name, voice or "", reference)
+        with self._lock:
+            cached = self._backends.get(key)
+        if cached is not None:
+            return cached
+        built = self._build(name, voice, reference)
+        with self._lock:
+            if len(self._backends) >= MAX_CACHED_BACKENDS:
+                self._backends.clear()  # only names from allow-lists get here; this just bounds the table
+            return self._backends.setdefault(key, built)
+
+    def _service(self, name: str) -> ServiceSettings:
+        """The process-wide connection settings (and HTTP client) of a cloning service."""
+        with self._lock:
+            service = self._services.get(name)
+            if service is None:
+                configured = self.settings.service
+                service = configured if configured is not None and configured.service == name \
+                    else ServiceSettings(name)
+                service.timeout_s = self.settings.timeout_s
+                self._services[name] = service
+            return service
+
+    def _build(self, name: str, voice: str | None, reference: VoiceReference | None = None) -> TTSBackend:
+        if name in SERVICES:
+            from tts.cloning import BACKENDS
+
+            return BACKENDS[name](self._service(name), reference, voice)
         if name == "espeak":
             from tts.espeak import EspeakLibrary, EspeakTTS
 
             return EspeakTTS(EspeakLibrary.shared(), voice or "en-us")
         if name == "edgetts":
-            from tts.edge import DEFAULT_VOICE, EdgeTTS
+            from tts.edge import DEFAULT_VOICE, EdgeTTS, check_voice
 
-            return EdgeTTS(voice or DEFAULT_VOICE, proxy=self.settings.proxy)
-        if name == "openai":
-            from tts.openai_speech import OpenAISpeechTTS
+            timeout = max(1, round(self.settings.timeout_s))
+            return EdgeTTS(check_voice(voice or DEFAULT_VOICE), proxy=self.settings.proxy,
+                           connect_timeout=timeout, receive_timeout=timeout)
+        from tts.openai_speech import DEFAULT_VOICE, OpenAISpeechTTS, SpeechService, check_voice
 
-            if not self.settings.base_url:
-                raise TTSError("the openai TTS backend needs the server started with --tts-base-url")
-            return OpenAISpeechTTS(self.settings.base_url, self.settings.model, voice or "alloy")
-        raise TTSError(f"unknown TTS backend {name!r}: choose one of {', '.join(TTS_BACKENDS)}")
+        voice = check_voice(voice or DEFAULT_VOICE)
+        if not self.settings.base_url:
+            raise TTSError("the openai TTS backend needs the server started with --tts-base-url")
+        with self._lock:
+            if self._speech is None:
+                self._speech = SpeechService(self.settings.base_url, self.settings.model,
+                                             first_piece_s=self.settings.timeout_s,
+                                             between_pieces_s=self.settings.timeout_s)
+            service = self._speech
+        return OpenAISpeechTTS(voice=voice, service=service)
+
+    def close(self) -> None:
+        """Shut the shared clients (server shutdown)."""
+        with self._lock:
+            speech, self._speech = self._speech, None
+            services, self._services = list(self._services.values()), {}
+            self._backends.clear()
+        if speech is not None:
+            speech.close()
+        for service in services:
+            service.close()

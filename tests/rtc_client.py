@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import numpy as np
-from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 
 @dataclass
@@ -30,13 +30,26 @@ class ReceiverClient:
     video: list[Received] = field(default_factory=list)
     audio: list[Received] = field(default_factory=list)
     sessionid: str | None = None
+    offer_fields: dict = field(default_factory=dict)  # more /offer fields (e.g. custom_config)
     channel_messages: list[str] = field(default_factory=list)
     channel: RTCDataChannel | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
-    async def connect(self, http: aiohttp.ClientSession, data_channel: bool = False) -> dict:
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTransceiver("audio", direction="recvonly")
+    async def connect(self, http: aiohttp.ClientSession, data_channel: bool = False, *,
+                      uplink: MediaStreamTrack | None = None, camera: MediaStreamTrack | None = None,
+                      listen: str | None = None, audio_codec: str | None = None) -> dict:
+        """Offer to receive the avatar, and optionally send a microphone (`uplink`) and a `camera`."""
+        if camera is not None:
+            self.pc.addTransceiver(camera, direction="sendrecv")
+        else:
+            self.pc.addTransceiver("video", direction="recvonly")
+        if uplink is not None:
+            transceiver = self.pc.addTransceiver(uplink, direction="sendrecv")
+            if audio_codec:
+                codecs = RTCRtpSender.getCapabilities("audio").codecs
+                transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() == f"audio/{audio_codec.lower()}"])
+        else:
+            self.pc.addTransceiver("audio", direction="recvonly")
         if data_channel:
             self.channel = self.pc.createDataChannel("events")
             self.channel.on("message", self.channel_messages.append)
@@ -49,6 +62,9 @@ class ReceiverClient:
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
         if self.avatar:
             body["avatar"] = self.avatar
+        if listen:
+            body["listen"] = listen
+        body.update(self.offer_fields)
         async with http.post(f"{self.base_url}/offer", json=body) as response:
             answer = await response.json()
             assert response.status == 200, answer
@@ -78,6 +94,14 @@ class ReceiverClient:
                     f"got {len(self.video)}/{video_frames} video and {len(self.audio)}/{audio_frames} audio frames"
                 )
             await asyncio.sleep(0.05)
+
+    def stop_reports(self) -> None:
+        """Stop sending RTCP receiver reports (a peer gone silent that still answers ICE checks)."""
+        async def drop(_packet) -> None:
+            return None
+
+        for transceiver in self.pc.getTransceivers():
+            transceiver.receiver._send_rtcp = drop
 
     async def close(self) -> None:
         await self.pc.close()

@@ -38,7 +38,7 @@ async def test_bad_offers_get_clear_errors(server, http):
             if status != 200:
                 assert body["code"] == -1 and body["msg"]
     await pc.close()
-    async with http.post(f"{server.url}/offer", data=b"x" * 400_000) as r:
+    async with http.post(f"{server.url}/offer", data=b"x" * 400_000, headers={"Content-Type": "application/json"}) as r:
         assert r.status == 413
     # Nothing half-built is left behind, and the server still serves.
     await asyncio.sleep(0.2)

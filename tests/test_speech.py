@@ -41,10 +41,10 @@ async def test_echo_is_heard_with_the_synthesized_duration_and_events_in_order(s
     assert status == 200 and body["code"] == 0
     await wait_voiced(client, since)
     status, body = await post(http, f"{server.url}/is_speaking", {"sessionid": client.sessionid})
-    assert body == {"code": 0, "data": True}
+    assert body == {"code": 0, "msg": "ok", "data": True}
     await wait_silent(client, quiet_s=0.6)
     status, body = await post(http, f"{server.url}/is_speaking", {"sessionid": client.sessionid})
-    assert body == {"code": 0, "data": False}
+    assert body == {"code": 0, "msg": "ok", "data": False}
 
     received = np.concatenate([f.data for f in client.audio[since:]])
     received_span = voiced_span_seconds(received, 48000, 1500)
@@ -216,6 +216,6 @@ async def test_event_streams_per_session_are_limited(server, http, client):
     finally:
         for response in streams:
             response.close()
-    await asyncio.sleep(1.2)  # an idle stream notices its listener left within SSE_POLL_S
+    await asyncio.sleep(1.2)  # an idle stream notices its listener left within sse.POLL_S
     async with http.get(f"{server.url}/events", params={"sessionid": client.sessionid}) as again:
         assert again.status == 200  # closed streams free their slots

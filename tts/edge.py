@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from typing import Callable, Iterator
 
@@ -31,6 +32,17 @@ CLOSE_GRACE_S = 0.5  # time for a websocket close handshake after an interrupt
 PROBE_TEXT = "Hello."
 S16_SCALE = 32768.0
 FALLBACK_HINT = "check the network or use --tts espeak"
+# The shape of every name in edge-tts's voice catalogue ("en-US-AriaNeural", "zh-CN-XiaoxiaoNeural",
+# "en-US-AndrewMultilingualNeural"). The catalogue itself is online; a name is checked against its shape
+# offline, so that nothing else is ever sent to the service.
+VOICE_NAME = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8}){1,2}-[A-Z][A-Za-z]{1,40}Neural")
+
+
+def check_voice(voice: str) -> str:
+    if not isinstance(voice, str) or not VOICE_NAME.fullmatch(voice):
+        raise TTSError(f"bad edge-tts voice {str(voice)[:60]!r}: use a catalogue name such as en-US-AriaNeural "
+                       "or zh-CN-XiaoxiaoNeural (edge-tts --list-voices)")
+    return voice
 
 
 class Mp3Decoder:

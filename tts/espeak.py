@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import re
 import threading
 from typing import Callable, Iterator
 
@@ -55,6 +57,35 @@ class EspeakEvent(ctypes.Structure):
 
 SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
                                   ctypes.POINTER(EspeakEvent))
+VARIANTS_DIR = os.path.join("voices", "!v")
+# What a voice request may look like at all, before it is looked up: "en-us", "English (America)", "en+Annie".
+VOICE_SHAPE = re.compile(r"[A-Za-z0-9 _(),-]{1,48}(\+[A-Za-z0-9_-]{1,32})?")
+VOICE_HINT = "try en-us, en, cmn, de, fr, es, ja, optionally with a variant such as en-us+Annie"
+
+
+class EspeakVoice(ctypes.Structure):
+    """espeak_VOICE from speak_lib.h."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_void_p),  # (priority byte, NUL-terminated language) pairs, ended by a 0 byte
+        ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte),
+        ("age", ctypes.c_ubyte),
+        ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte),
+        ("score", ctypes.c_int),
+        ("spare", ctypes.c_void_p),
+    ]
+
+
+def voice_languages(voice: EspeakVoice) -> list[str]:
+    languages, address = [], voice.languages
+    while address and ctypes.c_ubyte.from_address(address).value != 0:
+        language = ctypes.string_at(address + 1)
+        languages.append(language.decode(errors="replace"))
+        address += 2 + len(language)
+    return languages
 
 
 class EspeakLibrary:
@@ -81,6 +112,8 @@ class EspeakLibrary:
         self._lib.espeak_Initialize.restype = ctypes.c_int
         self._lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self._lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
+        self._lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(EspeakVoice))
         self._lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self._lib.espeak_Synth.argtypes = [
             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
@@ -97,7 +130,38 @@ class EspeakLibrary:
         self._cancelled: Callable[[], bool] = lambda: False
         self._callback = SYNTH_CALLBACK(self._on_audio)  # kept referenced for the library's lifetime
         self._lib.espeak_SetSynthCallback(self._callback)
-        logger.info("espeak-ng ready (%d Hz)", self.sample_rate)
+        self._voices = self._list_voices()
+        variants_dir = os.path.join(espeakng_loader.get_data_path(), VARIANTS_DIR)
+        self._variants = {name.lower(): name for name in os.listdir(variants_dir)} if os.path.isdir(variants_dir) else {}
+        logger.info("espeak-ng ready (%d Hz, %d voices, %d variants)", self.sample_rate, len(self._voices),
+                    len(self._variants))
+
+    def _list_voices(self) -> dict[str, str]:
+        """Every language code and voice name the library reports, lower-cased -> as espeak spells it."""
+        voices: dict[str, str] = {}
+        listed = self._lib.espeak_ListVoices(None)
+        index = 0
+        while listed and listed[index]:
+            voice = listed[index].contents
+            for name in [*voice_languages(voice), (voice.name or b"").decode(errors="replace")]:
+                if name:
+                    voices.setdefault(name.lower(), name)
+            index += 1
+        return voices
+
+    def resolve_voice(self, requested: str) -> str:
+        """The voice as espeak spells it, if it is one the library lists (else TTSError).
+
+        Only names from the library's own lists ever reach espeak-ng: its voice
+        parser takes file paths and overflows on long variant names.
+        """
+        if not isinstance(requested, str) or not VOICE_SHAPE.fullmatch(requested):
+            raise TTSError(f"espeak has no voice {str(requested)[:60]!r}: {VOICE_HINT}")
+        base, _, variant = requested.partition("+")
+        voice = self._voices.get(base.strip().lower())
+        if voice is None or (variant and variant.lower() not in self._variants):
+            raise TTSError(f"espeak has no voice {requested!r}: {VOICE_HINT}")
+        return f"{voice}+{self._variants[variant.lower()]}" if variant else voice
 
     def _on_audio(self, wav, count: int, events) -> int:
         index = 0
@@ -110,16 +174,20 @@ class EspeakLibrary:
             self._pieces.append(np.ctypeslib.as_array(wav, shape=(count,)).astype(np.float32) / 32768.0)
         return 1 if self._cancelled() else 0
 
-    def check_voice(self, voice: str) -> None:
+    def check_voice(self, voice: str) -> str:
+        """The resolved voice, after checking that espeak can load it."""
+        resolved = self.resolve_voice(voice)
         with self._lock:
-            if self._lib.espeak_SetVoiceByName(voice.encode()) != EE_OK:
-                raise TTSError(f"espeak has no voice {voice!r}: try en-us, en, cmn, de, fr, es, ja")
+            if self._lib.espeak_SetVoiceByName(resolved.encode()) != EE_OK:
+                raise TTSError(f"espeak could not load voice {voice!r}: {VOICE_HINT}")
+        return resolved
 
     def synthesize(self, text: str, voice: str, rate_wpm: int, cancelled: Callable[[], bool]
                    ) -> tuple[np.ndarray, list[tuple[int, str]]]:
         """Audio for `text` at self.sample_rate and its phonemes as (start sample, IPA name)
         (blocking; espeak runs far faster than real time)."""
         encoded = text.encode("utf-8")
+        voice = self.resolve_voice(voice)
         with self._lock:
             if self._lib.espeak_SetVoiceByName(voice.encode()) != EE_OK:
                 raise TTSError(f"espeak has no voice {voice!r}: try en-us, en, cmn, de, fr, es, ja")
@@ -139,9 +207,8 @@ class EspeakTTS(TTSBackend):
     name = "espeak"
 
     def __init__(self, library: EspeakLibrary, voice: str = "en-us", rate_wpm: int = 165):
-        library.check_voice(voice)
         self.library = library
-        self.voice = voice
+        self.voice = library.check_voice(voice)
         self.rate_wpm = rate_wpm
 
     def stream(self, text: str, cancelled: Callable[[], bool]) -> Iterator[np.ndarray]:

@@ -1,0 +1,132 @@
+"""The hardening issue's reproductions against a real server process: its RSS and open files
+before and after each attack, then connect/close cycles (threads, fds, RSS at 0/25/50/100).
+
+    python bench/bench_hardening.py [--cycles 100]
+
+Loopback only; every loop is bounded. Prints a markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+
+import aiohttp
+
+from common import loopback_only
+
+from genavatar import write_avatar  # noqa: E402
+from tests.attacks import (  # noqa: E402
+    Attacker, ScriptedSpeechServer, json_head, multipart_upload, raw_request, silent_flac, wav_declaring,
+)
+from tests.conftest import TEST_AVATAR_ID, synthetic_frames  # noqa: E402
+from tests.rtc_client import ReceiverClient  # noqa: E402
+from tests.server_process import ServerProcess  # noqa: E402
+
+
+async def attacks(attacker: Attacker, sid: str, speech: ScriptedSpeechServer, port: int):
+    """(name, coroutine factory) for each reproduction, in the issue's order."""
+
+    async def human(text: str, **extra) -> None:
+        await attacker.post("/human", {"sessionid": sid, "text": text, **extra})
+
+    async def voices() -> None:
+        for voice in ("en+" + "A" * 37, "../../../../../../../../../dev/zero", "../../../../etc/shadow"):
+            await human("hi", tts={"backend": "espeak", "voice": voice})
+
+    async def uploads() -> None:
+        flac = silent_flac(599)
+        for _ in range(40):
+            await attacker.call("POST", "/humanaudio", data=multipart_upload(sid, flac, "a.flac"))
+        await attacker.call("POST", "/humanaudio", data=multipart_upload(sid, wav_declaring(1, 600)))
+
+    async def long_sentence() -> None:
+        await human("word " * 3990 + ".", interrupt=True)
+        await asyncio.sleep(2.0)
+        await attacker.post("/interrupt_talk", {"sessionid": sid})
+
+    async def stuck_tts() -> None:
+        for mode in ("hang", "drip"):
+            speech.mode = mode
+            await human("Stuck.", tts="openai", interrupt=True)
+            await asyncio.sleep(1.0)
+            await attacker.post("/interrupt_talk", {"sessionid": sid})
+        speech.mode = "ok"
+
+    async def openai_clients() -> None:
+        for index in range(300):
+            await human(f"Number {index}.", tts="openai", interrupt=True)
+        await attacker.post("/interrupt_talk", {"sessionid": sid})
+
+    async def malformed() -> None:
+        for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"sessionid": ' + b"7" * 5000 + b"}"):
+            await attacker.call("POST", "/human", data=raw, headers={"Content-Type": "application/json"})
+        await attacker.call("POST", "/humanaudio", data=b"x", headers={"Content-Type": "multipart/form-data"})
+
+    async def split_body() -> None:
+        body = json.dumps({"sessionid": sid}).encode()
+        await raw_request(port, json_head("/is_speaking", len(body)), [body[:10], body[10:]], 0.3, 10)
+
+    return [("1-3 hostile voices", voices), ("4 40 × 599 s FLAC + 1 Hz WAV", uploads),
+            ("5 one 20 k-char sentence", long_sentence), ("7 hanging/dripping TTS", stuck_tts),
+            ("8 300 × /human tts=openai", openai_clients), ("9 malformed bodies", malformed),
+            ("12 body in two segments", split_body)]
+
+
+async def run(cycles: int) -> None:
+    loopback_only()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        write_avatar(data / "avatars" / TEST_AVATAR_ID, synthetic_frames(), {"source": "synthetic", "fps": 25})
+        speech = ScriptedSpeechServer()
+        await speech.start()
+        server = ServerProcess(data, Path(tmp) / "server.log", "--tts", "espeak", "--tts-base-url", speech.base_url,
+                               "--tts-timeout", "2", "--max_session", "8")
+        try:
+            async with aiohttp.ClientSession() as http:
+                await server.wait_ready(http)
+                attacker = Attacker(http, server.url)
+                victim = ReceiverClient(server.url, keep_video=False)
+                await victim.connect(http, data_channel=True)
+                await victim.wait_for(video_frames=25)
+                print("| attack | RSS before → after (MB) | fds before → after | answers |")
+                print("|---|---|---|---|")
+                for name, attack in await attacks(attacker, victim.sessionid, speech, server.port):
+                    before_rss, before_fds = server.rss_mb(), server.fds()
+                    attacker.statuses.clear()
+                    await attack()
+                    await asyncio.sleep(0.5)
+                    answers = ", ".join(f"{count}×{status}" for status, count in sorted(attacker.statuses.items()))
+                    print(f"| {name} | {before_rss:.0f} → {server.rss_mb():.0f} | {before_fds} → {server.fds()} "
+                          f"| {answers or '—'} |")
+                await victim.close()
+                print(f"\nserver alive: {server.alive()}; tracebacks in its log: {server.log().count('Traceback')}\n")
+                print("| cycles | threads | fds | RSS (MB) |")
+                print("|---|---|---|---|")
+                checkpoints = {0, cycles // 4, cycles // 2, cycles}
+                for cycle in range(cycles + 1):
+                    if cycle in checkpoints:
+                        await asyncio.sleep(1.5)  # let the last close finish
+                        print(f"| {cycle} | {server.threads()} | {server.fds()} | {server.rss_mb():.0f} |")
+                    if cycle == cycles:
+                        break
+                    client = ReceiverClient(server.url, keep_video=False)
+                    await client.connect(http)
+                    await client.wait_for(video_frames=3)
+                    await client.close()
+        finally:
+            server.stop()
+            await speech.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cycles", type=int, default=100)
+    asyncio.run(run(parser.parse_args().cycles))
+
+
+if __name__ == "__main__":
+    main()

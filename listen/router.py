@@ -1,0 +1,156 @@
+"""One session's listening, on the event loop: tracks in, turn events out, replies by mode.
+
+`SessionListening` receives the peer connection's remote tracks, starts the
+uplink reader and the listener thread for audio (and `LatestFrame` for video),
+and routes what the listener finds: `user_start` (and barge-in), `user_end`,
+the utterance to the process's ASR worker, then the `transcript` event and the
+reply of the current mode (echo: speak it; chat: the LLM answers it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from aiortc.mediastreams import MediaStreamTrack
+
+from listen.asr import ASRBusy
+from listen.camera import LatestFrame, jpeg_data_url
+from listen.listener import Listener
+from listen.turns import TurnDetector, TurnEvent
+from listen.uplink import FrameBuffer, UplinkReader
+from listen.vad import VADStream
+from ttsreal import QueueFull
+
+if TYPE_CHECKING:
+    from listen.service import ListenService
+    from session import Session
+
+logger = logging.getLogger(__name__)
+
+TURN_MODES = ("chat", "echo")  # the modes that detect turns and answer them
+
+
+class SessionListening:
+    """Everything one session does with the user's media; `close()` releases it."""
+
+    def __init__(self, service: "ListenService", session: "Session", mode: str):
+        self.service = service
+        self.session = session
+        self.mode = mode
+        self._loop = asyncio.get_running_loop()
+        self.reader: UplinkReader | None = None
+        self.listener: Listener | None = None
+        self.camera: LatestFrame | None = None
+        self._starting: asyncio.Task | None = None
+        self.closed = False
+        session.pc.on("track", self._on_track)
+        for transceiver in session.pc.getTransceivers():  # tracks the offer announced before we attached
+            if transceiver.receiver.track is not None:
+                self._on_track(transceiver.receiver.track)
+
+    # ---- control (event loop) ---------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        if mode != self.mode:
+            logger.info("session %s: listen %s -> %s", self.session.id, self.mode, mode)
+            self.mode = mode
+            if self.listener is not None:
+                self.listener.reset()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        tag = self.session.id[:8]
+        if track.kind == "video" and self.camera is None:
+            self.camera = LatestFrame(track, name=f"camera-{tag}")
+        elif track.kind == "audio" and self.reader is None:
+            buffer = FrameBuffer()
+
+            def first_frame() -> None:  # the listener thread and the recogniser only for a peer that sends
+                self._starting = asyncio.create_task(self._start_listener(buffer), name=f"listen-start-{tag}")
+
+            self.reader = UplinkReader(track, buffer, name=f"uplink-{tag}", on_first_frame=first_frame)
+
+    async def _start_listener(self, buffer: FrameBuffer) -> None:
+        vad_model = await self.service.vad_model()
+        self.service.asr_worker()  # start loading the recogniser before the user's first words
+        if self.closed:
+            return
+        s = self.service.settings
+        turns = TurnDetector(s.vad_threshold, s.min_speech_ms, s.end_silence_ms, s.max_utterance_s)
+        self.listener = Listener(buffer, VADStream(vad_model), turns, self.session.engine, lambda: self.mode,
+                                 self._turn_threadsafe, name=f"listen-{self.session.id[:8]}")
+
+    # ---- turns (listener thread -> loop) ----------------------------------
+    def _turn_threadsafe(self, event: TurnEvent) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_turn, event, self.mode)
+
+    def _on_turn(self, event: TurnEvent, mode: str) -> None:
+        if self.closed or mode != self.mode or mode not in TURN_MODES:
+            return
+        events = self.session.events
+        if event.kind == "start":
+            events.publish({"type": "user_start"})
+            if self.service.settings.barge_in:
+                self.session.interrupt()
+            return
+        if event.kind == "end":
+            events.publish({"type": "user_end"})
+        try:
+            self.service.asr_worker().submit(event.audio, self._text_threadsafe(mode), self._error_threadsafe)
+        except ASRBusy as exc:
+            events.publish({"type": "error", "source": "asr", "msg": str(exc)})
+
+    def _text_threadsafe(self, mode: str):
+        def deliver(text: str) -> None:
+            if not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._on_text, text, mode)
+        return deliver
+
+    def _error_threadsafe(self, message: str) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_error, message)
+
+    def _on_error(self, message: str) -> None:
+        if not self.closed:
+            self.session.events.publish({"type": "error", "source": "asr", "msg": message})
+
+    # ---- replies (loop) ---------------------------------------------------
+    def _on_text(self, text: str, mode: str) -> None:
+        if self.closed or mode != self.mode or not text:
+            return
+        session = self.session
+        session.events.publish({"type": "transcript", "text": text, "final": True})
+        if mode == "echo":
+            try:
+                session.tts.say(text, session.tts_backend)
+            except ValueError:
+                return  # only punctuation was recognised
+            except QueueFull as exc:
+                session.events.publish({"type": "error", "source": "tts", "msg": str(exc)})
+            return
+        problem = self.service.chat_problem()
+        if problem:
+            session.events.publish({"type": "error", "source": "llm", "kind": "not_configured", "msg": problem})
+            return
+        if self.service.settings.llm_vision and self.camera is not None and self.camera.frame is not None:
+            asyncio.create_task(self._chat_with_image(text), name=f"vision-{session.id[:8]}")
+        else:
+            session.chat(text, session.tts_backend)
+
+    async def _chat_with_image(self, text: str) -> None:
+        frame = self.camera.frame
+        image = await self._loop.run_in_executor(None, jpeg_data_url, frame)
+        if not self.closed:
+            self.session.chat(text, self.session.tts_backend, image=image)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._starting is not None:
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
+        for part in (self.reader, self.camera):
+            if part is not None:
+                await part.close()
+        if self.listener is not None:
+            await self._loop.run_in_executor(None, self.listener.close)

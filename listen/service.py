@@ -1,0 +1,120 @@
+"""Process-wide listening: settings, the shared VAD model and ASR worker, routes, per-session attach.
+
+`register(app, ...)` creates the `ListenService` (one per server), adds
+`POST /listen` and closes the ASR worker on shutdown. `attach(app, session, mode)`
+is called by /offer before the remote description is applied, so the session
+sees the user's tracks. The heavy parts load on first use: the Silero model when
+a first uplink arrives, the recogniser (on its own thread) at the same moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from aiohttp import web
+
+from httpapi import BadRequest, ok, read_json
+from listen.asr import ASRWorker, create_backend
+from listen.router import SessionListening
+from listen.settings import LISTEN_MODES, ListenConfigError, ListenSettings
+from listen.vad import SileroModel
+
+if TYPE_CHECKING:
+    from session import Session
+
+logger = logging.getLogger(__name__)
+
+
+class ListenService:
+    def __init__(self, settings: ListenSettings, chat_problem: Callable[[], str | None]):
+        self.settings = settings
+        self.chat_problem = chat_problem
+        self.default_mode = settings.default_mode or ("echo" if chat_problem() else "chat")
+        self._vad: SileroModel | None = None
+        self._vad_lock = asyncio.Lock()
+        self._asr: ASRWorker | None = None
+        self.sessions: dict[str, SessionListening] = {}
+
+    def mode_from(self, body: dict[str, Any]) -> str:
+        """The `listen` value of a request body (its default when absent); BadRequest when invalid."""
+        mode = body.get("listen")
+        if mode is None:
+            return self.default_mode
+        if mode not in LISTEN_MODES:
+            raise BadRequest(f"'listen' must be one of {', '.join(LISTEN_MODES)}")
+        return mode
+
+    async def vad_model(self) -> SileroModel:
+        async with self._vad_lock:
+            if self._vad is None:
+                self._vad = await asyncio.get_running_loop().run_in_executor(None, SileroModel)
+                logger.info("listen: Silero VAD loaded (onnxruntime)")
+        return self._vad
+
+    def asr_worker(self) -> ASRWorker:
+        if self._asr is None:
+            self._asr = ASRWorker(lambda: create_backend(self.settings))
+        return self._asr
+
+    def attach(self, session: "Session", mode: str) -> SessionListening:
+        listening = SessionListening(self, session, mode)
+        self.sessions[session.id] = listening
+
+        async def detach() -> None:
+            self.sessions.pop(session.id, None)
+            await listening.close()
+
+        session.add_closer(detach)
+        return listening
+
+    async def close(self) -> None:
+        if self._asr is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._asr.close)
+
+
+LISTEN_KEY = web.AppKey("listen", ListenService)
+
+
+def register(app: web.Application, settings: ListenSettings, chat_problem: Callable[[], str | None],
+             session_from: Callable[[dict], "Session"]) -> ListenService:
+    """Create the server's ListenService and its routes; `session_from` resolves a body's sessionid."""
+    problem = settings.problem()
+    if problem:
+        raise ListenConfigError(problem)
+    service = ListenService(settings, chat_problem)
+    app[LISTEN_KEY] = service
+
+    async def switch_mode(request: web.Request) -> web.Response:
+        body = await read_json(request)
+        session = session_from(body)
+        if "listen" not in body:
+            raise BadRequest("'listen' is required: one of " + ", ".join(LISTEN_MODES))
+        mode = service.mode_from(body)
+        listening = service.sessions.get(session.id)
+        if listening is None:
+            raise BadRequest("this session is not listening", status=409)
+        listening.set_mode(mode)
+        return ok(data={"listen": mode})
+
+    async def preload(app: web.Application) -> None:
+        """Load the VAD before the first offer: the uplink buffers only about a second of audio,
+        so a model still loading when the user starts talking would cost their first words."""
+        await service.vad_model()
+
+    async def shutdown(app: web.Application) -> None:
+        await service.close()
+
+    app.router.add_post("/listen", switch_mode)
+    app.on_startup.append(preload)
+    app.on_cleanup.append(shutdown)
+    return service
+
+
+def attach(app: web.Application, session: "Session", mode: str) -> SessionListening:
+    return app[LISTEN_KEY].attach(session, mode)
+
+
+def mode_from(app: web.Application, body: dict[str, Any]) -> str:
+    return app[LISTEN_KEY].mode_from(body)

@@ -1,0 +1,109 @@
+"""The user's audio track -> 16 kHz mono float32, off the event loop.
+
+`UplinkReader` is a task on the event loop that only awaits the remote track
+and drops each decoded frame into a bounded `FrameBuffer` (the oldest frame goes
+when a flood outruns the consumer), so a client sending nothing, garbage or too
+much never blocks the loop or grows memory. `MonoResampler` runs on the
+listener's thread and accepts any rate and channel count (Opus 48 kHz stereo,
+PCMU 8 kHz mono), rebuilding itself when the format changes mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+from typing import Callable
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+FRAME_BUFFER_SIZE = 50  # ~1 s of 20 ms frames waiting for the listener thread
+
+
+class FrameBuffer:
+    """Bounded hand-over from the loop to a thread; full means the oldest frame is dropped."""
+
+    def __init__(self, maxsize: int = FRAME_BUFFER_SIZE):
+        self._queue: queue.Queue[av.AudioFrame] = queue.Queue(maxsize=maxsize)
+        self.dropped = 0
+
+    def put(self, frame: av.AudioFrame) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(frame)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+    def get(self, timeout: float) -> av.AudioFrame | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def clear(self) -> None:
+        with self._queue.mutex:
+            self._queue.queue.clear()
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def maxsize(self) -> int:
+        return self._queue.maxsize
+
+
+class UplinkReader:
+    """Awaits a remote track's frames on the loop and hands them to a buffer, nothing more."""
+
+    def __init__(self, track: MediaStreamTrack, buffer: FrameBuffer, name: str,
+                 on_first_frame: Callable[[], None] = lambda: None):
+        self.track = track
+        self.buffer = buffer
+        self.frames = 0
+        self._on_first_frame = on_first_frame  # a peer that only receives never gets this far
+        self._task = asyncio.create_task(self._run(), name=name)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                frame = await self.track.recv()
+            except MediaStreamError:
+                return
+            self.frames += 1
+            if self.frames == 1:
+                self._on_first_frame()
+            if isinstance(frame, av.AudioFrame):
+                self.buffer.put(frame)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+class MonoResampler:
+    """Decoded audio frames of any layout and rate -> 16 kHz mono float32."""
+
+    def __init__(self) -> None:
+        self._resampler: av.AudioResampler | None = None
+        self.source: tuple[str, str, int] | None = None  # (sample format, layout, rate) of the uplink now
+
+    def __call__(self, frame: av.AudioFrame) -> np.ndarray:
+        source = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if source != self.source:
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            self.source = source
+        frame.pts = None  # the uplink's timestamps may jump (packet loss); we only need the samples
+        out = self._resampler.resample(frame)
+        if not out:
+            return np.zeros(0, np.float32)
+        return np.concatenate([f.to_ndarray().reshape(-1) for f in out]).astype(np.float32, copy=False)

@@ -1,0 +1,379 @@
+"""The server attacked as a hostile or careless client would, in a real process on loopback.
+
+Each reproduction of the hardening issue runs against `python app.py`; afterwards
+the process must be alive and serving, no answer may have been a 5xx, its log
+must hold no traceback, its memory and open files must be back within budget,
+and a session connected before the attacks must still stream at 25 fps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import random
+import shutil
+import string
+
+import aiohttp
+import pytest
+
+from tests.attacks import (
+    Attacker,
+    ScriptedSpeechServer,
+    json_head,
+    multipart_upload,
+    raw_request,
+    silent_flac,
+    status_of,
+    tone_wav,
+    wait_until,
+    wav_declaring,
+)
+from tests.conftest import TEST_AVATAR_ID
+from tests.test_api import offer_sdp
+from tests.rtc_client import ReceiverClient
+from tests.server_process import ServerProcess, copy_test_data
+
+RSS_BUDGET_MB = 150  # growth allowed over the whole suite (before the fixes: +1.5 GB from uploads alone)
+FD_SLACK = 6  # open files allowed above the baseline once the attack sessions are gone
+GOOD_ORIGIN = "http://good.example"
+HANDSHAKE_S = 3
+PENDING_PER_CLIENT = 3
+TTS_TIMEOUT_S = 2
+BODY_TIMEOUT_S = 2
+STREAM_CHECK_S = 5.0
+
+
+@pytest.fixture
+async def speech_service():
+    service = ScriptedSpeechServer()
+    await service.start()
+    yield service
+    await service.close()
+
+
+@pytest.fixture
+def attack_data(data_dir, tmp_path):
+    data = copy_test_data(data_dir, tmp_path / "data")
+    outside = tmp_path / "outside"  # a valid avatar outside data/, reached through a symlink
+    shutil.copytree(data / "avatars" / TEST_AVATAR_ID, outside)
+    os.symlink(outside, data / "avatars" / "linked")
+    return data
+
+
+@pytest.fixture
+async def target(attack_data, tmp_path, speech_service, http):
+    server = ServerProcess(
+        attack_data, tmp_path / "server.log", "--tts", "espeak", "--tts-base-url", speech_service.base_url,
+        "--tts-timeout", str(TTS_TIMEOUT_S), "--handshake-timeout", str(HANDSHAKE_S), "--max_session", "8",
+        "--max-pending-per-client", str(PENDING_PER_CLIENT), "--body-timeout", str(BODY_TIMEOUT_S),
+        "--allow-origin", GOOD_ORIGIN)
+    try:
+        await server.wait_ready(http)
+        yield server
+    finally:
+        server.stop()
+
+
+async def events_of(client: ReceiverClient, kind: str) -> list[dict]:
+    return [e for e in map(json.loads, client.channel_messages) if e.get("type") == kind]
+
+
+async def test_reproductions_do_not_hurt_the_server(target, speech_service, http):
+    attacker = Attacker(http, target.url)
+    watcher = ReceiverClient(target.url, keep_video=False)  # the innocent session, connected throughout
+    await watcher.connect(http, data_channel=True)
+    await watcher.wait_for(video_frames=25, audio_frames=50)
+    victim = ReceiverClient(target.url, keep_video=False)  # the session the attacks are aimed at
+    await victim.connect(http, data_channel=True)
+    await victim.wait_for(video_frames=5)
+    sid = victim.sessionid
+    status, _ = await attacker.post("/human", {"sessionid": sid, "text": "Warm up.", "type": "echo"})
+    assert status == 200
+    await wait_until(lambda: len(victim.channel_messages) >= 2, 20, "warm-up speech")
+    gc.collect()
+    base_rss, base_fds = target.rss_mb(), target.fds()
+    report: list[str] = [f"baseline rss {base_rss:.0f} MB fds {base_fds}"]
+
+    def note(step: str) -> None:
+        report.append(f"{step}: rss {target.rss_mb():.0f} MB (+{target.rss_mb() - base_rss:.0f}) fds {target.fds()}")
+
+    # 1-3. A voice is a name from the backend's own list; nothing else reaches espeak-ng.
+    bad_voices = ["en+" + "A" * 37, "../../../../../../../../../dev/zero", "../../../../etc/passwd",
+                  "../../../../no/such/file", "en-us\n", "x" * 5000, "en+../../../etc/passwd"]
+    messages = []
+    for voice in bad_voices:
+        status, body = await attacker.post("/human", {"sessionid": sid, "text": "hi",
+                                                      "tts": {"backend": "espeak", "voice": voice}})
+        assert status == 400 and "no voice" in body["msg"], (voice[:40], status, body)
+        messages.append(body["msg"].replace(repr(voice[:60]), "VOICE").replace(repr(voice), "VOICE"))
+    assert len(set(messages)) == 1, messages  # an existing file and a missing one answer alike: no oracle
+    for backend, voice in (("edgetts", "../../x"), ("openai", "a b"), ("openai", "x" * 65)):
+        status, body = await attacker.post("/human", {"sessionid": sid, "text": "hi",
+                                                      "tts": {"backend": backend, "voice": voice}})
+        assert status == 400 and "voice" in body["msg"], (backend, body)
+    status, body = await attacker.post("/human", {"sessionid": sid, "text": "Voice check.",
+                                                  "tts": {"backend": "espeak", "voice": "en-us+Annie"}})
+    assert status == 200, body
+    assert "root:x:0" not in target.log()
+    note("voices")
+
+    # 4. Uploads are budgeted in seconds of audio: 40 tiny 599 s FLACs cost almost nothing.
+    flac = silent_flac(599)
+    for _ in range(40):
+        status, body, _ = await attacker.call("POST", "/humanaudio", data=multipart_upload(sid, flac, "a.flac"))
+        assert status == 413 and "--speech-budget" in body["msg"], (status, body)
+    status, body, _ = await attacker.call("POST", "/humanaudio", data=multipart_upload(sid, wav_declaring(1, 600)))
+    assert status == 415 and "below 8000 Hz" in body["msg"], body
+    status, body, _ = await attacker.call("POST", "/humanaudio", data=multipart_upload(sid, silent_flac(100)))
+    assert status == 200 and body["data"]["seconds"] == pytest.approx(100, abs=0.1), body
+    status, body, _ = await attacker.call("POST", "/humanaudio", data=multipart_upload(sid, silent_flac(30)))
+    assert status == 429 and ("holds" in body["msg"] or "may still hold" in body["msg"]), body
+    assert (await attacker.post("/interrupt_talk", {"sessionid": sid}))[0] == 200
+    await asyncio.sleep(0.3)  # the interrupt hands the budget back
+    status, body, _ = await attacker.call("POST", "/humanaudio", data=multipart_upload(sid, tone_wav(1.0)))
+    assert status == 200, body
+    note("uploads")
+
+    # 5. One endless sentence is cut to the cap like any other text, and streams sentence by sentence.
+    status, body = await attacker.post("/human", {"sessionid": sid, "text": "word " * 3990 + ".", "type": "echo",
+                                                  "interrupt": True})
+    assert status == 200 and body["data"]["sentences"] >= 3990 * 4 // 240, body  # 240 letters a sentence, spaces uncounted
+    await asyncio.sleep(2.0)
+    note("long sentence")
+    assert (await attacker.post("/interrupt_talk", {"sessionid": sid}))[0] == 200
+
+    # 7. A stuck TTS service: an interrupt frees the session at once; deadlines end it otherwise.
+    speech_service.mode = "hang"
+    victim.channel_messages.clear()
+    status, _ = await attacker.post("/human", {"sessionid": sid, "text": "Stuck.", "tts": "openai"})
+    assert status == 200
+    await wait_until(lambda: speech_service.open_requests == 1, 10, "the TTS request reaching the service")
+    assert (await attacker.post("/interrupt_talk", {"sessionid": sid}))[0] == 200
+    await wait_until(lambda: speech_service.open_requests == 0, 5, "the interrupt closing the stuck request")
+    status, _ = await attacker.post("/human", {"sessionid": sid, "text": "Free again."})
+    assert status == 200
+    await wait_until(lambda: any(json.loads(m).get("type") == "start" for m in victim.channel_messages), 10,
+                     "espeak speech after the stuck request was interrupted")
+    for mode in ("hang", "drip"):
+        speech_service.mode = mode
+        victim.channel_messages.clear()
+        status, _ = await attacker.post("/human", {"sessionid": sid, "text": "Stuck.", "tts": "openai",
+                                                   "interrupt": True})
+        assert status == 200
+        await wait_until(lambda: any(json.loads(m).get("type") == "error" for m in victim.channel_messages),
+                         TTS_TIMEOUT_S + 8, f"the {mode} deadline's error event")
+        errors = await events_of(victim, "error")
+        assert "within" in errors[0]["msg"] and "--tts espeak" in errors[0]["msg"], errors
+    speech_service.mode = "ok"
+    note("stuck tts")
+
+    # 8. Requests through a network backend share one client: no sockets pile up.
+    for index in range(100):
+        status, _ = await attacker.post("/human", {"sessionid": sid, "text": f"Number {index}.", "tts": "openai",
+                                                   "interrupt": True})
+        assert status == 200
+    await wait_until(lambda: speech_service.open_requests == 0, 10, "the last TTS request ending")
+    note("100 openai requests")
+
+    # 9. Malformed bodies are 400s, never tracebacks.
+    for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"sessionid": ' + b"7" * 5000 + b"}", b"\xff\xfe{}", b"{" * 10):
+        status, body, _ = await attacker.call("POST", "/human", data=raw, headers={"Content-Type": "application/json"})
+        assert status == 400 and "JSON" in body["msg"], (raw[:20], status, body)
+    form_body = b"--XYZ\r\nContent-Disposition: form-data; name=\"sessionid\"\r\n\r\n" + sid.encode() + b"\r\n--XYZ\r\n"
+    for content_type, raw in (("multipart/form-data", form_body), ("multipart/form-data; boundary=WRONG", form_body),
+                              ("multipart/form-data; boundary=XYZ", form_body[:-9]),
+                              ("multipart/form-data; boundary=XYZ", b"garbage")):
+        status, body, _ = await attacker.call("POST", "/humanaudio", data=raw, headers={"Content-Type": content_type})
+        assert 400 <= status < 500, (content_type, status, body)
+
+    # 10. JSON endpoints need a JSON content type, and foreign origins are refused unless allowed.
+    status, body, _ = await attacker.call("POST", "/human", data=json.dumps({"sessionid": sid, "text": "x"}),
+                                          headers={"Content-Type": "text/plain"})
+    assert status == 415, body
+    status, body, _ = await attacker.call("POST", "/is_speaking", json={"sessionid": sid},
+                                          headers={"Origin": "http://evil.example"})
+    assert status == 403 and "--allow-origin" in body["msg"], body
+    status, body, headers = await attacker.call("POST", "/is_speaking", json={"sessionid": sid},
+                                                headers={"Origin": GOOD_ORIGIN})
+    assert status == 200 and headers.get("Access-Control-Allow-Origin") == GOOD_ORIGIN, headers
+    status, _, headers = await attacker.call("OPTIONS", "/human", headers={
+        "Origin": GOOD_ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert status == 204 and "POST" in headers["Access-Control-Allow-Methods"], headers
+    status, _, _ = await attacker.call("POST", "/is_speaking", json={"sessionid": sid},
+                                       headers={"Origin": target.url})  # the page's own origin
+    assert status == 200
+
+    # 11. Smaller ones: ids matched whole, no symlinks out of data/, slow bodies cut off, no ids in the log.
+    pc, sdp = await offer_sdp()
+    for avatar in (f"{TEST_AVATAR_ID}\n", "linked"):
+        status, body = await attacker.post("/offer", {"sdp": sdp, "type": "offer", "avatar": avatar})
+        assert status in (400, 404), (avatar, status, body)
+    no_fingerprint = "\r\n".join(line for line in sdp.splitlines() if not line.startswith("a=fingerprint"))
+    status, body = await attacker.post("/offer", {"sdp": no_fingerprint, "type": "offer"})
+    assert status == 400 and "fingerprint" in body["msg"], body
+    status, body = await attacker.post("/offer", {"sdp": "v=0\r\n" + "x" * 5000, "type": "offer"})
+    assert status == 400, body
+    await pc.close()
+    _, config, _ = await attacker.call("GET", "/config")
+    assert "linked" not in config["avatars"]
+    started = asyncio.get_running_loop().time()
+    response = await raw_request(target.port, json_head("/is_speaking", 100), [b'{"sessionid"'], 0.0,
+                                 BODY_TIMEOUT_S + 10)
+    assert status_of(response) == 408, response[:200]
+    assert asyncio.get_running_loop().time() - started < BODY_TIMEOUT_S + 10
+    with contextlib.suppress(asyncio.TimeoutError):  # an event stream stays open: leave after a second
+        await attacker.call("GET", f"/events?sessionid={sid}", timeout=aiohttp_timeout(1.0))
+    assert sid not in target.log()
+
+    # 12. A body that arrives in two TCP segments is read whole.
+    body_bytes = json.dumps({"sessionid": sid}).encode()
+    response = await raw_request(target.port, json_head("/is_speaking", len(body_bytes)),
+                                 [body_bytes[:10], body_bytes[10:]], 0.3, 10)
+    assert status_of(response) == 200, response[:300]
+
+    # 6. Offers that never connect hold a slot only briefly, and one address cannot take them all.
+    peers = [await offer_sdp() for _ in range(PENDING_PER_CLIENT + 2)]
+    results = [await attacker.post("/offer", {"sdp": sdp, "type": "offer"}) for _, sdp in peers]
+    statuses = [status for status, _ in results]
+    assert statuses == [200] * PENDING_PER_CLIENT + [429] * 2, statuses
+    for pc, _ in peers:
+        await pc.close()
+    late_pc, late_sdp = await offer_sdp()
+    await wait_until_async(lambda: offer_accepted(attacker, late_sdp), HANDSHAKE_S + 10,
+                           "a new offer after the handshake timeout reaped the silent ones")
+    await late_pc.close()
+    note("offers")
+
+    # Afterwards: alive, no 5xx, no traceback, memory and files back, the innocent session at 25 fps.
+    await victim.close()
+    await asyncio.sleep(HANDSHAKE_S + 2)  # the late offer's session is reaped too
+    gc.collect()
+    note("after closing the attack sessions")
+    print("\n".join(report))
+    assert target.alive()
+    assert attacker.server_errors == 0, attacker.statuses
+    log = target.log()
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
+    assert target.rss_mb() - base_rss < RSS_BUDGET_MB, report
+    await wait_until(lambda: target.fds() <= base_fds + FD_SLACK, 10, f"open files back to the baseline: {report}")
+    first = len(watcher.video)
+    await asyncio.sleep(STREAM_CHECK_S)
+    fps = (len(watcher.video) - first) / STREAM_CHECK_S  # over seconds, so a catch-up burst averages out
+    assert 22.0 <= fps <= 28.0, f"{fps:.1f} fps"
+    await watcher.close()
+
+
+def aiohttp_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
+
+
+async def offer_accepted(attacker: Attacker, sdp: str) -> bool:
+    status, _ = await attacker.post("/offer", {"sdp": sdp, "type": "offer"})
+    return status == 200
+
+
+async def wait_until_async(check, timeout_s: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        await asyncio.sleep(0.5)
+
+
+# ---- a seeded fuzz pass over every endpoint and field ----
+
+FUZZ_REQUESTS = 2000
+FUZZ_CONCURRENCY = 8
+
+
+def fuzz_value(rng: random.Random, depth: int = 0):
+    kind = rng.randrange(9)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.choice([0, -1, 1, 2**63, -2**63, 10**30, 3.5, float("1e308")])
+    if kind == 3:
+        return "".join(rng.choice(string.printable + "\u00e9\u4e2d\U0001f600\x00") for _ in range(rng.randrange(40)))
+    if kind == 4:
+        return rng.choice(["", " ", "../" * 10 + "etc/passwd", "en+" + "A" * 60, "\n", "%s%n", "<script>",
+                           "default\n", "x" * 3000, "offer", "answer", "echo", "chat", "espeak", "openai", "edgetts"])
+    if kind == 5 and depth < 3:
+        return [fuzz_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if kind == 6 and depth < 3:
+        return {rng.choice(["backend", "voice", "x"]): fuzz_value(rng, depth + 1) for _ in range(rng.randrange(3))}
+    if kind == 7:
+        return "word " * rng.randrange(1, 400) + "."
+    return rng.randrange(-5, 5)
+
+
+ENDPOINT_FIELDS = {
+    "/offer": ["sdp", "type", "avatar"],
+    "/human": ["sessionid", "text", "type", "interrupt", "tts"],
+    "/interrupt_talk": ["sessionid"],
+    "/is_speaking": ["sessionid"],
+}
+
+
+async def fuzz_one(attacker: Attacker, rng: random.Random, sid: str, sdp: str) -> None:
+    choice = rng.randrange(10)
+    if choice < 7:
+        path = rng.choice(list(ENDPOINT_FIELDS))
+        body = {"sessionid": sid} if path != "/offer" else {"sdp": sdp, "type": "offer"}
+        if path == "/human":
+            body.update(text="Hi.", type="echo", interrupt=True)
+        for key in rng.sample(ENDPOINT_FIELDS[path], rng.randrange(1, len(ENDPOINT_FIELDS[path]) + 1)):
+            body[key] = fuzz_value(rng)
+        if path == "/offer" and isinstance(body.get("sdp"), str) and rng.random() < 0.5:
+            lines = sdp.splitlines()
+            rng.shuffle(lines)
+            body["sdp"] = "\r\n".join(lines[: rng.randrange(len(lines))])
+        await attacker.call("POST", path, data=json.dumps(body), headers={"Content-Type": "application/json"})
+    elif choice < 8:
+        payload = bytes(rng.randrange(256) for _ in range(rng.randrange(2000)))
+        await attacker.call("POST", "/humanaudio", data=multipart_upload(rng.choice([sid, "nope", ""]), payload))
+    elif choice < 9:
+        raw = bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
+        await attacker.call("POST", rng.choice(list(ENDPOINT_FIELDS)), data=raw,
+                            headers={"Content-Type": rng.choice(["application/json", "text/plain", ""])})
+    else:
+        query = rng.choice([f"sessionid={sid}&token=x", "sessionid=", "sessionid=" + "a" * 500, "", "x=%ff"])
+        await attacker.call("GET", f"/events?{query}", timeout=aiohttp_timeout(0.3))
+
+
+async def test_seeded_fuzz_of_every_endpoint_gets_no_5xx(target, http):
+    attacker = Attacker(http, target.url)
+    victim = ReceiverClient(target.url, keep_video=False)
+    await victim.connect(http, data_channel=True)
+    await victim.wait_for(video_frames=5)
+    pc, sdp = await offer_sdp()
+    rng = random.Random(20261121)
+    seeds = [rng.randrange(2**32) for _ in range(FUZZ_REQUESTS)]
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for seed in seeds:
+        queue.put_nowait(seed)
+
+    async def worker() -> None:
+        while not queue.empty():
+            seed = queue.get_nowait()
+            try:
+                await fuzz_one(attacker, random.Random(seed), victim.sessionid, sdp)
+            except asyncio.TimeoutError:
+                pass  # an event stream held open until the client's own timeout: expected
+
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(FUZZ_CONCURRENCY))), 120)
+    await pc.close()
+    assert sum(attacker.statuses.values()) >= FUZZ_REQUESTS * 0.9, attacker.statuses
+    assert attacker.server_errors == 0, attacker.statuses
+    assert target.alive()
+    log = target.log()
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
+    status, _ = await attacker.post("/human", {"sessionid": victim.sessionid, "text": "Still here.", "interrupt": True})
+    assert status == 200
+    await victim.close()

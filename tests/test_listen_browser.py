@@ -1,0 +1,56 @@
+"""Headless Chromium: the page's Talk toggle sends a (fake) microphone playing an espeak WAV."""
+
+from __future__ import annotations
+
+import json
+import wave
+
+import numpy as np
+
+from tests.speech_sender import speak, word_error_rate
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, loopback_only
+
+SENTENCE = "Please tell me the weather for tomorrow morning."
+
+
+def write_wav(path, audio: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+async def test_talk_toggle_leads_to_a_transcript_bubble_and_an_answer(server, tmp_path):
+    from playwright.async_api import async_playwright
+
+    wav = tmp_path / "mic.wav"
+    silence = np.zeros(16000 * 2, np.float32)
+    write_wav(wav, np.concatenate([silence, speak(SENTENCE), silence, silence]))
+    args = CHROMIUM_ARGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                            f"--use-file-for-fake-audio-capture={wav}%noloop"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            page = await browser.new_page()
+
+            async def filter_offer(route) -> None:
+                body = json.loads(route.request.post_data)
+                body["sdp"] = loopback_only(body["sdp"])
+                await route.continue_(post_data=json.dumps(body))
+
+            await page.route("**/offer", filter_offer)
+            await page.goto(server.url)
+            await page.select_option("#listen-mode", "echo")
+            await page.click("#connect")
+            await page.wait_for_function("document.getElementById('state').textContent === 'connected'", timeout=20000)
+            await page.click("#mic")
+            await page.wait_for_selector(".bubble.user", timeout=30000)
+            await page.wait_for_selector(".bubble.avatar", timeout=15000)
+            heard = await page.text_content(".bubble.user")
+            answer = await page.text_content(".bubble.avatar")
+            assert word_error_rate(SENTENCE, heard) <= 0.25, heard
+            assert answer.strip() == heard.strip()
+            assert "mic" not in (await page.text_content("#vad"))  # the VAD pill shows the mic is live
+        finally:
+            await browser.close()

@@ -1,0 +1,156 @@
+"""Listening stages on their own: turns, the uplink buffer, the ASR worker and its backends."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import av
+import numpy as np
+import pytest
+from aiohttp import web
+
+from listen.asr import ASRBusy, ASRWorker, OpenAIASR, WhisperASR, ASRError, default_whisper_model
+from listen.settings import ListenSettings
+from listen.turns import TurnDetector
+from listen.uplink import FrameBuffer, MonoResampler
+from listen.vad import WINDOW_MS, WINDOW_SAMPLES, SileroModel, VADStream
+from tests.speech_sender import speak, word_error_rate
+
+WINDOW = np.zeros(WINDOW_SAMPLES, np.float32)
+
+
+def feed(detector: TurnDetector, probs: list[float]) -> list[str]:
+    return [event.kind for prob in probs for event in detector.push(WINDOW, prob)]
+
+
+def test_a_turn_needs_the_minimum_speech_and_ends_after_the_silence():
+    detector = TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=30)
+    assert feed(detector, [0.9] * 3 + [0.1] * 20) == []  # 96 ms: a cough
+    events = feed(detector, [0.9] * 7)
+    assert events == ["start"]
+    assert feed(detector, [0.1] * 12) == []  # 384 ms of silence: still the user's turn
+    assert feed(detector, [0.1]) == ["end"]
+
+
+def test_a_monologue_is_cut_into_bounded_pieces():
+    detector = TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=30)
+    pieces = []
+    for _ in range(int(75_000 / WINDOW_MS)):  # 75 s of speech without a pause
+        for event in detector.push(WINDOW, 0.9):
+            if event.audio is not None:
+                pieces.append(event.audio.size / 16000)
+        assert len(detector._utterance) <= 30_000 // WINDOW_MS
+    assert len(pieces) == 2 and all(29.0 < seconds <= 30.0 for seconds in pieces)
+
+
+def test_silero_finds_one_turn_in_speech_between_silences():
+    audio = np.concatenate([np.zeros(16000, np.float32), speak("Good morning, how are you today?"),
+                            np.zeros(16000, np.float32)])
+    vad = VADStream(SileroModel())
+    detector = TurnDetector(0.5, 200, 400, 30)
+    events = []
+    for i in range(len(audio) // WINDOW_SAMPLES):
+        window = audio[i * WINDOW_SAMPLES:(i + 1) * WINDOW_SAMPLES]
+        events += detector.push(window, vad(window))
+    assert [e.kind for e in events] == ["start", "end"]
+    assert 1.5 < events[1].audio.size / 16000 < 3.5
+
+
+def test_a_flood_of_frames_keeps_only_the_newest():
+    buffer = FrameBuffer(maxsize=5)
+    for pts in range(100):
+        frame = av.AudioFrame(format="s16", layout="mono", samples=960)
+        frame.pts = pts
+        buffer.put(frame)
+    assert len(buffer) == 5 and buffer.dropped == 95
+    assert buffer.get(0.1).pts == 95
+
+
+def test_the_resampler_accepts_a_format_change_mid_stream():
+    resample = MonoResampler()
+    for rate, layout in ((48000, "stereo"), (8000, "mono"), (48000, "stereo")):
+        channels = 2 if layout == "stereo" else 1
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, rate // 50 * channels), np.int16), format="s16", layout=layout)
+        frame.sample_rate = rate
+        resample(frame)
+        assert resample.source == ("s16", layout, rate)
+
+
+def test_whisper_loads_a_model_folder_and_says_what_to_do_with_a_bad_one(tmp_path):
+    model = WhisperASR(default_whisper_model())
+    sentence = "The train leaves the station at seven o'clock."
+    assert word_error_rate(sentence, model.transcribe(speak(sentence))) <= 0.25
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ASRError, match="--asr-model"):
+        WhisperASR(str(tmp_path / "empty"))
+    assert "no such folder" in ListenSettings(asr_model=str(tmp_path / "missing")).problem()
+
+
+class SlowBackend:
+    name = "slow"
+
+    def __init__(self, gate: threading.Event):
+        self.gate = gate
+
+    def transcribe(self, audio):
+        self.gate.wait(5)
+        return f"{audio.size} samples"
+
+    def close(self):
+        pass
+
+
+def test_the_worker_queue_is_bounded_and_answers_in_order():
+    gate = threading.Event()
+    worker = ASRWorker(lambda: SlowBackend(gate), queue_size=2)
+    texts: list[str] = []
+    try:
+        worker.submit(np.zeros(1, np.float32), texts.append, texts.append)
+        deadline = time.monotonic() + 5
+        while worker.pending and time.monotonic() < deadline:  # the worker holds the first one
+            time.sleep(0.01)
+        worker.submit(np.zeros(2, np.float32), texts.append, texts.append)
+        worker.submit(np.zeros(3, np.float32), texts.append, texts.append)
+        with pytest.raises(ASRBusy, match="busy"):
+            worker.submit(np.zeros(4, np.float32), texts.append, texts.append)
+        gate.set()
+        while len(texts) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert texts == ["1 samples", "2 samples", "3 samples"]
+        assert worker.stats.refused == 1
+    finally:
+        gate.set()
+        worker.close()
+
+
+async def test_openai_backend_posts_wav_to_a_compatible_endpoint():
+    received: list[dict] = []
+
+    async def transcriptions(request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form["file"]
+        received.append({"model": form["model"], "name": upload.filename, "riff": upload.file.read(4)})
+        return web.json_response({"text": " hello from the fake server "})
+
+    app = web.Application()
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        import asyncio
+
+        backend = OpenAIASR(f"http://127.0.0.1:{port}/v1", "whisper-large-v3")
+        text = await asyncio.get_running_loop().run_in_executor(None, backend.transcribe, np.zeros(16000, np.float32))
+        backend.close()
+        assert text == "hello from the fake server"
+        assert received == [{"model": "whisper-large-v3", "name": "utterance.wav", "riff": b"RIFF"}]
+        down = OpenAIASR(f"http://127.0.0.1:{port}/nothing-here", "m")
+        with pytest.raises(ASRError, match="404"):
+            await asyncio.get_running_loop().run_in_executor(None, down.transcribe, np.zeros(1600, np.float32))
+        down.close()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,104 @@
+// Talking to the avatar: the microphone (Talk), the camera, the listen mode,
+// the conversation as chat bubbles and the live VAD state.
+// avatar-client.js offers its audio and video transceivers as sendrecv when this file
+// is loaded; the mic and camera tracks are attached later with replaceTrack,
+// so toggling them needs no renegotiation.
+"use strict";
+
+const listenPage = (() => {
+  const el = (id) => document.getElementById(id);
+  const MIC_CONSTRAINTS = { audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } };
+  const CAMERA_CONSTRAINTS = { video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { max: 10 } } };
+  const state = { pc: null, mic: null, camera: null, avatarBubble: null };
+
+  function setVad(text, cls) {
+    el("vad").textContent = text;
+    el("vad").className = "pill " + (cls || "");
+  }
+
+  function bubble(who, text) {
+    const item = document.createElement("li");
+    item.className = `bubble ${who}`;
+    item.textContent = text;
+    el("bubbles").append(item);
+    el("bubbles").scrollTop = el("bubbles").scrollHeight;
+    return item;
+  }
+
+  function sender(kind) {
+    const t = state.pc && state.pc.getTransceivers().find((x) => x.receiver.track.kind === kind);
+    return t ? t.sender : null;
+  }
+
+  async function toggle(kind) {
+    const key = kind === "audio" ? "mic" : "camera";
+    const button = el(kind === "audio" ? "mic" : "camera");
+    const target = sender(kind);
+    if (!target) return;
+    if (state[key]) {
+      await target.replaceTrack(null);
+      state[key].stop();
+      state[key] = null;
+      button.classList.remove("on");
+      if (kind === "audio") setVad("mic off");
+      return;
+    }
+    try {
+      const media = await navigator.mediaDevices.getUserMedia(kind === "audio" ? MIC_CONSTRAINTS : CAMERA_CONSTRAINTS);
+      state[key] = media.getTracks()[0];
+      await target.replaceTrack(state[key]);
+      button.classList.add("on");
+      if (kind === "audio") setVad("listening", "ok");
+    } catch (err) {
+      log(`${key} unavailable: ${err.message}`, "error");
+    }
+  }
+
+  async function switchMode() {
+    const mode = el("listen-mode").value;
+    if (!mode || !client.sessionid) return;
+    try {
+      await postJSON("/listen", { sessionid: client.sessionid, listen: mode });
+    } catch (err) {
+      log(`listen mode: ${err.message}`, "error");
+    }
+  }
+
+  function onEvent(event) {
+    if (event.type === "user_start") {
+      setVad("you speak", "talk");
+      state.avatarBubble = null;
+    } else if (event.type === "user_end") {
+      setVad("thinking");
+    } else if (event.type === "transcript" && event.final) {
+      bubble("user", event.text);
+      setVad(state.mic ? "listening" : "mic off", state.mic ? "ok" : "");
+    } else if (event.type === "start" && event.text) {
+      if (state.avatarBubble) state.avatarBubble.textContent += " " + event.text;
+      else state.avatarBubble = bubble("avatar", event.text);
+    } else if (event.type === "error" && event.source === "asr") {
+      setVad("asr error", "bad");
+    }
+  }
+
+  function connected(pc) {
+    state.pc = pc;
+    for (const id of ["mic", "camera"]) el(id).disabled = false;
+  }
+
+  function disconnected() {
+    for (const key of ["mic", "camera"]) {
+      if (state[key]) state[key].stop();
+      state[key] = null;
+      el(key).classList.remove("on");
+      el(key).disabled = true;
+    }
+    state.pc = null;
+    setVad("mic off");
+  }
+
+  el("mic").addEventListener("click", () => toggle("audio"));
+  el("camera").addEventListener("click", () => toggle("video"));
+  el("listen-mode").addEventListener("change", switchMode);
+  return { onEvent, connected, disconnected, mode: () => el("listen-mode").value || undefined };
+})();
