@@ -79,6 +79,7 @@ class LiteReal(BaseReal):
             logger.warning("%s is missing: audio without phoneme labels is shaped by band-energy rules; "
                            "run `python training/train_visemes.py` to rebuild it", MODEL_PATH)
         self.shaper = MouthShaper(audio_estimator(network), config.fps)
+        avatar_mouths(avatar)  # read here (off the event loop), not on the first spoken frame
         self._retrieval: tuple[Avatar | None, MouthRetriever | None] = (None, None)  # compose thread only
 
     def render_frames(self, work: list[FrameWork]) -> list[MouthShape | None]:
@@ -97,6 +98,7 @@ class LiteReal(BaseReal):
 
     def prepare_avatar(self, avatar: Avatar) -> None:
         avatar_rigs(avatar)
+        avatar_mouths(avatar)
 
     def can_lipsync(self, avatar: Avatar) -> bool:
         return avatar_rigs(avatar) is not None
