@@ -25,11 +25,11 @@ SPEECH_RANGE_DB = 26.0  # loudness below (speech level - this) keeps the mouth c
 INITIAL_LEVEL_DB = -18.0
 LEVEL_RISE, LEVEL_FALL = 0.15, 0.02  # adaptive speech level: quick up, slow down
 SILENCE_DB = -70.0
-ANTICIPATION = 0.6  # share of the next frame's visemes in this frame's target
+ANTICIPATION = 0.6  # share of the next frame's visemes in this frame's target (the springs lag ~a frame)
+AHEAD_LOUDNESS = 0.6  # the next frame's loudness counts this much towards this frame's opening
 PRESS_ANTICIPATION = 0.15  # lips close on time, not a frame early (that would swallow short vowels)
 OPEN_FLOOR, OPEN_GAIN = 0.05, 1.0  # opening = viseme opening * (floor + gain * loudness)
 LOUDNESS_GAIN = 1.3  # amplitude relative to the speech level -> opening (the jaw follows amplitude)
-LOUDNESS_CURVE = 1.0
 CLOSURE_GAIN = 1.8  # a closure filling a little over half the frame presses the lips fully
 LABIODENTAL_PRESS = 0.7
 PAUSE_PRESS = 0.5  # in pauses and quiet moments inside speech the lips come lightly together
@@ -140,7 +140,7 @@ class MouthShaper:
         later = self._weights(ahead, estimate)[0] if ahead else np.eye(VISEME_COUNT)[Viseme.REST]
         weights = (1 - ANTICIPATION) * now + ANTICIPATION * later
         goal = weights @ SHAPE_TABLE
-        loud = max(loud_now, 0.6 * loud_ahead) ** LOUDNESS_CURVE
+        loud = max(loud_now, AHEAD_LOUDNESS * loud_ahead)
         opening = min(OPEN_FLOOR + OPEN_GAIN * loud, 1.1) if loud > 0 or weights[Viseme.REST] < 1 else 0.0
         goal[:2] *= opening
         closing = (1 - PRESS_ANTICIPATION) * now + PRESS_ANTICIPATION * later

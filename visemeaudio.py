@@ -32,6 +32,7 @@ MEAN_RATE = 0.02  # running cepstral mean: about a second of speech
 LEVEL_RISE, LEVEL_FALL = 0.2, 0.01
 SILENT_LOG_ENERGY = -9.0
 FFT_SIZE = 1024
+SHARPEN = 2.0  # the network hedges between neighbours; a mouth shows the likeliest shape more clearly
 BANDS_HZ = {"low": (80, 350), "f1": (350, 900), "f2lo": (900, 1600), "f2hi": (1600, 3200), "hf": (3500, 7500)}
 
 
@@ -125,7 +126,8 @@ class AudioVisemes:
         self.stream = CepstralStream()
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
-        return self.network(self.stream.features(samples))
+        odds = self.network(self.stream.features(samples)) ** SHARPEN
+        return odds / odds.sum()
 
 
 class SpectralVisemes:
