@@ -154,3 +154,29 @@ async def test_openai_backend_posts_wav_to_a_compatible_endpoint():
         down.close()
     finally:
         await runner.cleanup()
+
+
+def test_flags_that_cannot_work_are_refused_with_the_flag_named():
+    import app as server_app
+    from listen.settings import ListenConfigError
+    from listen.service import register
+
+    args = server_app.build_parser().parse_args(["--asr", "openai"])
+    assert "--asr-base-url" in ListenSettings.from_args(args).problem()
+    assert "--vad-threshold" in ListenSettings(vad_threshold=1.5).problem()
+    assert "--vad-end-silence-ms" in ListenSettings(end_silence_ms=10).problem()
+    with pytest.raises(ListenConfigError, match="--asr-base-url"):
+        register(web.Application(), ListenSettings.from_args(args), lambda: None, lambda body: None)
+    defaults = ListenSettings.from_args(server_app.build_parser().parse_args([]))
+    assert defaults.problem() is None and defaults.end_silence_ms <= 500 and defaults.barge_in
+
+
+async def test_default_mode_is_chat_only_when_an_llm_is_configured():
+    from httpapi import BadRequest
+    from listen.service import ListenService
+
+    assert ListenService(ListenSettings(), lambda: "chat is not configured").default_mode == "echo"
+    assert ListenService(ListenSettings(), lambda: None).default_mode == "chat"
+    assert ListenService(ListenSettings(default_mode="off"), lambda: None).mode_from({}) == "off"
+    with pytest.raises(BadRequest):
+        ListenService(ListenSettings(), lambda: None).mode_from({"listen": ["chat"]})
