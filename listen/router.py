@@ -5,12 +5,16 @@ uplink reader and the listener thread for audio (and `LatestFrame` for video),
 and routes what the listener finds: `user_start` (and barge-in), `user_end`,
 the utterance to the process's ASR worker, then the `transcript` event and the
 reply of the current mode (echo: speak it; chat: the LLM answers it).
+The transcription starts speculatively at the turn's first short pause; when
+that pause becomes the end of the turn its result is used (and published only
+after `user_end`), when the user speaks on it is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiortc.mediastreams import MediaStreamTrack
@@ -32,6 +36,17 @@ logger = logging.getLogger(__name__)
 TURN_MODES = ("chat", "echo")  # the modes that detect turns and answer them
 
 
+@dataclass
+class Speculation:
+    """A transcription started at a pause, used if that pause turns out to end the turn."""
+
+    mode: str
+    done: bool = False
+    wanted: bool = False
+    text: str | None = None
+    error: str | None = None
+
+
 class SessionListening:
     """Everything one session does with the user's media; `close()` releases it."""
 
@@ -44,6 +59,9 @@ class SessionListening:
         self.listener: Listener | None = None
         self.camera: LatestFrame | None = None
         self._starting: asyncio.Task | None = None
+        self._speculation: Speculation | None = None
+        self.speculations_used = 0  # turns whose transcript was started at their first pause
+        self.speculations_wasted = 0  # transcriptions of pauses the user spoke on after
         self.closed = False
         session.pc.on("track", self._on_track)
         for transceiver in session.pc.getTransceivers():  # tracks the offer announced before we attached
@@ -94,12 +112,59 @@ class SessionListening:
             if self.service.settings.barge_in:
                 self.session.interrupt()
             return
+        if event.kind == "pause":
+            self._speculate(event, mode)
+            return
+        if event.kind == "resume":
+            self._drop_speculation()
+            return
+        speculation, self._speculation = self._speculation, None
         if event.kind == "end":
             events.publish({"type": "user_end"})
+            if speculation is not None:  # the pause was the end: its transcription is this turn's
+                self.speculations_used += 1
+                speculation.wanted = True
+                if speculation.done:
+                    self._finish(speculation)
+                return
+        elif speculation is not None:
+            self.speculations_wasted += 1
         try:
             self.service.asr_worker().submit(event.audio, self._text_threadsafe(mode), self._error_threadsafe)
         except ASRBusy as exc:
             events.publish({"type": "error", "source": "asr", "msg": str(exc)})
+
+    # ---- speculative transcription (loop) ---------------------------------
+    def _speculate(self, event: TurnEvent, mode: str) -> None:
+        """Start transcribing at the first short silence; the end of the turn, if it comes, reuses it."""
+        self._drop_speculation()
+        speculation = Speculation(mode)
+
+        def done(text: str | None = None, error: str | None = None) -> None:
+            if not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._speculated, speculation, text, error)
+
+        try:
+            self.service.asr_worker().submit(event.audio, lambda text: done(text=text), lambda msg: done(error=msg))
+        except ASRBusy:
+            return  # the end of the turn will ask again (and report if still busy)
+        self._speculation = speculation
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self.speculations_wasted += 1
+            self._speculation = None
+
+    def _speculated(self, speculation: "Speculation", text: str | None, error: str | None) -> None:
+        speculation.done, speculation.text, speculation.error = True, text, error
+        if speculation.wanted:
+            self._finish(speculation)
+
+    def _finish(self, speculation: "Speculation") -> None:
+        if speculation.error is not None:
+            self._on_error(speculation.error)
+        else:
+            self._on_text(speculation.text or "", speculation.mode)
 
     def _text_threadsafe(self, mode: str):
         def deliver(text: str) -> None:

@@ -67,6 +67,8 @@ async def test_echo_transcribes_speech_and_speaks_it_back(listen_server, http):
         assert sequence == ["user_start", "user_end", "transcript", "start", "end"] * len(SENTENCES), sequence
         spoken = [e["text"] for e in channel_events(client) if e["type"] == "start"]
         assert spoken == transcripts
+        listening = listen_server.app[LISTEN_KEY].sessions[client.sessionid]
+        assert listening.speculations_used == len(SENTENCES)  # each transcript was started at the pause
     finally:
         await client.close()
 

@@ -29,8 +29,21 @@ def test_a_turn_needs_the_minimum_speech_and_ends_after_the_silence():
     assert feed(detector, [0.9] * 3 + [0.1] * 20) == []  # 96 ms: a cough
     events = feed(detector, [0.9] * 7)
     assert events == ["start"]
-    assert feed(detector, [0.1] * 12) == []  # 384 ms of silence: still the user's turn
+    assert feed(detector, [0.1] * 12) == ["pause"]  # 384 ms of silence: still the user's turn
     assert feed(detector, [0.1]) == ["end"]
+
+
+def test_a_pause_offers_the_same_audio_the_end_will_carry():
+    detector = TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=30)
+    loud = [np.full(WINDOW_SAMPLES, i, np.float32) for i in range(1, 11)]
+    events = [e for i, w in enumerate(loud) for e in detector.push(w, 0.9)]
+    quiet = [e for _ in range(5) for e in detector.push(WINDOW, 0.1)]
+    assert [e.kind for e in events] == ["start"] and [e.kind for e in quiet] == ["pause"]
+    assert [e.kind for e in detector.push(loud[0], 0.9)] == ["resume"]  # the user spoke on
+    rest = [e for _ in range(13) for e in detector.push(WINDOW, 0.1)]
+    assert [e.kind for e in rest] == ["pause", "end"]
+    np.testing.assert_array_equal(rest[0].audio, rest[1].audio)
+    assert rest[1].audio.size == (10 + 5 + 1 + 1) * WINDOW_SAMPLES  # speech, the bridged pause, one silent window
 
 
 def test_a_monologue_is_cut_into_bounded_pieces():
@@ -53,8 +66,9 @@ def test_silero_finds_one_turn_in_speech_between_silences():
     for i in range(len(audio) // WINDOW_SAMPLES):
         window = audio[i * WINDOW_SAMPLES:(i + 1) * WINDOW_SAMPLES]
         events += detector.push(window, vad(window))
-    assert [e.kind for e in events] == ["start", "end"]
-    assert 1.5 < events[1].audio.size / 16000 < 3.5
+    turn = [e for e in events if e.kind in ("start", "end")]
+    assert [e.kind for e in turn] == ["start", "end"]
+    assert 1.5 < turn[1].audio.size / 16000 < 3.5
 
 
 def test_a_flood_of_frames_keeps_only_the_newest():
