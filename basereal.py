@@ -10,6 +10,10 @@ Idle frames are made just in time: while nothing is spoken the render thread
 waits until the wire has almost caught up, and when speech arrives any idle
 bundles still queued are dropped so speech is never stuck behind them.
 An interrupt bumps the epoch; every stage drops work of an older epoch.
+
+Each frame also gets a `Layer` from the session's `Scene` (custom action clips,
+the idle clip, crossfades, an avatar switch); frames are always sent at the
+session's first size (`output_size`), whatever avatar or clip they come from.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from avatar import Avatar
 from media import CHUNK_SAMPLES, AudioChunk, AVBundle, chunks_per_frame, float_to_s16
+from scene import Layer, Scene, fit_frame
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ class FrameWork:
     index: int  # avatar frame index (ping-pong over the avatar's frames)
     chunks: list[AudioChunk]
     epoch: int
+    avatar: Avatar | None = None  # the avatar `index` refers to (None: the engine's)
+    layer: Layer | None = None  # laid over the composed frame (clips, crossfades)
 
     @property
     def speech(self) -> bool:
@@ -89,6 +96,9 @@ class BaseReal:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._step = 0
+        self.output_size = avatar.size  # every frame is sent at the session's first size
+        self.scene = Scene(self.output_size, self.chunks_per_frame)
+        self._next_avatar: Avatar | None = None
 
     # ---- public API -------------------------------------------------------
     @property
@@ -126,9 +136,25 @@ class BaseReal:
         with self._epoch_lock:
             self._epoch += 1
             epoch = self._epoch
+        self.scene.stop()
         for q in (self.audio_in, self.rendered, self.output):
             _drain(q)
         return epoch
+
+    def prepare_avatar(self, avatar: Avatar) -> None:
+        """Build what this engine needs for `avatar` (blocking; raises AvatarError if unusable)."""
+
+    def can_lipsync(self, avatar: Avatar) -> bool:
+        """Whether speech can be rendered on `avatar`'s frames (blocking: prepares it)."""
+        return False
+
+    def switch_avatar(self, avatar: Avatar) -> None:
+        """Show `avatar` from the next frame on, crossfaded (call prepare_avatar first)."""
+        self._next_avatar = avatar
+
+    def use_avatar(self, avatar: Avatar) -> None:
+        """Render-thread hook: `avatar` becomes the one speech is rendered on."""
+        self.avatar = avatar
 
     def put_audio(self, chunk: AudioChunk) -> bool:
         """Queue one chunk, blocking while the input is full (back-pressure on TTS).
@@ -151,7 +177,7 @@ class BaseReal:
                         events=((),) * self.chunks_per_frame)
 
     def idle_video_frame(self, index: int) -> av.VideoFrame:
-        return to_video_frame(self.avatar.frames[index])
+        return to_video_frame(fit_frame(self.avatar.frames[index], self.output_size))
 
     # ---- engine hooks -----------------------------------------------------
     def frames_per_step(self, speech_pending: bool) -> int:
@@ -203,20 +229,36 @@ class BaseReal:
         except queue.Empty:
             return None
 
+    def _take_switch(self) -> None:
+        avatar, self._next_avatar = self._next_avatar, None
+        if avatar is None or avatar is self.avatar:
+            return
+        held = fit_frame(self.avatar.frames[ping_pong_index(self._step, self.avatar.frame_count)], self.output_size)
+        self.use_avatar(avatar)
+        self.scene.switch_avatar(held)
+
     def _next_work(self, frames: int) -> list[FrameWork]:
         epoch = self._epoch
+        self._take_switch()
         work: list[FrameWork] = []
         for _ in range(frames):
+            clip = self.scene.clip_frame(self._speech_pending())
             chunks: list[AudioChunk] = []
-            for _ in range(self.chunks_per_frame):
+            if clip is not None:  # an action clip's own audio goes out with its frames (lip-synced or not)
+                chunks = [AudioChunk(samples, speech=clip.lipsync, epoch=epoch) for samples in clip.audio]
+            for _ in range(self.chunks_per_frame - len(chunks)):
                 mid_speech = bool(chunks) and chunks[-1].speech
                 chunk = self._take_chunk(SPEECH_GAP_WAIT_S if mid_speech else 0.0)
                 if chunk is None or chunk.epoch != epoch:
                     chunk = AudioChunk.silence(epoch)
                 chunks.append(chunk)
-            index = ping_pong_index(self._step, self.avatar.frame_count)
+            avatar, index = self.avatar, ping_pong_index(self._step, self.avatar.frame_count)
             self._step += 1
-            work.append(FrameWork(index=index, chunks=chunks, epoch=epoch))
+            layer = self.scene.layer(any(chunk.speech for chunk in chunks),
+                                     lambda a=avatar, i=index: fit_frame(a.frames[i], self.output_size))
+            if clip is not None and clip.lipsync:
+                avatar, index = clip.avatar, clip.index
+            work.append(FrameWork(index=index, chunks=chunks, epoch=epoch, avatar=avatar, layer=layer))
         return work
 
     def _render_loop(self) -> None:
@@ -253,10 +295,7 @@ class BaseReal:
                 continue
             if work.epoch != self._epoch:
                 continue
-            if result is None and not work.speech:
-                video = self.idle_video_frame(work.index)
-            else:
-                video = to_video_frame(self.compose(work, result))
+            video = to_video_frame(self._frame_image(work, result))
             audio = np.stack([float_to_s16(chunk.samples) for chunk in work.chunks])
             events = tuple(tuple(chunk.events) for chunk in work.chunks)
             bundle = AVBundle(video=video, audio=audio, epoch=work.epoch, speech=work.speech, events=events)
@@ -264,6 +303,18 @@ class BaseReal:
                 continue
             if not _put_until(self.output, bundle, self._stopping):
                 return
+
+    def _frame_image(self, work: FrameWork, result: Any) -> np.ndarray:
+        """The frame as sent: composed avatar (at the session's size) under the scene's layer."""
+        layer = work.layer
+        if layer is not None and layer.opaque:
+            return layer.image  # a clip frame covers the avatar: nothing to compose
+        if result is None and not work.speech:
+            image = (work.avatar or self.avatar).frames[work.index]
+        else:
+            image = self.compose(work, result)
+        image = fit_frame(image, self.output_size)
+        return layer.over(image) if layer is not None else image
 
 
 def _is_speech(item: Any) -> bool:

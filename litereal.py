@@ -60,10 +60,11 @@ class LiteReal(BaseReal):
         self.shaper = MouthShaper()
 
     def render_frames(self, work: list[FrameWork]) -> list[MouthShape | None]:
-        if self.rigs is None:
-            return [None] * len(work)
         results: list[MouthShape | None] = []
         for index, item in enumerate(work):
+            if avatar_rigs(item.avatar or self.avatar) is None:
+                results.append(None)
+                continue
             current = np.concatenate([chunk.samples for chunk in item.chunks])
             if index + 1 < len(work):
                 ahead = work[index + 1].chunks[:LOOKAHEAD_CHUNKS]
@@ -74,10 +75,22 @@ class LiteReal(BaseReal):
             results.append(None if shape.closed else shape)
         return results
 
+    def prepare_avatar(self, avatar: Avatar) -> None:
+        avatar_rigs(avatar)
+
+    def can_lipsync(self, avatar: Avatar) -> bool:
+        return avatar_rigs(avatar) is not None
+
+    def use_avatar(self, avatar: Avatar) -> None:
+        super().use_avatar(avatar)
+        self.rigs = avatar_rigs(avatar)
+
     def compose(self, work: FrameWork, result: MouthShape | None) -> np.ndarray:
-        if result is None or self.rigs is None:
-            return self.avatar.frames[work.index]
-        return self.rigs[work.index].render(result)
+        avatar = work.avatar or self.avatar
+        rigs = avatar_rigs(avatar) if result is not None else None
+        if rigs is None:
+            return avatar.frames[work.index]
+        return rigs[work.index].render(result)
 
     def interrupt(self) -> int:
         epoch = super().interrupt()

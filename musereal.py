@@ -40,12 +40,18 @@ class MuseAvatarAssets:
 
     @staticmethod
     def build(avatar: Avatar) -> "MuseAvatarAssets":
-        if not avatar.has_face_data or avatar.face_boxes is None:
+        if avatar.metadata.get("format") == "livetalking-wav2lip":
+            raise AvatarError(
+                f"avatar {avatar.avatar_id} is a LiveTalking wav2lip folder (no MuseTalk masks or latents): convert "
+                f"it with `python genavatar.py --model musetalk --video {avatar.folder / 'full_imgs'} "
+                f"--avatar_id {avatar.avatar_id}_musetalk`, or serve it with --model lite"
+            )
+        if avatar.face_boxes is None or avatar.crop_boxes is None or avatar.masks is None:
             raise AvatarError(
                 f"avatar {avatar.avatar_id} has no face data (landmarks, boxes, masks): rebuild it with "
                 f"`python genavatar.py --model musetalk --avatar_id {avatar.avatar_id} ...`"
             )
-        latents = load_latents(avatar.folder, avatar.frame_count)
+        latents = load_latents(avatar.folder, avatar.frame_count, avatar.metadata.get("faceless_frames", ()))
         plans = tuple(BlendPlan.build(frame.shape, face, crop, mask) for frame, face, crop, mask
                       in zip(avatar.frames, avatar.face_boxes, avatar.crop_boxes, avatar.masks))
         return MuseAvatarAssets(latents=latents, plans=plans)
@@ -92,6 +98,7 @@ class MuseReal(BaseReal):
         # A batch must be computed while the previous one plays: keep a batch of frames ahead of the wire.
         config = replace(config, lookahead_frames=max(config.lookahead_frames, config.batch_size))
         super().__init__(avatar, config, session_id)
+        self.runtime = runtime
         self.assets = runtime.assets_for(avatar)
         self.worker = runtime.worker
         self.settings = runtime.settings
@@ -128,7 +135,8 @@ class MuseReal(BaseReal):
             owner=self.session_id,
             window=window,
             asr=self.asr,
-            latents=self.assets.latents[[item.index for item in work]],
+            latents=torch.stack([self.runtime.assets_for(item.avatar or self.avatar).latents[item.index]
+                                 for item in work]),
             is_current=lambda: self.epoch == epoch and not self.stopped,
         )
         try:
@@ -140,8 +148,24 @@ class MuseReal(BaseReal):
             return [None] * len(work)
         return [face if item.speech else None for item, face in zip(work, faces)]
 
+    def prepare_avatar(self, avatar: Avatar) -> None:
+        self.runtime.assets_for(avatar)
+
+    def can_lipsync(self, avatar: Avatar) -> bool:
+        try:
+            self.runtime.assets_for(avatar)
+        except AvatarError as exc:
+            logger.info("musetalk cannot lip-sync %s: %s", avatar.avatar_id, exc)
+            return False
+        return True
+
+    def use_avatar(self, avatar: Avatar) -> None:
+        super().use_avatar(avatar)
+        self.assets = self.runtime.assets_for(avatar)
+
     def compose(self, work: FrameWork, result: np.ndarray | None) -> np.ndarray:
-        frame = self.avatar.frames[work.index]
+        avatar = work.avatar or self.avatar
+        frame = avatar.frames[work.index]
         if result is None:
             return frame
-        return paste_back(frame, result, self.assets.plans[work.index])
+        return paste_back(frame, result, self.runtime.assets_for(avatar).plans[work.index])

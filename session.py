@@ -126,6 +126,7 @@ class Session:
         self._close_lock = asyncio.Lock()
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.close_reason = ""
+        self.closers: list[Callable[[], None]] = []  # blocking clean-ups of features (run off the loop on close)
 
     @property
     def speaking(self) -> bool:
@@ -214,6 +215,8 @@ class Session:
             await self.pc.close()
 
     def _stop_threads(self) -> None:
+        for closer in self.closers:
+            closer()
         self.tts.stop()
         self.engine.stop()  # the TTS backend is shared by the process (TTSFactory closes it)
 
@@ -230,6 +233,7 @@ class SessionRegistry:
         self.max_sessions = max_sessions
         self._sessions: dict[str, Session] = {}
         self._reserved: dict[str, int] = {}  # client address -> sessions being built
+        self.new_id: Callable[[], str] = lambda: str(uuid.uuid4())
 
     def pending(self, client: str) -> int:
         """Sessions of this client being built or not yet connected."""
@@ -248,7 +252,7 @@ class SessionRegistry:
                 status=429,
             )
         self._reserved[client] = self._reserved.get(client, 0) + 1
-        return str(uuid.uuid4())
+        return self.new_id()
 
     def release_reservation(self, client: str = "unknown") -> None:
         left = self._reserved.get(client, 0) - 1

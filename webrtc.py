@@ -88,6 +88,7 @@ class MediaSchedule:
         self._last_video: av.VideoFrame | None = None
         self._last_late_log = 0.0
         self._late_since_log = 0
+        self.tap: Callable[[int, AVBundle], None] | None = None  # sees each bundle once both tracks are done
 
     def _fetch_one(self) -> AVBundle:
         epoch = self._current_epoch()
@@ -122,13 +123,18 @@ class MediaSchedule:
             self._next_fetch += 1
             self.stats.ticks += 1
         for old in [t for t in self._bundles if t < self._next_fetch - CACHE_TICKS]:
-            del self._bundles[old]
+            self._forget(old)
         return self._bundles[tick]
 
     def release_before(self, tick: int) -> None:
         """Forget bundles both tracks are done with."""
         for old in [t for t in self._bundles if t < tick]:
-            del self._bundles[old]
+            self._forget(old)
+
+    def _forget(self, tick: int) -> None:
+        bundle = self._bundles.pop(tick)
+        if self.tap is not None:
+            self.tap(tick, bundle)
 
     def drop_pending(self) -> None:
         """Interrupt: forget fetched bundles of older epochs not yet sent."""

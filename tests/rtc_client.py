@@ -30,6 +30,7 @@ class ReceiverClient:
     video: list[Received] = field(default_factory=list)
     audio: list[Received] = field(default_factory=list)
     sessionid: str | None = None
+    offer_fields: dict = field(default_factory=dict)  # more /offer fields (e.g. custom_config)
     channel_messages: list[str] = field(default_factory=list)
     channel: RTCDataChannel | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -63,6 +64,7 @@ class ReceiverClient:
             body["avatar"] = self.avatar
         if listen:
             body["listen"] = listen
+        body.update(self.offer_fields)
         async with http.post(f"{self.base_url}/offer", json=body) as response:
             answer = await response.json()
             assert response.status == 200, answer
@@ -92,6 +94,14 @@ class ReceiverClient:
                     f"got {len(self.video)}/{video_frames} video and {len(self.audio)}/{audio_frames} audio frames"
                 )
             await asyncio.sleep(0.05)
+
+    def stop_reports(self) -> None:
+        """Stop sending RTCP receiver reports (a peer gone silent that still answers ICE checks)."""
+        async def drop(_packet) -> None:
+            return None
+
+        for transceiver in self.pc.getTransceivers():
+            transceiver.receiver._send_rtcp = drop
 
     async def close(self) -> None:
         await self.pc.close()

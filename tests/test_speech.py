@@ -216,6 +216,6 @@ async def test_event_streams_per_session_are_limited(server, http, client):
     finally:
         for response in streams:
             response.close()
-    await asyncio.sleep(1.2)  # an idle stream notices its listener left within SSE_POLL_S
+    await asyncio.sleep(1.2)  # an idle stream notices its listener left within sse.POLL_S
     async with http.get(f"{server.url}/events", params={"sessionid": client.sessionid}) as again:
         assert again.status == 200  # closed streams free their slots

@@ -1,0 +1,46 @@
+"""POST /set_avatar: another prepared avatar mid-session, crossfaded, on the same WebRTC tracks.
+
+The new avatar is loaded (shared cache) and prepared for the session's engine
+in an executor; the render thread switches at its next frame and the scene
+fades from the old avatar's frame. Frames keep the session's first size (the
+new avatar is scaled into it, letterboxed), so nothing is renegotiated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from aiohttp import web
+
+from avatar import AvatarError, AvatarStore, check_avatar_id
+from httpapi import BadRequest, ok, read_json
+from session import Session
+
+
+def register_routes(app: web.Application, avatars: AvatarStore, session_from: Callable[[dict], Session]) -> None:
+    async def set_avatar(request: web.Request) -> web.Response:
+        body = await read_json(request)
+        session = session_from(body)
+        avatar_id = body.get("avatar")
+        try:
+            check_avatar_id(avatar_id)
+        except AvatarError as exc:
+            raise BadRequest(f"'avatar': {exc}") from None
+        if not avatars.exists(avatar_id):
+            known = ", ".join(avatars.available()) or "none"
+            raise BadRequest(f"unknown avatar {avatar_id!r} (available: {known})", status=404)
+        engine = session.engine
+        loop = asyncio.get_running_loop()
+        try:
+            avatar = await loop.run_in_executor(None, avatars.get, avatar_id)
+            await loop.run_in_executor(None, engine.prepare_avatar, avatar)
+        except AvatarError as exc:
+            raise BadRequest(str(exc), status=422) from None
+        if session.closed:
+            raise BadRequest("the session closed while the avatar was loading", status=404)
+        engine.switch_avatar(avatar)
+        width, height = engine.output_size
+        return ok(data={"avatar": avatar_id, "size": list(avatar.size), "sent_size": [width, height]})
+
+    app.router.add_post("/set_avatar", set_avatar)
