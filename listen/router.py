@@ -60,6 +60,7 @@ class SessionListening:
         self.camera: LatestFrame | None = None
         self._starting: asyncio.Task | None = None
         self._speculation: Speculation | None = None
+        self._vision: set[asyncio.Task] = set()  # camera frames being encoded for a chat turn
         self.speculations_used = 0  # turns whose transcript was started at their first pause
         self.speculations_wasted = 0  # transcriptions of pauses the user spoke on after
         self.closed = False
@@ -199,21 +200,28 @@ class SessionListening:
             session.events.publish({"type": "error", "source": "llm", "kind": "not_configured", "msg": problem})
             return
         if self.service.settings.llm_vision and self.camera is not None and self.camera.frame is not None:
-            asyncio.create_task(self._chat_with_image(text), name=f"vision-{session.id[:8]}")
+            task = asyncio.create_task(self._chat_with_image(text), name=f"vision-{session.id[:8]}")
+            self._vision.add(task)
+            task.add_done_callback(self._vision.discard)
         else:
             session.chat(text, session.tts_backend)
 
     async def _chat_with_image(self, text: str) -> None:
-        frame = self.camera.frame
-        image = await self._loop.run_in_executor(None, jpeg_data_url, frame)
+        """The chat turn with the latest camera frame (JPEG encoding off the loop); without it if that fails."""
+        image: str | None = None
+        try:
+            image = await self._loop.run_in_executor(None, jpeg_data_url, self.camera.frame)
+        except ValueError as exc:
+            logger.warning("session %s: camera frame not sent: %s", self.session.id[:8], exc)
         if not self.closed:
             self.session.chat(text, self.session.tts_backend, image=image)
 
     async def close(self) -> None:
         self.closed = True
-        if self._starting is not None:
-            self._starting.cancel()
-            await asyncio.gather(self._starting, return_exceptions=True)
+        pending = [task for task in (self._starting, *self._vision) if task is not None]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         for part in (self.reader, self.camera):
             if part is not None:
                 await part.close()
