@@ -5,9 +5,10 @@ uplink reader and the listener thread for audio (and `LatestFrame` for video),
 and routes what the listener finds: `user_start` (and barge-in), `user_end`,
 the utterance to the process's ASR worker, then the `transcript` event and the
 reply of the current mode (echo: speak it; chat: the LLM answers it).
-The transcription starts speculatively at the turn's first short pause; when
-that pause becomes the end of the turn its result is used (and published only
-after `user_end`), when the user speaks on it is dropped.
+The transcription starts speculatively at each short pause of a turn; when that
+pause becomes the end of the turn its result is the final transcript (published
+only after `user_end`); when the user speaks on, it is published as a partial
+transcript (`final: false`) of the turn so far.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class Speculation:
     """A transcription started at a pause, used if that pause turns out to end the turn."""
 
     mode: str
+    turn: int
     done: bool = False
-    wanted: bool = False
+    wanted: bool = False  # the pause ended the turn: this is the final transcript
+    superseded: bool = False  # the user spoke on: this is a partial transcript of the turn so far
     text: str | None = None
     error: str | None = None
 
@@ -61,8 +64,10 @@ class SessionListening:
         self._starting: asyncio.Task | None = None
         self._speculation: Speculation | None = None
         self._vision: set[asyncio.Task] = set()  # camera frames being encoded for a chat turn
-        self.speculations_used = 0  # turns whose transcript was started at their first pause
-        self.speculations_wasted = 0  # transcriptions of pauses the user spoke on after
+        self._turn = 0  # the user's turns so far; a partial transcript belongs to the current one
+        self._turn_open = False
+        self.speculations_used = 0  # turns whose final transcript was started at their last pause
+        self.speculations_wasted = 0  # pauses the user spoke on after (their text went out as partials)
         self.closed = False
         session.pc.on("track", self._on_track)
         for transceiver in session.pc.getTransceivers():  # tracks the offer announced before we attached
@@ -109,6 +114,8 @@ class SessionListening:
             return
         events = self.session.events
         if event.kind == "start":
+            self._turn += 1
+            self._turn_open = True
             events.publish({"type": "user_start"})
             if self.service.settings.barge_in:
                 self.session.interrupt()
@@ -121,6 +128,7 @@ class SessionListening:
             return
         speculation, self._speculation = self._speculation, None
         if event.kind == "end":
+            self._turn_open = False
             events.publish({"type": "user_end"})
             if speculation is not None:  # the pause was the end: its transcription is this turn's
                 self.speculations_used += 1
@@ -139,7 +147,7 @@ class SessionListening:
     def _speculate(self, event: TurnEvent, mode: str) -> None:
         """Start transcribing at the first short silence; the end of the turn, if it comes, reuses it."""
         self._drop_speculation()
-        speculation = Speculation(mode)
+        speculation = Speculation(mode, self._turn)
 
         def done(text: str | None = None, error: str | None = None) -> None:
             if not self._loop.is_closed():
@@ -152,14 +160,26 @@ class SessionListening:
         self._speculation = speculation
 
     def _drop_speculation(self) -> None:
-        if self._speculation is not None:
+        """The user spoke on after the pause: its transcription becomes a partial transcript."""
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None:
             self.speculations_wasted += 1
-            self._speculation = None
+            speculation.superseded = True
+            if speculation.done:
+                self._partial(speculation)
 
     def _speculated(self, speculation: "Speculation", text: str | None, error: str | None) -> None:
         speculation.done, speculation.text, speculation.error = True, text, error
         if speculation.wanted:
             self._finish(speculation)
+        elif speculation.superseded:
+            self._partial(speculation)
+
+    def _partial(self, speculation: "Speculation") -> None:
+        """Publish the turn so far (final: false), only while that turn is still open."""
+        if (not self.closed and speculation.text and speculation.mode == self.mode
+                and speculation.turn == self._turn and self._turn_open):
+            self.session.events.publish({"type": "transcript", "text": speculation.text, "final": False})
 
     def _finish(self, speculation: "Speculation") -> None:
         if speculation.error is not None:

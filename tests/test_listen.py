@@ -353,3 +353,28 @@ async def test_talking_clients_that_come_and_go_leave_no_threads_or_sessions(lis
     while live() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert live() == 0, "closed sessions or their listening are still referenced"
+
+
+async def test_a_pause_inside_a_turn_gives_a_partial_transcript_before_the_final_one(listen_server, http):
+    import numpy as np
+
+    def trimmed(audio):
+        loud = np.flatnonzero(np.abs(audio) > 0.02)
+        return audio[loud[0]:loud[-1] + 1]
+
+    gap = np.zeros(int(16000 * 0.28), np.float32)  # longer than the 160 ms pause, shorter than the turn's end
+    track = SpeechTrack()
+    client = await talking_client(listen_server.url, http, track, listen="echo")
+    try:
+        track.play(np.concatenate([trimmed(speak("I would like to visit")), gap,
+                                   trimmed(speak("the museum on Sunday."))]))
+        final = await wait_events(client, lambda e: e["type"] == "transcript" and e["final"], timeout=20)
+        events = [e for e in channel_events(client) if e["type"] in ("user_start", "user_end", "transcript")]
+        partials = [e["text"] for e in events if e["type"] == "transcript" and not e["final"]]
+        assert [e["type"] for e in events].count("user_start") == 1, events  # one turn, not two
+        assert partials and "visit" in partials[0].lower() and "museum" not in partials[0].lower(), events
+        kinds_seen = [e["type"] if e["type"] != "transcript" else ("final" if e["final"] else "partial") for e in events]
+        assert kinds_seen[0] == "user_start" and kinds_seen[-2:] == ["user_end", "final"], kinds_seen
+        assert word_error_rate(SENTENCES[1], final[0]["text"]) <= 0.25, final
+    finally:
+        await client.close()
