@@ -378,3 +378,41 @@ async def test_a_pause_inside_a_turn_gives_a_partial_transcript_before_the_final
         assert word_error_rate(SENTENCES[1], final[0]["text"]) <= 0.25, final
     finally:
         await client.close()
+
+
+async def test_asr_openai_sends_each_turn_to_a_compatible_endpoint(data_dir, http):
+    import io
+    import wave
+
+    from aiohttp import web
+
+    uploads: list[float] = []
+
+    async def transcriptions(request: web.Request) -> web.Response:
+        form = await request.post()
+        with wave.open(io.BytesIO(form["file"].file.read())) as wav:
+            uploads.append(wav.getnframes() / wav.getframerate())
+        return web.json_response({"text": "Transcribed by the service."})
+
+    fake = web.Application()
+    fake.router.add_post("/v1/audio/transcriptions", transcriptions)
+    runner = web.AppRunner(fake)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    running = await start_server(server_args(data_dir, "--asr", "openai", "--asr-base-url",
+                                             f"http://127.0.0.1:{port}/v1", "--listen", "echo"))
+    track = SpeechTrack()
+    client = await talking_client(running.url, http, track)
+    try:
+        clip = speak(SENTENCES[2])
+        track.play(clip)
+        found = await wait_events(client, lambda e: e["type"] == "transcript" and e["final"], timeout=20)
+        assert found[0]["text"] == "Transcribed by the service."
+        await wait_events(client, lambda e: e["type"] == "start" and e["text"] == "Transcribed by the service.")
+        assert uploads and abs(uploads[-1] - len(clip) / 16000) < 1.0, uploads  # the turn's audio, as WAV
+    finally:
+        await client.close()
+        await running.runner.cleanup()
+        await runner.cleanup()
