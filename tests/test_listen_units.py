@@ -194,3 +194,37 @@ async def test_default_mode_is_chat_only_when_an_llm_is_configured():
     assert ListenService(ListenSettings(default_mode="off"), lambda: None).mode_from({}) == "off"
     with pytest.raises(BadRequest):
         ListenService(ListenSettings(), lambda: None).mode_from({"listen": ["chat"]})
+
+
+def test_a_ten_minute_monologue_through_the_listener_stays_bounded():
+    """The listening thread with the real resampler and Silero, fed faster than real time: the
+    turn is handed out in 30 s pieces, nothing piles up, and the turn ends when the user stops."""
+    from listen.listener import Listener
+
+    sentences = [speak(s) for s in ("The first part of a very long story.", "It goes on and on without a break.")]
+    speech = np.concatenate([np.concatenate([s, np.zeros(1600, np.float32)]) for s in sentences])  # 100 ms gaps
+    minutes = 10
+    audio = np.concatenate([np.tile(speech, int(minutes * 60 * 16000 / len(speech)) + 1)[: minutes * 60 * 16000],
+                            np.zeros(16000, np.float32)])
+    events = []
+    buffer = FrameBuffer()
+    listener = Listener(buffer, VADStream(SileroModel()), TurnDetector(0.5, 200, 400, 30), engine=None,
+                        mode=lambda: "echo", on_turn=events.append, name="listen-test")
+    try:
+        pcm = (audio * 32767).astype(np.int16)
+        step = 1600  # 100 ms frames of 16 kHz mono (fewer, larger frames than an uplink's: the same work)
+        for start in range(0, len(pcm), step):
+            while len(buffer) > buffer.maxsize // 2:  # as fast as the listener goes, never dropping
+                time.sleep(0.02)
+            frame = av.AudioFrame.from_ndarray(pcm[None, start:start + step], format="s16", layout="mono")
+            frame.sample_rate = 16000
+            buffer.put(frame)
+        deadline = time.monotonic() + 10
+        while not any(e.kind == "end" for e in events) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        listener.close()
+    pieces = [e for e in events if e.kind in ("cut", "end")]
+    assert [e.kind for e in events if e.kind in ("start", "end")] == ["start", "end"], [e.kind for e in events][:50]
+    assert len(pieces) == minutes * 2 + 1 and all(e.audio.size <= 30 * 16000 for e in pieces)
+    assert buffer.dropped == 0
