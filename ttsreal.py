@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -61,10 +62,12 @@ class TTSWorker:
     """Speaks queued segments into one engine, in order, honouring interrupts."""
 
     def __init__(self, engine: BaseReal, on_error: Callable[[str], None], name: str = "tts",
-                 budget: SpeechBudget | None = None):
+                 budget: SpeechBudget | None = None,
+                 on_first_audio: Callable[[str, float], None] | None = None):
         self.engine = engine
         self.budget = budget or SpeechBudget()
         self._on_error = on_error
+        self._on_first_audio = on_first_audio  # (backend name, seconds to a sentence's first audio)
         self._segments: queue.Queue[Segment] = queue.Queue(maxsize=SEGMENT_QUEUE_SIZE)
         self._stopping = threading.Event()
         self._open: str | None = None  # utterance whose start went out and whose end has not
@@ -112,6 +115,11 @@ class TTSWorker:
             raise QueueFull(f"too much speech queued ({self._segments.maxsize} sentences): interrupt or wait")
         for segment in segments:
             self._segments.put_nowait(segment)
+
+    @property
+    def pending(self) -> int:
+        """Sentences queued and not yet being spoken."""
+        return self._segments.qsize()
 
     def clear(self) -> None:
         """Drop queued segments (an interrupt; the epoch bump cancels the one in progress)."""
@@ -167,9 +175,13 @@ class TTSWorker:
             self._start = SpeechEvent("start", segment.utterance_id, segment.utterance_text)
         pending: list[np.ndarray] = []  # the newest full chunk waits: it may need the end event
         buffer = np.zeros(0, np.float32)
+        requested = time.perf_counter()
         for piece in self._audio_of(segment):
             if cancelled():
                 return
+            if requested is not None and segment.backend is not None and self._on_first_audio is not None:
+                self._on_first_audio(segment.backend.name, time.perf_counter() - requested)
+            requested = None
             buffer = np.concatenate([buffer, np.asarray(piece, np.float32).reshape(-1)])
             whole = len(buffer) // CHUNK_SAMPLES
             pending.extend(buffer[i * CHUNK_SAMPLES:(i + 1) * CHUNK_SAMPLES] for i in range(whole))
