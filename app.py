@@ -37,11 +37,12 @@ import listen
 from httpapi import BODY_READ_TIMEOUT_S, BODY_TIMEOUT_KEY, BadRequest, error_middleware, ok, optional_bool, read_json, require_str
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
-from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
+from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, right_context
+from musetalk.settings import add_arguments as add_musetalk_arguments
+from peeractivity import seconds_since_peer_report
 import ops
 from ops.broadcast import TRANSPORTS
 from ops.metrics import Metrics
-from peeractivity import seconds_since_peer_report
 from sdpcheck import OfferRejected, check_offer_sdp
 from security import AUTH_TOKEN_ENV, AccessPolicy, RedactingAccessLogger, public
 from session import Session, SessionLimitError, SessionRegistry
@@ -49,7 +50,7 @@ from speechbudget import DEFAULT_SPEECH_BUDGET_S, SpeechBudget, SpeechBudgetFull
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
 from tts import cloning
 from tts.netloop import DEFAULT_FIRST_PIECE_S
-from tts.base import TTSBackend, TTSError
+from tts.base import TTSError
 from tts.reference import resolve_reference
 
 logger = logging.getLogger("app")
@@ -99,10 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_session", type=int, default=8, help="concurrent sessions allowed")
     parser.add_argument("--fps", type=int, default=25, choices=SUPPORTED_FPS)
     parser.add_argument("--batch_size", type=int, default=8, help="frames per inference batch (musetalk)")
-    parser.add_argument("-l", "--left-context", dest="left_context", type=int, default=DEFAULT_CONTEXT_CHUNKS,
-                        help="musetalk: past audio around each batch, in 20 ms chunks")
-    parser.add_argument("-r", "--right-context", dest="right_context", type=int, default=DEFAULT_CONTEXT_CHUNKS,
-                        help="musetalk: future audio around each batch, in 20 ms chunks (adds that much latency)")
+    parser.add_argument("-r", "--right-context", dest="right_context", type=right_context, default=DEFAULT_CONTEXT_CHUNKS,
+                        help="musetalk: future audio whisper sees after each batch, in 20 ms chunks (adds that latency)")
+    add_musetalk_arguments(parser)
     parser.add_argument("--ice-server", dest="ice_servers", action="append", type=parse_ice_server, default=[],
                         metavar="URL", help="STUN/TURN server, repeatable: stun:HOST:PORT, turn:USER:SECRET@HOST:PORT")
     parser.add_argument("--ice-host", dest="ice_hosts", action="append", default=[], metavar="ADDR",
@@ -240,7 +240,6 @@ async def offer(request: web.Request) -> web.Response:
     except SessionLimitError as exc:
         raise BadRequest(str(exc), status=exc.status) from None
 
-    loop = asyncio.get_running_loop()
     session = None
     pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
     try:
@@ -248,9 +247,8 @@ async def offer(request: web.Request) -> web.Response:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:  # aiortc raises ValueError and others for bad SDP
             raise BadRequest(f"could not negotiate the offer SDP: {str(exc)[:200]}") from None
-        backend = await loop.run_in_executor(None, tts_for_request, ctx, None, None, body.get("refaudio"),
-                                             body.get("reftext"))
-        session = await build_session(request.app, session_id, avatar_id, pc, client, clips, backend)
+        session = await build_session(request.app, session_id, avatar_id, pc, client, clips,
+                                      reference=(body.get("refaudio"), body.get("reftext")))
         listen.attach(request.app, session, listen_mode)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
@@ -274,13 +272,12 @@ async def offer(request: web.Request) -> web.Response:
 
 
 async def build_session(app: web.Application, session_id: str, avatar_id: str, pc: RTCPeerConnection,
-                        client: str, clips=None, backend: TTSBackend | None = None) -> Session:
-    """Engine (with its action clips), TTS (the server's default unless given) and speech budget;
-    the pc carries the session's two paced tracks."""
+                        client: str, clips=None, reference: tuple[object, object] = (None, None)) -> Session:
+    """Engine (with its action clips), TTS (a cloned voice when `reference` names a recording and its text)
+    and speech budget; the pc carries the session's two paced tracks."""
     ctx = app[CONTEXT_KEY]
     loop = asyncio.get_running_loop()
-    if backend is None:
-        backend = await loop.run_in_executor(None, ctx.tts.create)
+    backend = await loop.run_in_executor(None, tts_for_request, ctx, None, None, *reference)
     engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
     await loop.run_in_executor(None, app[actions.LIBRARY_KEY].apply, engine, clips)
     budget = SpeechBudget(ctx.args.speech_budget)
@@ -519,7 +516,8 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     avatars = AvatarStore(args.data_dir / "avatars")
     if engines is None:
         config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
-        musetalk = MuseTalkSettings(left_chunks=args.left_context, right_chunks=args.right_context)
+        musetalk = MuseTalkSettings(right_chunks=args.right_context, channels_last=args.musetalk_channels_last,
+                                    compile=args.musetalk_compile)
         engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
     access = AccessPolicy(args.auth_token, args.allow_origins)
     metrics = Metrics(engines.model)
@@ -527,10 +525,10 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
                         sessions=SessionRegistry(args.max_session, args.worker_id),
                         tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)), access=access,
                         metrics=metrics)
-    if args.numeric_session_ids:
-        ctx.sessions.new_id = ltcompat.numeric_session_id
     engines.observe_batches(metrics.observe_batch)
     ctx.llm.on_first_token = metrics.observe_llm_first_token
+    if args.numeric_session_ids:
+        ctx.sessions.new_id = ltcompat.numeric_session_id
     if args.ice_hosts:
         restrict_ice_hosts(args.ice_hosts)
 

@@ -277,8 +277,8 @@ class SessionRegistry:
         self._reserved[client] = self._reserved.get(client, 0) + 1
         if session_id is not None:
             return session_id
-        new = self.new_id()
-        return f"{self.id_prefix}-{new}" if self.id_prefix else new
+        new_id = self.new_id()
+        return f"{self.id_prefix}-{new_id}" if self.id_prefix else new_id
 
     def release_reservation(self, client: str = "unknown") -> None:
         left = self._reserved.get(client, 0) - 1
