@@ -25,6 +25,10 @@ import actions
 import avatarswitch
 import recorder
 import sse
+import adminapi
+import avatartasks
+import ltcompat
+import webfiles
 from avatar import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
@@ -33,14 +37,21 @@ import listen
 from httpapi import BODY_READ_TIMEOUT_S, BODY_TIMEOUT_KEY, BadRequest, error_middleware, ok, optional_bool, read_json, require_str
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
-from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
+from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, right_context
+from musetalk.settings import add_arguments as add_musetalk_arguments
+from peeractivity import seconds_since_peer_report
+import ops
+from ops.broadcast import TRANSPORTS
+from ops.metrics import Metrics
 from sdpcheck import OfferRejected, check_offer_sdp
 from security import AUTH_TOKEN_ENV, AccessPolicy, RedactingAccessLogger, public
 from session import Session, SessionLimitError, SessionRegistry
 from speechbudget import DEFAULT_SPEECH_BUDGET_S, SpeechBudget, SpeechBudgetFull
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
+from tts import cloning
 from tts.netloop import DEFAULT_FIRST_PIECE_S
 from tts.base import TTSError
+from tts.reference import resolve_reference
 
 logger = logging.getLogger("app")
 
@@ -79,7 +90,8 @@ def positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Real-time talking avatar server (WebRTC).")
-    parser.add_argument("--transport", choices=["webrtc"], default="webrtc")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="webrtc",
+                        help="rtmp/whip: also push one session (id --push-session-id) to --push-url")
     parser.add_argument("--model", choices=MODEL_CHOICES, default="auto",
                         help="lip-sync engine; auto = musetalk when its weights are in models/, else lite")
     parser.add_argument("--avatar_id", default=DEFAULT_AVATAR_ID, help="avatar used when an offer names none")
@@ -88,16 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_session", type=int, default=8, help="concurrent sessions allowed")
     parser.add_argument("--fps", type=int, default=25, choices=SUPPORTED_FPS)
     parser.add_argument("--batch_size", type=int, default=8, help="frames per inference batch (musetalk)")
-    parser.add_argument("-l", "--left-context", dest="left_context", type=int, default=DEFAULT_CONTEXT_CHUNKS,
-                        help="musetalk: past audio around each batch, in 20 ms chunks")
-    parser.add_argument("-r", "--right-context", dest="right_context", type=int, default=DEFAULT_CONTEXT_CHUNKS,
-                        help="musetalk: future audio around each batch, in 20 ms chunks (adds that much latency)")
+    parser.add_argument("-r", "--right-context", dest="right_context", type=right_context, default=DEFAULT_CONTEXT_CHUNKS,
+                        help="musetalk: future audio whisper sees after each batch, in 20 ms chunks (adds that latency)")
+    add_musetalk_arguments(parser)
     parser.add_argument("--ice-server", dest="ice_servers", action="append", type=parse_ice_server, default=[],
                         metavar="URL", help="STUN/TURN server, repeatable: stun:HOST:PORT, turn:USER:SECRET@HOST:PORT")
     parser.add_argument("--ice-host", dest="ice_hosts", action="append", default=[], metavar="ADDR",
                         help="offer only these local addresses as ICE host candidates (repeatable)")
     parser.add_argument("--idle-timeout", dest="idle_timeout", type=float, default=600.0,
-                        help="close a session after this many seconds without a request or heartbeat (0: never)")
+                        help="close a session after this many seconds without a request, heartbeat or RTCP report from "
+                             "its peer (0: never)")
     parser.add_argument("--tts", choices=TTS_CHOICES, default="auto",
                         help="speech engine; auto = edgetts when it can be reached, else espeak (offline)")
     parser.add_argument("--voice", default=None, help="TTS voice (espeak: en-us, cmn, ...; edgetts: en-US-AriaNeural, ...)")
@@ -108,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tts-timeout", dest="tts_timeout", type=positive_float, default=DEFAULT_FIRST_PIECE_S,
                         metavar="SECONDS", help="network TTS: longest wait for the first audio and between pieces "
                                                 "(a stuck service ends the sentence with an error event)")
+    cloning.add_arguments(parser)
+    avatartasks.add_arguments(parser)
+    ltcompat.add_arguments(parser)
     parser.add_argument("--llm-base-url", dest="llm_base_url", default=None,
                         help="OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM, DashScope...); key from "
                              "OPENAI_API_KEY or DASHSCOPE_API_KEY")
@@ -137,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_arguments(parser)
     actions.add_arguments(parser)
     recorder.add_arguments(parser)
+    ops.add_arguments(parser)
     return parser
 
 
@@ -151,6 +167,7 @@ class ServerContext:
     tts: TTSFactory
     llm: LLMClient
     access: AccessPolicy
+    metrics: Metrics
     background: set[asyncio.Task] = field(default_factory=set)
     uploads_in_progress: int = 0
 
@@ -178,8 +195,15 @@ def tts_settings(args: argparse.Namespace) -> TTSSettings:
         logger.info("tts auto: %s", "edgetts (service reachable)" if backend == "edgetts" else "espeak (offline)")
     if backend == "openai" and not args.tts_base_url:
         raise TTSError("--tts openai needs --tts-base-url (an OpenAI-compatible /v1 endpoint)")
+    service = cloning.ServiceSettings(backend, args.tts_server, args.tts_lang, args.tts_sample_rate) \
+        if backend in cloning.SERVICES else None
+    reference = resolve_reference(args.data_dir, args.ref_file, args.ref_text)
+    if reference is not None and reference.audio is not None and service is None:
+        raise TTSError(f"--REF_FILE {args.ref_file} is a recording, which only a cloning TTS can use: "
+                       f"add --tts {'|'.join(cloning.SERVICES)}")
     return TTSSettings(backend=backend, voice=args.voice, proxy=args.tts_proxy,
-                       base_url=args.tts_base_url, model=args.tts_model, timeout_s=args.tts_timeout)
+                       base_url=args.tts_base_url, model=args.tts_model, timeout_s=args.tts_timeout,
+                       service=service, reference=reference)
 
 
 def llm_settings(args: argparse.Namespace) -> LLMSettings:
@@ -216,7 +240,6 @@ async def offer(request: web.Request) -> web.Response:
     except SessionLimitError as exc:
         raise BadRequest(str(exc), status=exc.status) from None
 
-    loop = asyncio.get_running_loop()
     session = None
     pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
     try:
@@ -224,13 +247,8 @@ async def offer(request: web.Request) -> web.Response:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:  # aiortc raises ValueError and others for bad SDP
             raise BadRequest(f"could not negotiate the offer SDP: {str(exc)[:200]}") from None
-        backend = await loop.run_in_executor(None, ctx.tts.create)
-        engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
-        await loop.run_in_executor(None, request.app[actions.LIBRARY_KEY].apply, engine, clips)
-        budget = SpeechBudget(ctx.args.speech_budget)
-        session = Session(session_id, engine, pc, loop, backend, ctx.llm, budget=budget, client=client)
-        pc.addTrack(session.player.audio)
-        pc.addTrack(session.player.video)
+        session = await build_session(request.app, session_id, avatar_id, pc, client, clips,
+                                      reference=(body.get("refaudio"), body.get("reftext")))
         listen.attach(request.app, session, listen_mode)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
@@ -246,10 +264,28 @@ async def offer(request: web.Request) -> web.Response:
             raise BadRequest(str(exc), status=422) from None
         raise
     ctx.sessions.add(session)
+    ctx.metrics.sessions_started.inc()
     watch_connection(ctx, session)
     logger.info("session %s started (avatar %s, engine %s, %d live)", session.tag, avatar_id, ctx.engines.model, len(ctx.sessions))
     answer = session.pc.localDescription
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "sessionid": session_id})
+
+
+async def build_session(app: web.Application, session_id: str, avatar_id: str, pc: RTCPeerConnection,
+                        client: str, clips=None, reference: tuple[object, object] = (None, None)) -> Session:
+    """Engine (with its action clips), TTS (a cloned voice when `reference` names a recording and its text)
+    and speech budget; the pc carries the session's two paced tracks."""
+    ctx = app[CONTEXT_KEY]
+    loop = asyncio.get_running_loop()
+    backend = await loop.run_in_executor(None, tts_for_request, ctx, None, None, *reference)
+    engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
+    await loop.run_in_executor(None, app[actions.LIBRARY_KEY].apply, engine, clips)
+    budget = SpeechBudget(ctx.args.speech_budget)
+    session = Session(session_id, engine, pc, loop, backend, ctx.llm, budget=budget, client=client,
+                      probe=ctx.metrics.probe())
+    pc.addTrack(session.player.audio)
+    pc.addTrack(session.player.video)
+    return session
 
 
 def watch_connection(ctx: ServerContext, session: Session) -> None:
@@ -260,6 +296,8 @@ def watch_connection(ctx: ServerContext, session: Session) -> None:
         logger.info("session %s connection %s", session.tag, pc.connectionState)
         if pc.connectionState == "connected":
             session.connected = True
+        if pc.connectionState == "failed":
+            ctx.metrics.error("connection_failed")
         if pc.connectionState in ("failed", "closed"):
             await ctx.sessions.close(session.id, f"connection {pc.connectionState}")
 
@@ -282,11 +320,17 @@ async def reap_sessions(ctx: ServerContext) -> None:
 async def close_stale_sessions(ctx: ServerContext) -> None:
     now = time.monotonic()
     for session in ctx.sessions.all():
+        if session.broadcast:
+            continue  # pushed to a media server: no listener of its own to wait for
         age = now - session.created
         if not session.connected and age > ctx.args.handshake_timeout:
             await ctx.sessions.close(session.id, f"not connected after {ctx.args.handshake_timeout:g} s")
         elif ctx.args.idle_timeout > 0 and now - session.last_activity > ctx.args.idle_timeout:
-            await ctx.sessions.close(session.id, f"idle for {ctx.args.idle_timeout:.0f} s")
+            heard = await seconds_since_peer_report(session.pc)
+            if heard is not None and heard < ctx.args.idle_timeout:
+                session.touch()  # a live peer (its RTCP reports arrive) is not idle, heartbeat or not
+            else:
+                await ctx.sessions.close(session.id, f"idle for {ctx.args.idle_timeout:.0f} s")
 
 
 @public
@@ -295,8 +339,10 @@ async def client_config(request: web.Request) -> web.Response:
     ctx = context_of(request)
     ice = [{"urls": s.urls, **({"username": s.username, "credential": s.credential} if s.username else {})}
            for s in ctx.args.ice_servers]
+    chat_problem = ctx.llm.settings.problem()
     return ok(iceServers=ice, model=ctx.engines.model, fps=ctx.args.fps, auth=ctx.access.auth_token is not None,
-              avatar=ctx.args.avatar_id, avatars=ctx.avatars.available())
+              avatar=ctx.args.avatar_id, avatars=ctx.avatars.available(),
+              chat=chat_problem is None, chat_problem=chat_problem)
 
 
 @public
@@ -305,6 +351,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 def session_from(ctx: ServerContext, body: dict) -> Session:
+    body = ltcompat.sessionid_as_text(body, ctx.args.numeric_session_ids)
     session_id = require_str(body, "sessionid", max_len=64)
     session = ctx.sessions.get(session_id)
     if session is None:
@@ -318,19 +365,29 @@ async def is_speaking(request: web.Request) -> web.Response:
     return ok(data=session.speaking)
 
 
+def tts_for_request(ctx: ServerContext, backend: str | None, voice: str | None, ref_file: object = None,
+                    ref_text: object = None):
+    """A TTS backend for a client's choice; a reference voice must lie inside data/ (blocking: stats it)."""
+    try:
+        reference = resolve_reference(ctx.args.data_dir, ref_file, ref_text)
+        return ctx.tts.create(backend, voice, reference)
+    except TTSError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def requested_backend(ctx: ServerContext, session: Session, body: dict):
-    """The session's TTS backend, or one the request names: `tts: "espeak"` or `{backend, voice}`."""
+    """The session's TTS backend, or one the request names: `tts: "espeak"` or
+    `{backend, voice, ref_file, ref_text}` (a cloned voice, LiveTalking's form)."""
     choice = body.get("tts")
     if choice is None:
         return session.tts_backend
     if isinstance(choice, str):
         choice = {"backend": choice}
     if not isinstance(choice, dict) or not all(isinstance(choice.get(k, ""), str) for k in ("backend", "voice")):
-        raise BadRequest("'tts' must be a backend name or {\"backend\": name, \"voice\": voice}")
-    try:
-        return ctx.tts.create(choice.get("backend") or None, choice.get("voice") or None)
-    except TTSError as exc:
-        raise BadRequest(str(exc)) from None
+        raise BadRequest("'tts' must be a backend name or {\"backend\": name, \"voice\": voice, "
+                         "\"ref_file\": path, \"ref_text\": text}")
+    return tts_for_request(ctx, choice.get("backend") or None, choice.get("voice") or None,
+                           choice.get("ref_file"), choice.get("ref_text"))
 
 
 async def human(request: web.Request) -> web.Response:
@@ -347,6 +404,8 @@ async def human(request: web.Request) -> web.Response:
     backend = await loop.run_in_executor(None, requested_backend, ctx, session, body)
     if interrupt:
         session.interrupt()
+    if session.probe is not None:
+        session.probe.text_received()
     if kind == "chat":
         problem = ctx.llm.settings.problem()
         if problem:
@@ -406,6 +465,8 @@ async def human_audio(request: web.Request) -> web.Response:
         except AudioDecodeError as exc:
             raise BadRequest(str(exc), status=415) from None
         del data
+        if session.probe is not None:
+            session.probe.text_received()
         try:
             utterance_id = session.tts.play(audio, filename)
         except (QueueFull, SpeechBudgetFull) as exc:
@@ -455,11 +516,19 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     avatars = AvatarStore(args.data_dir / "avatars")
     if engines is None:
         config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
-        musetalk = MuseTalkSettings(left_chunks=args.left_context, right_chunks=args.right_context)
+        musetalk = MuseTalkSettings(right_chunks=args.right_context, channels_last=args.musetalk_channels_last,
+                                    compile=args.musetalk_compile)
         engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
     access = AccessPolicy(args.auth_token, args.allow_origins)
-    ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session),
-                        tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)), access=access)
+    metrics = Metrics(engines.model)
+    ctx = ServerContext(args=args, avatars=avatars, engines=engines,
+                        sessions=SessionRegistry(args.max_session, args.worker_id),
+                        tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)), access=access,
+                        metrics=metrics)
+    engines.observe_batches(metrics.observe_batch)
+    ctx.llm.on_first_token = metrics.observe_llm_first_token
+    if args.numeric_session_ids:
+        ctx.sessions.new_id = ltcompat.numeric_session_id
     if args.ice_hosts:
         restrict_ice_hosts(args.ice_hosts)
 
@@ -481,6 +550,10 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     recorder.register_routes(app, args, lambda body: session_from(ctx, body))
     sse.register_routes(app, lambda body: session_from(ctx, body))
     avatarswitch.register_routes(app, avatars, lambda body: session_from(ctx, body))
+    avatartasks.setup(app, args, avatars)
+    webfiles.register_routes(app, WEB_DIR)
+    adminapi.register_routes(app, args, ctx.sessions)
+    ops.register(app, ctx, build_session)
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")
@@ -500,7 +573,10 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if problem := ops.check_arguments(args):
+        parser.error(problem)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(args)
@@ -512,9 +588,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("avatar %r not found in %s: build it with `python genavatar.py --avatar_id %s --image PHOTO`"
                      " (the default one: `python genavatar.py --default`)", args.avatar_id, ctx.avatars.root, args.avatar_id)
         return 2
+    try:
+        ctx.engines.prepare(args.avatar_id)  # a LiveTalking folder gets its landmarks now, not at the first offer
+    except AvatarError as exc:
+        logger.error("%s", exc)
+        return 2
     ctx.access.warn_if_exposed(args.host)
     logger.info("engine: %s; open http://%s:%d/", ctx.engines.model, args.host, args.listenport)
-    web.run_app(app, host=args.host, port=args.listenport, print=None, access_log_class=RedactingAccessLogger)
+    ops.run(app, ctx, access_log_class=RedactingAccessLogger)  # until SIGTERM/SIGINT, then drains for --drain-timeout
     return 0
 
 

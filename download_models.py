@@ -7,8 +7,12 @@
 Files come from the Hugging Face hub with huggingface_hub (progress bars,
 interrupted downloads resume where they stopped, HF_ENDPOINT picks a mirror).
 v1.0's whisper tiny.pt comes from OpenAI's URL and is checked by its SHA-256.
+Both versions also get BiSeNet face parsing (models/face-parse-bisent/, the
+masks genavatar.py draws when it is there): 79999_iter.pth from the HF mirror
+MuseTalk's Windows script uses, resnet18-5c106cde.pth from download.pytorch.org
+(checked against the SHA-256 prefix in its name, torchvision's convention).
 Licences: MuseTalk code MIT; the weights' HF repo is tagged creativeml-openrail-m
-(use-based restrictions), sd-vae-ft-mse MIT, whisper MIT.
+(use-based restrictions), sd-vae-ft-mse MIT, whisper MIT, face-parsing.PyTorch MIT.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from faceparse import BACKBONE_WEIGHTS, PARSER_DIR, PARSER_WEIGHTS
 from musetalk.loader import VAE_DIR, WHISPER_DIR
 
 logger = logging.getLogger("download_models")
@@ -33,6 +38,9 @@ VAE_REPO = "stabilityai/sd-vae-ft-mse"
 WHISPER_REPO = "openai/whisper-tiny"
 TINY_PT_SHA256 = "65147644a518d12f04e32d6f3b26facc3f8dd46e5390956a9424a650c0ce22b9"
 TINY_PT_URL = f"https://openaipublic.azureedge.net/main/whisper/models/{TINY_PT_SHA256}/tiny.pt"
+FACE_PARSE_REPO = "ManyOtherFunctions/face-parse-bisent"
+RESNET18_SHA256_PREFIX = "5c106cde"
+RESNET18_URL = f"https://download.pytorch.org/models/{BACKBONE_WEIGHTS}"
 URL_CHUNK = 1 << 20
 
 
@@ -51,7 +59,7 @@ class HubFile:
 @dataclass(frozen=True)
 class UrlFile:
     url: str
-    sha256: str
+    sha256: str  # the whole digest, or its leading hex digits where only those are published
     relative: str
 
     def path(self, models_dir: Path) -> Path:
@@ -72,6 +80,8 @@ def plan(version: str) -> list[HubFile | UrlFile]:
                   for name in ("config.json", "pytorch_model.bin", "preprocessor_config.json")]
     else:
         files.append(UrlFile(TINY_PT_URL, TINY_PT_SHA256, f"{WHISPER_DIR}/tiny.pt"))
+    files += [HubFile(FACE_PARSE_REPO, PARSER_WEIGHTS, PARSER_DIR),
+              UrlFile(RESNET18_URL, RESNET18_SHA256_PREFIX, f"{PARSER_DIR}/{BACKBONE_WEIGHTS}")]
     return files
 
 
@@ -84,7 +94,7 @@ def fetch_hub(item: HubFile, models_dir: Path) -> Path:
 def fetch_url(item: UrlFile, models_dir: Path) -> Path:
     """HTTP download that resumes a partial file (Range request) and checks the SHA-256."""
     target = item.path(models_dir)
-    if target.is_file() and _sha256(target) == item.sha256:
+    if target.is_file() and _sha256(target).startswith(item.sha256):
         return target
     partial = target.with_name(target.name + ".incomplete")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +109,7 @@ def fetch_url(item: UrlFile, models_dir: Path) -> Path:
             while block := response.read(URL_CHUNK):
                 out.write(block)
                 bar.update(len(block))
-    if _sha256(partial) != item.sha256:
+    if not _sha256(partial).startswith(item.sha256):
         partial.unlink()
         raise OSError(f"{item.url} arrived corrupted (SHA-256 mismatch): run the script again")
     partial.rename(target)

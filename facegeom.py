@@ -2,8 +2,8 @@
 
 68-point landmarks (dlib / iBUG order) come from dlib's frontal face detector
 and the shape predictor shipped inside the `face-recognition-models` wheel, so
-preparation works offline. The face box follows MuseTalk's rule, the crop box
-is its 1.5x square expansion, and the blend mask covers the lower face.
+preparation works offline. The face box follows MuseTalk's rule and the crop
+box is its 1.5x square expansion; the blend mask is facemask.py's.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ LEFT_EYE = slice(36, 42)
 RIGHT_EYE = slice(42, 48)
 MOUTH_LEFT, MOUTH_RIGHT = 48, 54
 CROP_EXPAND = 1.5
-MASK_TOP_RATIO = 0.5  # MuseTalk zeroes the upper half of the crop
-MASK_BLUR_RATIO = 0.1  # Gaussian kernel as a fraction of the crop width (MuseTalk realtime)
-MASK_MARGIN_RATIO = 0.14  # lower-face polygon grown by this fraction of the face width (room for the jaw to drop)
+DEFAULT_EXTRA_MARGIN = 10  # px below the chin, MuseTalk v1.5 only
 DETECT_MAX_SIDE = 640  # faces are found on a copy at most this big (dlib's detector is the slow part)
 MIN_FACE_PX = 80
 NEAR_OVERLAP = 0.2  # dlib's detector misses faces smaller than this unless the image is upsampled
@@ -112,8 +110,13 @@ def landmark_box(landmarks: np.ndarray) -> tuple[int, int, int, int]:
     return int(x1), int(y1), int(x2), int(y2)
 
 
+def extra_margin_for(version: str, extra_margin: int) -> int:
+    """MuseTalk adds the margin below the chin for v1.5 only (its training crops had one)."""
+    return extra_margin if version == "v15" else 0
+
+
 def face_box(landmarks: np.ndarray, frame_shape: tuple[int, ...], bbox_shift: int = 0,
-             extra_margin: int = 10) -> np.ndarray:
+             extra_margin: int = DEFAULT_EXTRA_MARGIN) -> np.ndarray:
     """MuseTalk's box: x from the landmarks, the nose bridge (29, shifted by bbox_shift)
     as the vertical middle, bottom at the lowest landmark plus extra_margin; clamped."""
     height, width = frame_shape[:2]
@@ -132,24 +135,6 @@ def crop_box(box: np.ndarray) -> np.ndarray:
     cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
     half = int(max(x2 - x1, y2 - y1) // 2 * CROP_EXPAND)
     return np.array([cx - half, cy - half, cx + half, cy + half], np.int32)
-
-
-def lower_face_mask(landmarks: np.ndarray, crop: np.ndarray) -> np.ndarray:
-    """uint8 mask of crop-box size: the lower face (jaw line up to under the nose),
-    grown so a lowered jaw stays inside, upper half zeroed, feathered."""
-    cx1, cy1, cx2, cy2 = (int(v) for v in crop)
-    size_w, size_h = cx2 - cx1, cy2 - cy1
-    local = landmarks - np.array([cx1, cy1], np.float32)
-    outline = np.concatenate([local[1:16], local[[35, 34, 33, 32, 31]]])
-    mask = np.zeros((size_h, size_w), np.uint8)
-    cv2.fillPoly(mask, [np.round(outline).astype(np.int32)], 255, lineType=cv2.LINE_8)
-    face_width = float(np.ptp(landmarks[JAW, 0]))
-    grow = max(1, int(face_width * MASK_MARGIN_RATIO))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-    mask = cv2.dilate(mask, kernel)
-    mask[: int(size_h * MASK_TOP_RATIO)] = 0
-    blur = int(MASK_BLUR_RATIO * size_w) // 2 * 2 + 1
-    return cv2.GaussianBlur(mask, (blur, blur), 0)
 
 
 def face_axes(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

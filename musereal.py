@@ -21,6 +21,7 @@ from avatar import Avatar, AvatarError
 from basereal import BaseReal, EngineConfig, FrameWork
 from blending import BlendPlan, paste_back
 from museasr import MuseASR, edge_mode_for
+from musetalk.accel import accelerate
 from musetalk.loader import MuseTalkModels, load_models
 from musetalk.prepare import load_latents
 from musetalk.settings import MuseTalkSettings
@@ -40,12 +41,18 @@ class MuseAvatarAssets:
 
     @staticmethod
     def build(avatar: Avatar) -> "MuseAvatarAssets":
-        if not avatar.has_face_data or avatar.face_boxes is None:
+        if avatar.metadata.get("format") == "livetalking-wav2lip":
+            raise AvatarError(
+                f"avatar {avatar.avatar_id} is a LiveTalking wav2lip folder (no MuseTalk masks or latents): convert "
+                f"it with `python genavatar.py --model musetalk --video {avatar.folder / 'full_imgs'} "
+                f"--avatar_id {avatar.avatar_id}_musetalk`, or serve it with --model lite"
+            )
+        if avatar.face_boxes is None or avatar.crop_boxes is None or avatar.masks is None:
             raise AvatarError(
                 f"avatar {avatar.avatar_id} has no face data (landmarks, boxes, masks): rebuild it with "
                 f"`python genavatar.py --model musetalk --avatar_id {avatar.avatar_id} ...`"
             )
-        latents = load_latents(avatar.folder, avatar.frame_count)
+        latents = load_latents(avatar.folder, avatar.frame_count, avatar.metadata.get("faceless_frames", ()))
         plans = tuple(BlendPlan.build(frame.shape, face, crop, mask) for frame, face, crop, mask
                       in zip(avatar.frames, avatar.face_boxes, avatar.crop_boxes, avatar.masks))
         return MuseAvatarAssets(latents=latents, plans=plans)
@@ -55,9 +62,9 @@ class MuseTalkRuntime:
     """Process-wide MuseTalk state: models, the inference worker, avatar assets."""
 
     def __init__(self, models: MuseTalkModels, settings: MuseTalkSettings):
-        self.models = models
+        self.models = accelerate(models, settings.channels_last, settings.compile)
         self.settings = settings
-        self.worker = InferenceWorker(models, settings.max_batch)
+        self.worker = InferenceWorker(self.models, settings.max_batch, pad_to_bucket=settings.compile != "off")
         self._assets: dict[str, tuple[Avatar, MuseAvatarAssets]] = {}
         self._lock = threading.Lock()
         self.worker.start()
@@ -73,6 +80,11 @@ class MuseTalkRuntime:
             if cached is not None and cached[0] is avatar:
                 return cached[1]
         assets = MuseAvatarAssets.build(avatar)
+        prepared_for = avatar.metadata.get("musetalk_version")
+        if prepared_for and prepared_for != self.models.version:
+            logger.warning("avatar %s has MuseTalk %s geometry but %s weights are loaded: rebuild it with "
+                           "`python genavatar.py --musetalk_version %s ...`", avatar.avatar_id, prepared_for,
+                           self.models.version, self.models.version)
         with self._lock:
             if len(self._assets) >= MAX_CACHED_AVATARS and avatar.avatar_id not in self._assets:
                 del self._assets[next(iter(self._assets))]
@@ -96,8 +108,8 @@ class MuseReal(BaseReal):
         self.assets = runtime.assets_for(avatar)
         self.worker = runtime.worker
         self.settings = runtime.settings
-        self.asr = MuseASR(config.fps, runtime.settings.left_chunks, runtime.settings.right_chunks,
-                           edge_mode_for(runtime.models.version))
+        self.asr = MuseASR(config.fps, runtime.settings.right_chunks, edge_mode_for(runtime.models.version),
+                           max_batch=max(1, config.batch_size))
         self._next_batch = self._first_batch()
 
     def _first_batch(self) -> int:
@@ -124,11 +136,9 @@ class MuseReal(BaseReal):
             return [None] * len(work)
         self._next_batch = min(2 * self._next_batch, max(1, self.config.batch_size))
         epoch = work[0].epoch
-        window = self.asr.window(chunks, self.peek_audio(self.asr.right))
         request = LipSyncRequest(
             owner=self.session_id,
-            window=window,
-            asr=self.asr,
+            audio=self.asr.window(chunks, self.peek_audio(self.asr.right)),
             latents=torch.stack([self.runtime.assets_for(item.avatar or self.avatar).latents[item.index]
                                  for item in work]),
             is_current=lambda: self.epoch == epoch and not self.stopped,

@@ -32,9 +32,13 @@ def scaling_factor(vae: AutoencoderKL) -> float:
 
 
 def crops_to_tensor(crops_bgr: list[np.ndarray]) -> torch.Tensor:
-    """256x256 BGR uint8 crops -> (N, 3, 256, 256) RGB float in [-1, 1]."""
+    """256x256 BGR uint8 crops -> (N, 3, 256, 256) RGB float in [-1, 1].
+
+    Contiguous (NCHW): the permuted view would otherwise carry channels-last
+    strides into the VAE's convolutions.
+    """
     rgb = np.stack([cv2.cvtColor(crop, cv2.COLOR_BGR2RGB) for crop in crops_bgr])
-    return torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1.0
 
 
 @torch.inference_mode()
@@ -57,8 +61,13 @@ def encode_for_unet(vae: AutoencoderKL, crops_bgr: list[np.ndarray]) -> torch.Te
 
 
 def decode_to_bgr(vae: AutoencoderKL, latents: torch.Tensor) -> np.ndarray:
-    """(N, 4, 32, 32) latents -> (N, 256, 256, 3) BGR uint8 faces."""
-    images = vae.decode(latents / scaling_factor(vae)).sample
+    """(N, 4, 32, 32) latents -> (N, 256, 256, 3) BGR uint8 faces.
+
+    The decoder runs in the models' dtype; the tail runs in float32, because
+    fp16 has only 3 significant digits near 255 and would put a few percent
+    of pixels one level off.
+    """
+    images = vae.decode(latents / scaling_factor(vae)).sample.float()
     images = (images / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
-    rgb = images.permute(0, 2, 3, 1).cpu().numpy()
-    return np.ascontiguousarray(rgb[..., ::-1])
+    bgr = images.flip(1).permute(0, 2, 3, 1).contiguous()
+    return bgr.cpu().numpy()

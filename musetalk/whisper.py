@@ -142,12 +142,10 @@ class _Block(nn.Module):
 class WhisperEncoder(nn.Module):
     """Whisper's audio encoder, returning every layer (what MuseTalk feeds its UNet).
 
-    Streaming choice: the original runs on 30 s windows (3000 mel frames) with
-    the full positional table. Here the encoder runs on a short window and adds
-    the first T rows of the table, as realtime ports of MuseTalk do; this keeps
-    a 0.5 s window at a cost of ~1/60 of a 30 s pass. A frame's features then
-    depend on its position inside the window, which the streaming window keeps
-    fixed for every batch (see museasr.py).
+    MuseTalk, like whisper itself, runs it on 30 s inputs (3000 mel frames ->
+    1500 encoder frames with the whole positional table); museasr.py pads
+    every streaming window to 30 s, so the features are the offline ones.
+    Shorter inputs are accepted (positions 0..T-1) but change every feature.
     """
 
     def __init__(self, dims: EncoderDims, ln_post_on_last: bool):

@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from museasr import AudioWindow, MuseASR, encode_windows
+from museasr import BatchAudio, batch_features, encode_windows
+from musetalk.accel import bucket
 from musetalk.loader import MuseTalkModels
 from musetalk.vae import decode_to_bgr
 
@@ -35,11 +36,10 @@ ACTIVE_S = 1.0  # a session that sent a request this recently counts as speaking
 
 @dataclass
 class LipSyncRequest:
-    """One session's batch: its audio window, its avatar latents and a staleness check."""
+    """One session's batch: its audio windows, its avatar latents and a staleness check."""
 
     owner: str
-    window: AudioWindow
-    asr: MuseASR
+    audio: BatchAudio
     latents: torch.Tensor  # (frames, 8, 32, 32), float32 on the CPU
     is_current: Callable[[], bool]
     faces: np.ndarray | None = None  # (frames, 256, 256, 3) BGR uint8 once done
@@ -67,10 +67,12 @@ class WorkerStats:
 class InferenceWorker:
     """Owns MuseTalkModels; `infer` is called from many session threads, inference runs on one."""
 
-    def __init__(self, models: MuseTalkModels, max_batch: int):
+    def __init__(self, models: MuseTalkModels, max_batch: int, pad_to_bucket: bool = False):
         self.models = models
         self.max_batch = max_batch
+        self.pad_to_bucket = pad_to_bucket  # compiled models: run a few fixed batch sizes (musetalk/accel.py)
         self.stats = WorkerStats()
+        self.on_batch: Callable[[int, float], None] | None = None  # (frames, seconds) per pass (metrics)
         self._requests: queue.Queue[LipSyncRequest] = queue.Queue(maxsize=REQUEST_QUEUE_SIZE)
         self._stopping = threading.Event()
         self._last_seen: dict[str, float] = {}  # owner -> monotonic time of its last request
@@ -136,7 +138,10 @@ class InferenceWorker:
             for request in live:
                 request.finish(faces[start:start + request.frames])
                 start += request.frames
-            self.stats.busy_s += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.stats.busy_s += elapsed
+            if self.on_batch is not None:
+                self.on_batch(start, elapsed)
             self.stats.batches += 1
             self.stats.frames += start
             if len({r.owner for r in live}) > 1:
@@ -173,13 +178,23 @@ class InferenceWorker:
     @torch.inference_mode()
     def _infer(self, requests: list[LipSyncRequest]) -> np.ndarray:
         models = self.models
-        layers = encode_windows(models, [r.window for r in requests])
-        audio = torch.cat([r.asr.features(lay, r.window) for r, lay in zip(requests, layers)])
+        layers = encode_windows(models, [w for r in requests for w in r.audio.windows])
+        per_request, start = [], 0
+        for request in requests:
+            count = len(request.audio.windows)
+            per_request.append(batch_features(request.audio, layers[start:start + count]))
+            start += count
+        audio = torch.cat(per_request)
         audio = models.pe(audio.float()).to(models.dtype)
         latents = torch.cat([r.latents for r in requests]).to(models.device, models.dtype)
         faces = []
         for start in range(0, latents.shape[0], self.max_batch):
-            part = slice(start, start + self.max_batch)
-            out = models.unet(latents[part], 0, encoder_hidden_states=audio[part]).sample
-            faces.append(decode_to_bgr(models.vae, out))
+            part_latents, part_audio = latents[start:start + self.max_batch], audio[start:start + self.max_batch]
+            frames = part_latents.shape[0]
+            if self.pad_to_bucket:
+                extra = bucket(frames, self.max_batch) - frames
+                part_latents = torch.cat([part_latents, part_latents.new_zeros((extra, *part_latents.shape[1:]))])
+                part_audio = torch.cat([part_audio, part_audio.new_zeros((extra, *part_audio.shape[1:]))])
+            out = models.unet(part_latents, 0, encoder_hidden_states=part_audio).sample
+            faces.append(decode_to_bgr(models.vae, out[:frames]))
         return np.concatenate(faces)

@@ -164,3 +164,36 @@ def spoken(text: str, seconds: float) -> np.ndarray:
     audio = np.concatenate(list(EspeakTTS(EspeakLibrary.shared()).stream(text, lambda: False)))
     length = int(seconds * 16000)
     return np.pad(audio[:length], (0, max(0, length - len(audio)))).astype(np.float32)
+
+
+# ---- BiSeNet face parsing ----------------------------------------------------------
+
+TINY_PARSER_WIDTH = 4  # the published network is 64 wide at the stem
+
+
+def write_tiny_face_parser(models_dir: Path, label: int | None = None, seed: int = 6) -> Path:
+    """models/face-parse-bisent/79999_iter.pth in the official key layout, 1/16 of the width.
+
+    With `label`, the main head is set so the network labels every pixel `label`
+    (its last ConvBNReLU outputs a constant 1, and only that class's weights are
+    positive): the mask pipeline then has a known answer. Otherwise random.
+    """
+    from faceparse import BACKBONE_WEIGHTS, PARSER_DIR, PARSER_WEIGHTS, BiSeNet
+
+    folder = models_dir / PARSER_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    net = BiSeNet(TINY_PARSER_WIDTH)
+    state = net.state_dict()
+    if label is not None:
+        state["conv_out.conv.bn.weight"].zero_()
+        state["conv_out.conv.bn.bias"].fill_(1.0)
+        state["conv_out.conv_out.weight"].zero_()
+        state["conv_out.conv_out.weight"][label] = 1.0
+    torch.save(state, folder / PARSER_WEIGHTS)
+    # torchvision's ResNet-18 layout (conv1, bn1, layer1..4, fc), read by the official code only to initialise
+    backbone = {k[len("cp.resnet."):]: v for k, v in state.items() if k.startswith("cp.resnet.")}
+    backbone["fc.weight"] = torch.zeros(1000, 8 * TINY_PARSER_WIDTH)
+    backbone["fc.bias"] = torch.zeros(1000)
+    torch.save(backbone, folder / BACKBONE_WEIGHTS)
+    return folder / PARSER_WEIGHTS
