@@ -217,16 +217,6 @@ def voiced_frames(env: "np.ndarray") -> int:
     return int((env > VOICED_RMS).sum())
 
 
-def bursts(env: "np.ndarray", gap_frames: int = 3) -> int:
-    """Runs of voiced 20 ms frames separated by at least `gap_frames` quiet ones: roughly, words."""
-    count, quiet = 0, gap_frames
-    for loud in env > VOICED_RMS:
-        if loud and quiet >= gap_frames:
-            count += 1
-        quiet = 0 if loud else quiet + 1
-    return count
-
-
 async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server, http):
     import cv2
     import numpy as np
@@ -254,10 +244,9 @@ async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server
 
     received = np.concatenate([f.data for f in client.audio]).astype(np.float32) / 32768.0
     sent, got = envelope(clip, 16000), envelope(received, 48000)
-    # The avatar's audio track carries the user's audio: every spoken word comes back, and nearly
-    # all of its voiced time (pauses may be shortened: lips drains a backlog in the user's silences;
-    # a late tick on a loaded machine may split a word in two).
-    assert bursts(got) >= bursts(sent) - 1, (bursts(got), bursts(sent))
+    # The avatar's audio track carries the user's audio: nearly all of its voiced time comes back,
+    # and no more than was sent (pauses may be shortened: lips drains a backlog in the user's silences).
+    assert voiced_frames(got) <= 1.3 * voiced_frames(sent), (voiced_frames(got), voiced_frames(sent))
     assert voiced_frames(got) >= 0.8 * voiced_frames(sent), (voiced_frames(got), voiced_frames(sent))
 
     frames = [cv2.cvtColor(f.data, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in client.video[5:]]
