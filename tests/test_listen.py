@@ -46,8 +46,14 @@ async def wait_events(client: ReceiverClient, predicate, count: int = 1, timeout
     raise TimeoutError(f"{count} such events not seen in {channel_events(client)}")
 
 
-def kinds(client: ReceiverClient) -> list[str]:
-    return [e["type"] for e in channel_events(client)]
+def is_final(event: dict) -> bool:
+    return event["type"] == "transcript" and event["final"]
+
+
+def kinds(client: ReceiverClient, finals_only: bool = False) -> list[str]:
+    """Event types in order; with `finals_only`, partial transcripts (a pause inside a turn) left out."""
+    return [e["type"] for e in channel_events(client)
+            if not (finals_only and e["type"] == "transcript" and not e["final"])]
 
 
 async def test_echo_transcribes_speech_and_speaks_it_back(listen_server, http):
@@ -57,13 +63,13 @@ async def test_echo_transcribes_speech_and_speaks_it_back(listen_server, http):
         transcripts = []
         for index, sentence in enumerate(SENTENCES):
             track.play(speak(sentence))
-            found = await wait_events(client, lambda e: e["type"] == "transcript", count=index + 1, timeout=20)
+            found = await wait_events(client, is_final, count=index + 1, timeout=20)
             transcripts.append(found[-1]["text"])
             await wait_events(client, lambda e: e["type"] == "end", count=index + 1, timeout=20)
         wer = word_error_rate(" ".join(SENTENCES), " ".join(transcripts))
         assert wer <= 0.25, (wer, transcripts)
-        assert all(e["final"] for e in channel_events(client) if e["type"] == "transcript")
-        sequence = [k for k in kinds(client) if k in ("user_start", "user_end", "transcript", "start", "end")]
+        sequence = [k for k in kinds(client, finals_only=True)
+                    if k in ("user_start", "user_end", "transcript", "start", "end")]
         assert sequence == ["user_start", "user_end", "transcript", "start", "end"] * len(SENTENCES), sequence
         spoken = [e["text"] for e in channel_events(client) if e["type"] == "start"]
         assert spoken == transcripts
@@ -91,7 +97,7 @@ async def test_chat_sends_the_transcript_to_the_llm_with_history(chat_listen_ser
         track.play(speak(SENTENCES[0]))
         await wait_events(client, lambda e: e["type"] == "end" and e["text"] == "Take a hat.", timeout=25)
         first = llm_server.exchanges[0].body["messages"]
-        transcript = next(e["text"] for e in channel_events(client) if e["type"] == "transcript")
+        transcript = next(e["text"] for e in channel_events(client) if is_final(e))
         assert first[-1] == {"role": "user", "content": transcript}
         assert word_error_rate(SENTENCES[0], transcript) <= 0.25, transcript
 
@@ -151,7 +157,7 @@ async def test_off_ignores_the_uplink_and_listen_switches_modes(listen_server, h
         status, body = await post(http, url, {"sessionid": client.sessionid, "listen": "echo"})
         assert status == 200 and body["data"] == {"listen": "echo"}
         track.play(speak(SENTENCES[2]))
-        found = await wait_events(client, lambda e: e["type"] == "transcript", timeout=20)
+        found = await wait_events(client, is_final, timeout=20)
         assert word_error_rate(SENTENCES[2], found[0]["text"]) <= 0.25, found
     finally:
         await client.close()
@@ -175,7 +181,7 @@ async def test_bad_uplinks_leave_the_session_speaking(listen_server, http, case)
             track.play(np.random.default_rng(0).normal(0, 0.3, 16000 * 3).astype(np.float32))
         elif case in ("pcmu-8khz", "stereo-16khz"):
             track.play(speak(SENTENCES[0]))
-            found = await wait_events(client, lambda e: e["type"] == "transcript", timeout=20)
+            found = await wait_events(client, is_final, timeout=20)
             limit = 0.5 if codec else 0.25  # 8 kHz mu-law is telephone band: tiny.en on robotic speech loses words
             assert word_error_rate(SENTENCES[0], found[0]["text"]) <= limit, found
             listener = listen_server.app[LISTEN_KEY].sessions[client.sessionid].listener
@@ -211,16 +217,6 @@ def voiced_frames(env: "np.ndarray") -> int:
     return int((env > VOICED_RMS).sum())
 
 
-def bursts(env: "np.ndarray", gap_frames: int = 3) -> int:
-    """Runs of voiced 20 ms frames separated by at least `gap_frames` quiet ones: roughly, words."""
-    count, quiet = 0, gap_frames
-    for loud in env > VOICED_RMS:
-        if loud and quiet >= gap_frames:
-            count += 1
-        quiet = 0 if loud else quiet + 1
-    return count
-
-
 async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server, http):
     import cv2
     import numpy as np
@@ -248,10 +244,9 @@ async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server
 
     received = np.concatenate([f.data for f in client.audio]).astype(np.float32) / 32768.0
     sent, got = envelope(clip, 16000), envelope(received, 48000)
-    # The avatar's audio track carries the user's audio: every spoken word comes back, and nearly
-    # all of its voiced time (pauses may be shortened: lips drains a backlog in the user's silences;
-    # a late tick on a loaded machine may split a word in two).
-    assert bursts(got) >= bursts(sent) - 1, (bursts(got), bursts(sent))
+    # The avatar's audio track carries the user's audio: nearly all of its voiced time comes back,
+    # and no more than was sent (pauses may be shortened: lips drains a backlog in the user's silences).
+    assert voiced_frames(got) <= 1.3 * voiced_frames(sent), (voiced_frames(got), voiced_frames(sent))
     assert voiced_frames(got) >= 0.8 * voiced_frames(sent), (voiced_frames(got), voiced_frames(sent))
 
     frames = [cv2.cvtColor(f.data, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in client.video[5:]]
@@ -366,16 +361,21 @@ async def test_a_pause_inside_a_turn_gives_a_partial_transcript_before_the_final
     track = SpeechTrack()
     client = await talking_client(listen_server.url, http, track, listen="echo")
     try:
+        # The rest of the turn lasts seconds, so the pause's transcription is back while it is
+        # still open however slow the machine: only then is a partial transcript meaningful.
+        rest = [trimmed(speak(text)) for text in ("the museum on Sunday.", SENTENCES[2], SENTENCES[0])]
+        short_gap = np.zeros(1600, np.float32)
         track.play(np.concatenate([trimmed(speak("I would like to visit")), gap,
-                                   trimmed(speak("the museum on Sunday."))]))
-        final = await wait_events(client, lambda e: e["type"] == "transcript" and e["final"], timeout=20)
+                                   *[part for clip in rest for part in (clip, short_gap)]]))
+        final = await wait_events(client, lambda e: e["type"] == "transcript" and e["final"], timeout=30)
         events = [e for e in channel_events(client) if e["type"] in ("user_start", "user_end", "transcript")]
         partials = [e["text"] for e in events if e["type"] == "transcript" and not e["final"]]
         assert [e["type"] for e in events].count("user_start") == 1, events  # one turn, not two
         assert partials and "visit" in partials[0].lower() and "museum" not in partials[0].lower(), events
         kinds_seen = [e["type"] if e["type"] != "transcript" else ("final" if e["final"] else "partial") for e in events]
         assert kinds_seen[0] == "user_start" and kinds_seen[-2:] == ["user_end", "final"], kinds_seen
-        assert word_error_rate(SENTENCES[1], final[0]["text"]) <= 0.25, final
+        reference = " ".join([SENTENCES[1], SENTENCES[2], SENTENCES[0]])
+        assert word_error_rate(reference, final[0]["text"]) <= 0.25, final
     finally:
         await client.close()
 
