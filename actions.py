@@ -268,8 +268,8 @@ def register_routes(app: web.Application, args: argparse.Namespace, session_from
         body = await read_json(request)
         session = session_from(body)
         audiotype = body.get("audiotype")
-        if isinstance(audiotype, str) and audiotype.strip().isdigit():
-            audiotype = int(audiotype)  # LiveTalking's pages send it as typed in a text box
+        if isinstance(audiotype, str) and audiotype.isdecimal() and len(audiotype) <= 7:
+            audiotype = int(audiotype)  # a number typed into a form may arrive as a string
         if isinstance(audiotype, bool) or not isinstance(audiotype, int):
             raise BadRequest("'audiotype' must be an integer")
         scene = session.engine.scene

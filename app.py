@@ -25,6 +25,10 @@ import actions
 import avatarswitch
 import recorder
 import sse
+import adminapi
+import avatartasks
+import ltcompat
+import webfiles
 from avatar import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
@@ -33,15 +37,22 @@ import listen
 from httpapi import BODY_READ_TIMEOUT_S, BODY_TIMEOUT_KEY, BadRequest, error_middleware, ok, optional_bool, read_json, require_str
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
+<<<<<<< HEAD
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, right_context
 from musetalk.settings import add_arguments as add_musetalk_arguments
+=======
+from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
+from peeractivity import seconds_since_peer_report
+>>>>>>> main
 from sdpcheck import OfferRejected, check_offer_sdp
 from security import AUTH_TOKEN_ENV, AccessPolicy, RedactingAccessLogger, public
 from session import Session, SessionLimitError, SessionRegistry
 from speechbudget import DEFAULT_SPEECH_BUDGET_S, SpeechBudget, SpeechBudgetFull
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
+from tts import cloning
 from tts.netloop import DEFAULT_FIRST_PIECE_S
 from tts.base import TTSError
+from tts.reference import resolve_reference
 
 logger = logging.getLogger("app")
 
@@ -97,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ice-host", dest="ice_hosts", action="append", default=[], metavar="ADDR",
                         help="offer only these local addresses as ICE host candidates (repeatable)")
     parser.add_argument("--idle-timeout", dest="idle_timeout", type=float, default=600.0,
-                        help="close a session after this many seconds without a request or heartbeat (0: never)")
+                        help="close a session after this many seconds without a request, heartbeat or RTCP report from "
+                             "its peer (0: never)")
     parser.add_argument("--tts", choices=TTS_CHOICES, default="auto",
                         help="speech engine; auto = edgetts when it can be reached, else espeak (offline)")
     parser.add_argument("--voice", default=None, help="TTS voice (espeak: en-us, cmn, ...; edgetts: en-US-AriaNeural, ...)")
@@ -108,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tts-timeout", dest="tts_timeout", type=positive_float, default=DEFAULT_FIRST_PIECE_S,
                         metavar="SECONDS", help="network TTS: longest wait for the first audio and between pieces "
                                                 "(a stuck service ends the sentence with an error event)")
+    cloning.add_arguments(parser)
+    avatartasks.add_arguments(parser)
+    ltcompat.add_arguments(parser)
     parser.add_argument("--llm-base-url", dest="llm_base_url", default=None,
                         help="OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM, DashScope...); key from "
                              "OPENAI_API_KEY or DASHSCOPE_API_KEY")
@@ -178,8 +193,15 @@ def tts_settings(args: argparse.Namespace) -> TTSSettings:
         logger.info("tts auto: %s", "edgetts (service reachable)" if backend == "edgetts" else "espeak (offline)")
     if backend == "openai" and not args.tts_base_url:
         raise TTSError("--tts openai needs --tts-base-url (an OpenAI-compatible /v1 endpoint)")
+    service = cloning.ServiceSettings(backend, args.tts_server, args.tts_lang, args.tts_sample_rate) \
+        if backend in cloning.SERVICES else None
+    reference = resolve_reference(args.data_dir, args.ref_file, args.ref_text)
+    if reference is not None and reference.audio is not None and service is None:
+        raise TTSError(f"--REF_FILE {args.ref_file} is a recording, which only a cloning TTS can use: "
+                       f"add --tts {'|'.join(cloning.SERVICES)}")
     return TTSSettings(backend=backend, voice=args.voice, proxy=args.tts_proxy,
-                       base_url=args.tts_base_url, model=args.tts_model, timeout_s=args.tts_timeout)
+                       base_url=args.tts_base_url, model=args.tts_model, timeout_s=args.tts_timeout,
+                       service=service, reference=reference)
 
 
 def llm_settings(args: argparse.Namespace) -> LLMSettings:
@@ -224,7 +246,8 @@ async def offer(request: web.Request) -> web.Response:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:  # aiortc raises ValueError and others for bad SDP
             raise BadRequest(f"could not negotiate the offer SDP: {str(exc)[:200]}") from None
-        backend = await loop.run_in_executor(None, ctx.tts.create)
+        backend = await loop.run_in_executor(None, tts_for_request, ctx, None, None, body.get("refaudio"),
+                                             body.get("reftext"))
         engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
         await loop.run_in_executor(None, request.app[actions.LIBRARY_KEY].apply, engine, clips)
         budget = SpeechBudget(ctx.args.speech_budget)
@@ -286,7 +309,11 @@ async def close_stale_sessions(ctx: ServerContext) -> None:
         if not session.connected and age > ctx.args.handshake_timeout:
             await ctx.sessions.close(session.id, f"not connected after {ctx.args.handshake_timeout:g} s")
         elif ctx.args.idle_timeout > 0 and now - session.last_activity > ctx.args.idle_timeout:
-            await ctx.sessions.close(session.id, f"idle for {ctx.args.idle_timeout:.0f} s")
+            heard = await seconds_since_peer_report(session.pc)
+            if heard is not None and heard < ctx.args.idle_timeout:
+                session.touch()  # a live peer (its RTCP reports arrive) is not idle, heartbeat or not
+            else:
+                await ctx.sessions.close(session.id, f"idle for {ctx.args.idle_timeout:.0f} s")
 
 
 @public
@@ -295,8 +322,10 @@ async def client_config(request: web.Request) -> web.Response:
     ctx = context_of(request)
     ice = [{"urls": s.urls, **({"username": s.username, "credential": s.credential} if s.username else {})}
            for s in ctx.args.ice_servers]
+    chat_problem = ctx.llm.settings.problem()
     return ok(iceServers=ice, model=ctx.engines.model, fps=ctx.args.fps, auth=ctx.access.auth_token is not None,
-              avatar=ctx.args.avatar_id, avatars=ctx.avatars.available())
+              avatar=ctx.args.avatar_id, avatars=ctx.avatars.available(),
+              chat=chat_problem is None, chat_problem=chat_problem)
 
 
 @public
@@ -305,6 +334,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 def session_from(ctx: ServerContext, body: dict) -> Session:
+    body = ltcompat.sessionid_as_text(body, ctx.args.numeric_session_ids)
     session_id = require_str(body, "sessionid", max_len=64)
     session = ctx.sessions.get(session_id)
     if session is None:
@@ -318,19 +348,29 @@ async def is_speaking(request: web.Request) -> web.Response:
     return ok(data=session.speaking)
 
 
+def tts_for_request(ctx: ServerContext, backend: str | None, voice: str | None, ref_file: object = None,
+                    ref_text: object = None):
+    """A TTS backend for a client's choice; a reference voice must lie inside data/ (blocking: stats it)."""
+    try:
+        reference = resolve_reference(ctx.args.data_dir, ref_file, ref_text)
+        return ctx.tts.create(backend, voice, reference)
+    except TTSError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def requested_backend(ctx: ServerContext, session: Session, body: dict):
-    """The session's TTS backend, or one the request names: `tts: "espeak"` or `{backend, voice}`."""
+    """The session's TTS backend, or one the request names: `tts: "espeak"` or
+    `{backend, voice, ref_file, ref_text}` (a cloned voice, LiveTalking's form)."""
     choice = body.get("tts")
     if choice is None:
         return session.tts_backend
     if isinstance(choice, str):
         choice = {"backend": choice}
     if not isinstance(choice, dict) or not all(isinstance(choice.get(k, ""), str) for k in ("backend", "voice")):
-        raise BadRequest("'tts' must be a backend name or {\"backend\": name, \"voice\": voice}")
-    try:
-        return ctx.tts.create(choice.get("backend") or None, choice.get("voice") or None)
-    except TTSError as exc:
-        raise BadRequest(str(exc)) from None
+        raise BadRequest("'tts' must be a backend name or {\"backend\": name, \"voice\": voice, "
+                         "\"ref_file\": path, \"ref_text\": text}")
+    return tts_for_request(ctx, choice.get("backend") or None, choice.get("voice") or None,
+                           choice.get("ref_file"), choice.get("ref_text"))
 
 
 async def human(request: web.Request) -> web.Response:
@@ -461,6 +501,8 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     access = AccessPolicy(args.auth_token, args.allow_origins)
     ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session),
                         tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)), access=access)
+    if args.numeric_session_ids:
+        ctx.sessions.new_id = ltcompat.numeric_session_id
     if args.ice_hosts:
         restrict_ice_hosts(args.ice_hosts)
 
@@ -482,6 +524,9 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     recorder.register_routes(app, args, lambda body: session_from(ctx, body))
     sse.register_routes(app, lambda body: session_from(ctx, body))
     avatarswitch.register_routes(app, avatars, lambda body: session_from(ctx, body))
+    avatartasks.setup(app, args, avatars)
+    webfiles.register_routes(app, WEB_DIR)
+    adminapi.register_routes(app, args, ctx.sessions)
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")
@@ -512,6 +557,11 @@ def main(argv: list[str] | None = None) -> int:
     if not ctx.avatars.exists(args.avatar_id):
         logger.error("avatar %r not found in %s: build it with `python genavatar.py --avatar_id %s --image PHOTO`"
                      " (the default one: `python genavatar.py --default`)", args.avatar_id, ctx.avatars.root, args.avatar_id)
+        return 2
+    try:
+        ctx.engines.prepare(args.avatar_id)  # a LiveTalking folder gets its landmarks now, not at the first offer
+    except AvatarError as exc:
+        logger.error("%s", exc)
         return 2
     ctx.access.warn_if_exposed(args.host)
     logger.info("engine: %s; open http://%s:%d/", ctx.engines.model, args.host, args.listenport)

@@ -92,10 +92,24 @@ class Avatar:
         return self.landmarks is not None and self.crop_boxes is not None and self.masks is not None
 
 
+def is_avatar_folder(folder: Path) -> bool:
+    """A folder genavatar.py wrote, or one in LiveTalking's layout (their index file not a symlink)."""
+    from ltavatar import COORDS_FILE, livetalking_kind
+
+    meta = folder / METADATA_FILE
+    if meta.is_file():
+        return not meta.is_symlink()
+    return livetalking_kind(folder) is not None and not (folder / COORDS_FILE).is_symlink()
+
+
 def load_avatar(folder: Path) -> Avatar:
-    """Read an avatar folder written by genavatar.py (blocking: call off the event loop)."""
+    """Read an avatar folder written by genavatar.py or LiveTalking (blocking: call off the event loop)."""
     meta_file = folder / METADATA_FILE
     if not meta_file.is_file():
+        from ltavatar import livetalking_kind, load_livetalking
+
+        if livetalking_kind(folder) is not None:
+            return load_livetalking(folder)
         raise AvatarError(
             f"avatar folder {folder} has no {METADATA_FILE}: build it with "
             f"`python genavatar.py --image PHOTO --avatar_id {folder.name}`"
@@ -140,9 +154,9 @@ class AvatarStore:
     def __init__(self, root: Path, max_cached: int = 8):
         self.root = root
         self.max_cached = max_cached
-        self._cache: dict[str, Avatar] = {}
+        self._cache: dict[tuple[str, bool], Avatar] = {}
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
+        self._loading: dict[tuple[str, bool], threading.Lock] = {}
 
     def folder(self, avatar_id: str) -> Path | None:
         """The avatar's folder if it is a real folder inside the root (a symlink, or anything that
@@ -153,8 +167,7 @@ class AvatarStore:
             return None
         if not folder.resolve().is_relative_to(self.root.resolve()):
             return None
-        meta = folder / METADATA_FILE
-        return folder if meta.is_file() and not meta.is_symlink() else None
+        return folder if is_avatar_folder(folder) else None
 
     def exists(self, avatar_id: str) -> bool:
         return self.folder(avatar_id) is not None
@@ -165,26 +178,39 @@ class AvatarStore:
         return sorted(p.name for p in self.root.iterdir()
                       if AVATAR_ID_PATTERN.fullmatch(p.name) and self.folder(p.name) is not None)
 
-    def get(self, avatar_id: str) -> Avatar:
-        check_avatar_id(avatar_id)
+    def forget(self, avatar_id: str) -> None:
+        """Drop a cached avatar whose folder was rebuilt; sessions using it keep their copy."""
         with self._lock:
-            if avatar_id in self._cache:
-                return self._cache[avatar_id]
-            load_lock = self._loading.setdefault(avatar_id, threading.Lock())
+            for key in [k for k in self._cache if k[0] == avatar_id]:
+                del self._cache[key]
+
+    def get(self, avatar_id: str, landmarks: bool = False) -> Avatar:
+        """The avatar, loaded once. `landmarks`: an engine needs 68 landmarks per frame, which a
+        LiveTalking folder lacks; they are then computed once (slow, cached on disk)."""
+        check_avatar_id(avatar_id)
+        key = (avatar_id, landmarks)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+            load_lock = self._loading.setdefault(key, threading.Lock())
         with load_lock:
             with self._lock:
-                if avatar_id in self._cache:
-                    return self._cache[avatar_id]
+                if key in self._cache:
+                    return self._cache[key]
             folder = self.folder(avatar_id)
             if folder is None:
                 known = ", ".join(self.available()) or "none"
                 raise AvatarError(f"unknown avatar {avatar_id!r} (available: {known})")
             avatar = load_avatar(folder)
+            if landmarks and avatar.landmarks is None and str(avatar.metadata.get("format", "")).startswith("livetalking"):
+                from ltavatar import with_landmarks
+
+                avatar = with_landmarks(avatar)
             with self._lock:
                 if len(self._cache) >= self.max_cached:
                     evicted = next(iter(self._cache))
                     del self._cache[evicted]
-                    logger.info("avatar cache full: evicted %s", evicted)
-                self._cache[avatar_id] = avatar
-                self._loading.pop(avatar_id, None)
+                    logger.info("avatar cache full: evicted %s", evicted[0])
+                self._cache[key] = avatar
+                self._loading.pop(key, None)
             return avatar

@@ -67,8 +67,17 @@ class EngineFactory:
             f"the {model} engine is not available in this build: use --model lite"
         )
 
+    @property
+    def needs_landmarks(self) -> bool:
+        """The lite engine warps the face along its 68 landmarks."""
+        return self.model == "lite"
+
+    def prepare(self, avatar_id: str) -> None:
+        """Load (and for imported avatars, landmark) an avatar before the first session asks for it."""
+        self.avatars.get(avatar_id, landmarks=self.needs_landmarks)
+
     def build(self, avatar_id: str, session_id: str) -> BaseReal:
-        avatar = self.avatars.get(avatar_id)
+        avatar = self.avatars.get(avatar_id, landmarks=self.needs_landmarks)
         engine = self._engine_class(avatar, self.config, session_id, **self._engine_kwargs)
         engine.start()
         return engine

@@ -3,6 +3,7 @@
     python genavatar.py --default                      # the bundled public-domain photo
     python genavatar.py --image me.jpg --avatar_id me
     python genavatar.py --video me.mp4 --avatar_id me --max_frames 250
+    python genavatar.py --video data/avatars/wav2lip256_avatar1/full_imgs --avatar_id mine   # a folder of frames
 
 Per frame it stores the 68 face landmarks (dlib), MuseTalk's face box, the
 1.5x square crop box and a feathered lower-face blend mask, with MuseTalk
@@ -36,6 +37,7 @@ from facegeom import (DEFAULT_EXTRA_MARGIN, FaceError, FaceLandmarker, crop_box,
                       landmark_box)
 from facemask import lower_face_mask, parsing_mode_for
 from idleloop import IdleAnimator, loop_poses
+from ltavatar import numbered_images, read_images
 
 logger = logging.getLogger("genavatar")
 
@@ -79,6 +81,30 @@ class PrepareReport:
     seconds: float
 
 
+class Progress:
+    """Reports preparation progress 0-100 (for HTTP avatar tasks) beside the tqdm bars.
+
+    Each stage owns a span of the whole: `track` walks an iterable with a tqdm
+    bar and reports the fraction done mapped into [start, end].
+    """
+
+    def __init__(self, report: Callable[[float], None] | None = None):
+        self.report = report
+
+    def track(self, items, desc: str, start: float, end: float, total: int | None = None):
+        total = total if total is not None else len(items)
+        for done, item in enumerate(tqdm(items, desc=desc, unit="frame", total=total), 1):
+            yield item
+            self.set(start + (end - start) * done / max(total, 1))
+
+    def set(self, percent: float) -> None:
+        if self.report is not None:
+            self.report(min(100.0, percent))
+
+
+NO_PROGRESS = Progress()
+
+
 def default_photo() -> np.ndarray:
     """scikit-image's astronaut (Eileen Collins, NASA, public domain) as BGR."""
     from skimage import data
@@ -105,8 +131,16 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
+def read_frame_folder(path: Path, max_frames: int | None) -> list[np.ndarray]:
+    """A folder of frames named <integer>.png/.jpg (e.g. a LiveTalking avatar's full_imgs/), in order."""
+    files = numbered_images(path)
+    return read_images(files[:max_frames] if max_frames else files)
+
+
 def read_video(path: Path, fps: int, max_frames: int | None) -> list[np.ndarray]:
-    """Decode a video, resampled to `fps` by picking the frame due at each tick."""
+    """Decode a video, resampled to `fps` by picking the frame due at each tick; or read a folder of frames."""
+    if path.is_dir():
+        return read_frame_folder(path, max_frames)
     if not path.is_file():
         raise AvatarError(f"video {path} does not exist")
     try:
@@ -177,7 +211,7 @@ def expanded_crop(frame: np.ndarray, crop: np.ndarray) -> np.ndarray:
 
 
 def face_geometry(frames: list[np.ndarray], landmarks: np.ndarray, options: PrepareOptions,
-                  parser=None) -> FaceData:
+                  parser=None, progress: Progress = NO_PROGRESS, span: tuple[float, float] = (0, 0)) -> FaceData:
     """Per frame: MuseTalk's face box and crop box for options.version, and the blend mask
     (from `parser`, a faceparse.FaceParser, when given; else from the landmarks)."""
     if options.version not in ("v15", "v1"):
@@ -187,7 +221,7 @@ def face_geometry(frames: list[np.ndarray], landmarks: np.ndarray, options: Prep
     mode = parsing_mode_for(options.version)
     face_boxes, crop_boxes, masks = [], [], []
     source = "face parsing" if parser is not None else "landmark"
-    for frame, points in tqdm(list(zip(frames, landmarks)), desc=f"{source} masks", unit="frame"):
+    for frame, points in progress.track(list(zip(frames, landmarks)), f"{source} masks", *span):
         box = face_box(points, frame.shape, shift, margin)
         crop = crop_box(box)
         labels = parser.parse(expanded_crop(frame, crop)) if parser is not None else None
@@ -213,11 +247,12 @@ def face_parser_for(models_dir: Path):
         raise AvatarError(str(exc)) from None
 
 
-def track_faces(frames: list[np.ndarray], landmarker: FaceLandmarker, source: str) -> tuple[np.ndarray, int]:
+def track_faces(frames: list[np.ndarray], landmarker: FaceLandmarker, source: str,
+                progress: Progress = NO_PROGRESS, span: tuple[float, float] = (0, 0)) -> tuple[np.ndarray, int]:
     """Landmarks for every frame and how many frames needed interpolation."""
     found: list[np.ndarray | None] = []
     near = None
-    for frame in tqdm(frames, desc="finding faces", unit="frame"):
+    for frame in progress.track(frames, "finding faces", *span):
         points = landmarker.landmarks(frame, near=near)
         found.append(points)
         if points is not None:
@@ -234,13 +269,14 @@ def track_faces(frames: list[np.ndarray], landmarker: FaceLandmarker, source: st
     return smooth_track(interpolate_missing(found)), missing
 
 
-def still_to_loop(image: np.ndarray, landmarks: np.ndarray, options: PrepareOptions) -> tuple[list, np.ndarray]:
+def still_to_loop(image: np.ndarray, landmarks: np.ndarray, options: PrepareOptions,
+                  progress: Progress = NO_PROGRESS, span: tuple[float, float] = (0, 0)) -> tuple[list, np.ndarray]:
     count = max(1, int(round(options.loop_seconds * options.fps)))
     if count == 1:
         return [image], landmarks[None]
     animator = IdleAnimator(image, landmarks)
     frames, points = [], []
-    for pose in tqdm(loop_poses(count, animator.face_width, options.fps), desc="idle loop", unit="frame"):
+    for pose in progress.track(loop_poses(count, animator.face_width, options.fps), "idle loop", *span, total=count):
         frame, moved = animator.frame(pose)
         frames.append(frame)
         points.append(moved)
@@ -262,7 +298,8 @@ def prepare_model_data(model: str, folder: Path, options: PrepareOptions) -> Non
 
 
 def write_avatar(out_dir: Path, frames: list[np.ndarray], metadata: dict, face: FaceData | None = None,
-                 finish: Callable[[Path], None] | None = None) -> Path:
+                 finish: Callable[[Path], None] | None = None, progress: Progress = NO_PROGRESS,
+                 span: tuple[float, float] = (0, 0)) -> Path:
     """Write frames (+ face data) + metadata atomically: into a temp folder, then renamed.
 
     `finish` runs on the temp folder before the rename (engine-specific extras).
@@ -270,7 +307,7 @@ def write_avatar(out_dir: Path, frames: list[np.ndarray], metadata: dict, face: 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / FRAMES_DIR).mkdir(parents=True)
-    for index, frame in enumerate(tqdm(frames, desc="writing frames", unit="frame")):
+    for index, frame in enumerate(progress.track(frames, "writing frames", *span)):
         cv2.imwrite(str(frame_path(tmp, index)), frame)
     if face is not None:
         (tmp / MASKS_DIR).mkdir()
@@ -294,7 +331,7 @@ def write_avatar(out_dir: Path, frames: list[np.ndarray], metadata: dict, face: 
 
 def build_avatar(out_dir: Path, options: PrepareOptions, *, image: np.ndarray | None = None,
                  frames: list[np.ndarray] | None = None, source: str = "",
-                 landmarker: FaceLandmarker | None = None) -> PrepareReport:
+                 landmarker: FaceLandmarker | None = None, progress: Progress = NO_PROGRESS) -> PrepareReport:
     """Prepare an avatar from one still `image` (made into an idle loop) or video `frames`."""
     if (image is None) == (frames is None):
         raise ValueError("give exactly one of image= or frames=")
@@ -307,13 +344,13 @@ def build_avatar(out_dir: Path, options: PrepareOptions, *, image: np.ndarray | 
     landmarker = landmarker or FaceLandmarker()
     if image is not None:
         still = even_size(image, options.max_side)
-        points, missing = track_faces([still], landmarker, source)
-        frames, landmarks = still_to_loop(still, points[0], options)
+        points, missing = track_faces([still], landmarker, source, progress, (0, 10))
+        frames, landmarks = still_to_loop(still, points[0], options, progress, (10, 50))
     else:
         frames = [even_size(frame, options.max_side) for frame in frames]
-        landmarks, missing = track_faces(frames, landmarker, source)
+        landmarks, missing = track_faces(frames, landmarker, source, progress, (0, 50))
     parser = face_parser_for(options.models_dir)
-    face = face_geometry(frames, landmarks, options, parser)
+    face = face_geometry(frames, landmarks, options, parser, progress, (50, 60))
     detected = 1 - missing if image is not None else len(frames) - missing
     metadata = {
         "source": source, "fps": options.fps, "model": options.model, "generator": GENERATOR_VERSION,
@@ -326,8 +363,11 @@ def build_avatar(out_dir: Path, options: PrepareOptions, *, image: np.ndarray | 
     }
     if image is not None:
         metadata["idle_loop_seconds"] = len(frames) / options.fps
+    write_end = 90 if options.model == "musetalk" else 99
     folder = write_avatar(out_dir, frames, metadata, face,
-                          finish=lambda tmp: prepare_model_data(options.model, tmp, options))
+                          finish=lambda tmp: prepare_model_data(options.model, tmp, options), progress=progress,
+                          span=(60, write_end))
+    progress.set(100)
     seconds = time.monotonic() - started
     logger.info("prepared %s: %d frames, face found in %d, interpolated in %d, %.1f s",
                 out_dir.name, len(frames), detected, missing, seconds)
@@ -355,7 +395,7 @@ def prepare(args: argparse.Namespace) -> PrepareReport:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--video", type=Path)
+    source.add_argument("--video", type=Path, help="a video file, or a folder of frames named 0.png, 1.png, ...")
     source.add_argument("--image", type=Path)
     source.add_argument("--default", action="store_true", help="build the default avatar from the bundled photo")
     parser.add_argument("--avatar_id", default=DEFAULT_AVATAR_ID)

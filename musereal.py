@@ -41,12 +41,18 @@ class MuseAvatarAssets:
 
     @staticmethod
     def build(avatar: Avatar) -> "MuseAvatarAssets":
-        if not avatar.has_face_data or avatar.face_boxes is None:
+        if avatar.metadata.get("format") == "livetalking-wav2lip":
+            raise AvatarError(
+                f"avatar {avatar.avatar_id} is a LiveTalking wav2lip folder (no MuseTalk masks or latents): convert "
+                f"it with `python genavatar.py --model musetalk --video {avatar.folder / 'full_imgs'} "
+                f"--avatar_id {avatar.avatar_id}_musetalk`, or serve it with --model lite"
+            )
+        if avatar.face_boxes is None or avatar.crop_boxes is None or avatar.masks is None:
             raise AvatarError(
                 f"avatar {avatar.avatar_id} has no face data (landmarks, boxes, masks): rebuild it with "
                 f"`python genavatar.py --model musetalk --avatar_id {avatar.avatar_id} ...`"
             )
-        latents = load_latents(avatar.folder, avatar.frame_count)
+        latents = load_latents(avatar.folder, avatar.frame_count, avatar.metadata.get("faceless_frames", ()))
         plans = tuple(BlendPlan.build(frame.shape, face, crop, mask) for frame, face, crop, mask
                       in zip(avatar.frames, avatar.face_boxes, avatar.crop_boxes, avatar.masks))
         return MuseAvatarAssets(latents=latents, plans=plans)

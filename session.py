@@ -233,6 +233,7 @@ class SessionRegistry:
         self.max_sessions = max_sessions
         self._sessions: dict[str, Session] = {}
         self._reserved: dict[str, int] = {}  # client address -> sessions being built
+        self.new_id: Callable[[], str] = lambda: str(uuid.uuid4())
 
     def pending(self, client: str) -> int:
         """Sessions of this client being built or not yet connected."""
@@ -251,7 +252,7 @@ class SessionRegistry:
                 status=429,
             )
         self._reserved[client] = self._reserved.get(client, 0) + 1
-        return str(uuid.uuid4())
+        return self.new_id()
 
     def release_reservation(self, client: str = "unknown") -> None:
         left = self._reserved.get(client, 0) - 1

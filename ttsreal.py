@@ -25,6 +25,8 @@ from media import CHUNK_SAMPLES, SAMPLE_RATE, AudioChunk, SpeechEvent
 from speechbudget import SpeechBudget
 from textproc import clean_for_speech, split_sentences
 from tts.base import TTSBackend, TTSError
+from tts.cloning import SERVICES, ServiceSettings
+from tts.reference import VoiceReference
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +215,7 @@ class TTSWorker:
         self._open, self._start = None, None
 
 
-TTS_CHOICES = ("auto", "espeak", "edgetts", "openai")
+TTS_CHOICES = ("auto", "espeak", "edgetts", "openai", *SERVICES)
 MAX_CACHED_BACKENDS = 256
 TTS_BACKENDS = TTS_CHOICES[1:]
 
@@ -226,6 +228,8 @@ class TTSSettings:
     base_url: str | None = None  # openai
     model: str = "tts-1"  # openai
     timeout_s: float = 10.0  # network backends: first audio, and between pieces
+    service: ServiceSettings | None = None  # sovits / cosyvoice / fishtts / xtts
+    reference: VoiceReference | None = None  # the server's default reference voice (--REF_FILE)
 
 
 class TTSFactory:
@@ -241,25 +245,54 @@ class TTSFactory:
         self._lock = threading.Lock()
         self._backends: dict[tuple[str, str], TTSBackend] = {}
         self._speech = None  # tts.openai_speech.SpeechService, built on first use
+        self._services: dict[str, ServiceSettings] = {}  # cloning services in use, each with one HTTP client
 
-    def create(self, backend: str | None = None, voice: str | None = None) -> TTSBackend:
-        """A backend by name (default: the server's), raising TTSError for unknown names or voices."""
+    def create(self, backend: str | None = None, voice: str | None = None,
+               reference: VoiceReference | None = None) -> TTSBackend:
+        """A backend by name (default: the server's), raising TTSError for unknown names or voices.
+
+        `reference`: the voice a cloning service imitates; for the other backends a
+        reference that is a plain name is their voice (LiveTalking's REF_FILE habit).
+        """
         name = backend or self.settings.backend
         if name not in TTS_BACKENDS:
             raise TTSError(f"unknown TTS backend {str(name)[:40]!r}: choose one of {', '.join(TTS_BACKENDS)}")
         voice = voice or (self.settings.voice if name == self.settings.backend else None)
-        key = (name, voice or "")
+        if reference is None and name == self.settings.backend:
+            reference = self.settings.reference
+        if reference is not None and name not in SERVICES:
+            if reference.voice_id is None:
+                raise TTSError(f"the {name} TTS cannot clone a voice from a recording: use --tts "
+                               f"{'/'.join(SERVICES)}, or name a voice")
+            voice, reference = voice or reference.voice_id, None
+        key = (name, voice or "", reference)
         with self._lock:
             cached = self._backends.get(key)
         if cached is not None:
             return cached
-        built = self._build(name, voice)
+        built = self._build(name, voice, reference)
         with self._lock:
             if len(self._backends) >= MAX_CACHED_BACKENDS:
                 self._backends.clear()  # only names from allow-lists get here; this just bounds the table
             return self._backends.setdefault(key, built)
 
-    def _build(self, name: str, voice: str | None) -> TTSBackend:
+    def _service(self, name: str) -> ServiceSettings:
+        """The process-wide connection settings (and HTTP client) of a cloning service."""
+        with self._lock:
+            service = self._services.get(name)
+            if service is None:
+                configured = self.settings.service
+                service = configured if configured is not None and configured.service == name \
+                    else ServiceSettings(name)
+                service.timeout_s = self.settings.timeout_s
+                self._services[name] = service
+            return service
+
+    def _build(self, name: str, voice: str | None, reference: VoiceReference | None = None) -> TTSBackend:
+        if name in SERVICES:
+            from tts.cloning import BACKENDS
+
+            return BACKENDS[name](self._service(name), reference, voice)
         if name == "espeak":
             from tts.espeak import EspeakLibrary, EspeakTTS
 
@@ -287,6 +320,9 @@ class TTSFactory:
         """Shut the shared clients (server shutdown)."""
         with self._lock:
             speech, self._speech = self._speech, None
+            services, self._services = list(self._services.values()), {}
             self._backends.clear()
         if speech is not None:
             speech.close()
+        for service in services:
+            service.close()

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.1
 JOIN_TIMEOUT_S = 1.0
 LIPS_MAX_QUEUED_CHUNKS = 15  # 300 ms of user audio may wait for the renderer (uplink jitter); older is dropped
+LIPS_TARGET_CHUNKS = 2  # above this backlog, quiet chunks are skipped: latency drains in the user's pauses
+LIPS_QUIET_RMS = 0.01
 
 
 class Listener:
@@ -46,6 +48,7 @@ class Listener:
         self._reset = threading.Event()
         self._stopping = threading.Event()
         self.lips_dropped = 0
+        self.lips_skipped = 0
         self.windows = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -91,8 +94,14 @@ class Listener:
         count = len(self._pending) // CHUNK_SAMPLES
         engine = self._engine
         for i in range(count):
-            chunk = AudioChunk(self._pending[i * CHUNK_SAMPLES:(i + 1) * CHUNK_SAMPLES].copy(), speech=True,
-                               epoch=engine.epoch)
+            samples = self._pending[i * CHUNK_SAMPLES:(i + 1) * CHUNK_SAMPLES].copy()
+            voiced = float(np.sqrt(np.mean(samples ** 2))) >= LIPS_QUIET_RMS
+            if not voiced and engine.audio_in.qsize() + len(self._buffer) > LIPS_TARGET_CHUNKS:
+                self.lips_skipped += 1
+                continue
+            # Quiet audio is not speech to the engine: it renders idle just in time, and the next
+            # voiced chunk jumps the idle frames queued ahead of it.
+            chunk = AudioChunk(samples, speech=voiced, epoch=engine.epoch)
             while engine.audio_in.qsize() >= LIPS_MAX_QUEUED_CHUNKS:
                 try:
                     engine.audio_in.get_nowait()  # the renderer fell behind: the oldest audio goes, latency stays bounded

@@ -64,8 +64,11 @@ class SessionListening:
             self.camera = LatestFrame(track, name=f"camera-{tag}")
         elif track.kind == "audio" and self.reader is None:
             buffer = FrameBuffer()
-            self.reader = UplinkReader(track, buffer, name=f"uplink-{tag}")
-            self._starting = asyncio.create_task(self._start_listener(buffer), name=f"listen-start-{tag}")
+
+            def first_frame() -> None:  # the listener thread and the recogniser only for a peer that sends
+                self._starting = asyncio.create_task(self._start_listener(buffer), name=f"listen-start-{tag}")
+
+            self.reader = UplinkReader(track, buffer, name=f"uplink-{tag}", on_first_frame=first_frame)
 
     async def _start_listener(self, buffer: FrameBuffer) -> None:
         vad_model = await self.service.vad_model()

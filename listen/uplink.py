@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+from typing import Callable
 
 import av
 import numpy as np
@@ -64,10 +65,12 @@ class FrameBuffer:
 class UplinkReader:
     """Awaits a remote track's frames on the loop and hands them to a buffer, nothing more."""
 
-    def __init__(self, track: MediaStreamTrack, buffer: FrameBuffer, name: str):
+    def __init__(self, track: MediaStreamTrack, buffer: FrameBuffer, name: str,
+                 on_first_frame: Callable[[], None] = lambda: None):
         self.track = track
         self.buffer = buffer
         self.frames = 0
+        self._on_first_frame = on_first_frame  # a peer that only receives never gets this far
         self._task = asyncio.create_task(self._run(), name=name)
 
     async def _run(self) -> None:
@@ -77,6 +80,8 @@ class UplinkReader:
             except MediaStreamError:
                 return
             self.frames += 1
+            if self.frames == 1:
+                self._on_first_frame()
             if isinstance(frame, av.AudioFrame):
                 self.buffer.put(frame)
 

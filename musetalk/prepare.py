@@ -66,18 +66,33 @@ def prepare_avatar(avatar_folder: Path, options) -> Path:
     return add_musetalk_latents(avatar_folder, models)
 
 
-def load_latents(avatar_folder: Path, frame_count: int) -> torch.Tensor:
-    """The (N, 8, 32, 32) latents of an avatar, checked against its frame count."""
+def load_latents(avatar_folder: Path, frame_count: int, faceless: list[int] | tuple[int, ...] = ()) -> torch.Tensor:
+    """The (N, 8, 32, 32) latents of an avatar, checked against its frame count.
+
+    Reads this project's file ({"latents": tensor}) and LiveTalking's (a list of
+    (1, 8, 32, 32) tensors), always with weights_only=True: the file is untrusted.
+    LiveTalking skips frames without a face (`faceless`); those borrow the latents
+    of the nearest frame with one, so latents and frames stay aligned.
+    """
     path = avatar_folder / LATENTS_FILE
     hint = f"run `python genavatar.py --model musetalk --avatar_id {avatar_folder.name} ...` to prepare it"
     if not path.is_file():
         raise AvatarError(f"avatar {avatar_folder.name} has no MuseTalk latents ({LATENTS_FILE}): {hint}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-        latents = data["latents"].float()
+        if isinstance(data, (list, tuple)):
+            latents = torch.cat([item.reshape(-1, *item.shape[-3:]) for item in data]).float()
+        else:
+            latents = data["latents"].float()
     except Exception as exc:
         raise AvatarError(f"cannot read {path} ({type(exc).__name__}): {hint}") from None
-    if latents.ndim != 4 or tuple(latents.shape[1:]) != (8, LATENT_SIZE, LATENT_SIZE) \
-            or latents.shape[0] != frame_count:
+    if latents.ndim != 4 or tuple(latents.shape[1:]) != (8, LATENT_SIZE, LATENT_SIZE):
+        raise AvatarError(f"{path} holds latents of shape {tuple(latents.shape)} for {frame_count} frames: {hint}")
+    if faceless and latents.shape[0] == frame_count - len(faceless):
+        skipped = set(faceless)
+        with_face = [i for i in range(frame_count) if i not in skipped]
+        nearest = [min(range(len(with_face)), key=lambda k: abs(with_face[k] - i)) for i in range(frame_count)]
+        latents = latents[nearest]
+    if latents.shape[0] != frame_count:
         raise AvatarError(f"{path} holds latents of shape {tuple(latents.shape)} for {frame_count} frames: {hint}")
     return latents

@@ -20,7 +20,7 @@ import av
 import numpy as np
 from aiohttp import web
 
-from tests.tts_servers import PCM_RATE, pcm_s16, sine
+from tests.tts_servers import PCM_RATE, LocalServer, pcm_s16, sine
 
 
 class Attacker:
@@ -113,34 +113,23 @@ def multipart_upload(sessionid: str, data: bytes, filename: str = "a.wav") -> ai
     return form
 
 
-class ScriptedSpeechServer:
+class ScriptedSpeechServer(LocalServer):
     """An OpenAI-compatible /v1/audio/speech on 127.0.0.1 whose behaviour the test switches:
     "ok" streams a second of PCM, "hang" accepts and never answers, "drip" sends a byte a second."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.mode = "ok"
         self.open_requests = 0
         self.hung_up = 0
         self.requests = 0
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def start(self) -> None:
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/audio/speech", self._speech)
-        self._runner = web.AppRunner(app, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         await request.read()

@@ -95,6 +95,14 @@ class ReceiverClient:
                 )
             await asyncio.sleep(0.05)
 
+    def stop_reports(self) -> None:
+        """Stop sending RTCP receiver reports (a peer gone silent that still answers ICE checks)."""
+        async def drop(_packet) -> None:
+            return None
+
+        for transceiver in self.pc.getTransceivers():
+            transceiver.receiver._send_rtcp = drop
+
     async def close(self) -> None:
         await self.pc.close()
         for task in self._tasks:

@@ -101,7 +101,7 @@ async def test_speech_takes_over_a_clip_and_interrupt_stops_one(action_server, h
     await asyncio.sleep(0.5)  # past the fade
     spoken = time.monotonic()
     await wait_until(lambda: client.video[-1].arrival > spoken + 0.3, what="frames while speaking")
-    recent = [f for f in client.video if f.arrival > spoken]
+    recent = [f for f in client.video if spoken < f.arrival <= spoken + 0.3]  # well inside the ~2 s utterance
     assert recent and not any(near(f.data, RED) or near(f.data, BLUE) for f in recent)
     assert not session.engine.scene.playing
     # Starting a clip while speaking is refused with what to do.
@@ -152,7 +152,7 @@ async def test_custom_config_per_session_is_validated_and_clips_are_shared(serve
     assert first.engine.scene.actions[2] is second.engine.scene.actions[2]  # loaded once, shared
     assert first.engine.scene.actions[2].frames[0].flags.writeable is False
     sid = first.id
-    for audiotype, status_code in (("x", 400), (True, 400), (7, 404)):
+    for audiotype, status_code in (("x", 400), ("²", 400), (True, 400), (None, 400), (7, 404), ("7", 404)):
         status, body = await post(http, f"{url}/set_audiotype", {"sessionid": sid, "audiotype": audiotype})
         assert status == status_code and body["code"] == -1 and body["msg"], body
     status, body = await post(http, f"{url}/set_audiotype", {"sessionid": "nobody", "audiotype": 2})

@@ -19,7 +19,6 @@ import string
 
 import aiohttp
 import pytest
-from aiortc import RTCPeerConnection
 
 from tests.attacks import (
     Attacker,
@@ -34,6 +33,7 @@ from tests.attacks import (
     wav_declaring,
 )
 from tests.conftest import TEST_AVATAR_ID
+from tests.test_api import offer_sdp
 from tests.rtc_client import ReceiverClient
 from tests.server_process import ServerProcess, copy_test_data
 
@@ -76,14 +76,6 @@ async def target(attack_data, tmp_path, speech_service, http):
         yield server
     finally:
         server.stop()
-
-
-async def offer_sdp() -> tuple[RTCPeerConnection, str]:
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc, pc.localDescription.sdp
 
 
 async def events_of(client: ReceiverClient, kind: str) -> list[dict]:

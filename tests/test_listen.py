@@ -182,6 +182,8 @@ async def test_bad_uplinks_leave_the_session_speaking(listen_server, http, case)
         if case in ("silence", "never-sends-rtp"):
             assert "user_start" not in kinds(client)
         listening = listen_server.app[LISTEN_KEY].sessions[client.sessionid]
+        if case == "never-sends-rtp":
+            assert listening.listener is None, "a listener thread was started for a peer that sends nothing"
         if listening.reader is not None:
             assert len(listening.reader.buffer) <= listening.reader.buffer.maxsize
         since = len(client.audio)
@@ -200,6 +202,23 @@ def envelope(samples: "np.ndarray", rate: int) -> "np.ndarray":
     return np.sqrt((usable.reshape(-1, step) ** 2).mean(axis=1))
 
 
+VOICED_RMS = 0.02
+
+
+def voiced_frames(env: "np.ndarray") -> int:
+    return int((env > VOICED_RMS).sum())
+
+
+def bursts(env: "np.ndarray", gap_frames: int = 3) -> int:
+    """Runs of voiced 20 ms frames separated by at least `gap_frames` quiet ones: roughly, words."""
+    count, quiet = 0, gap_frames
+    for loud in env > VOICED_RMS:
+        if loud and quiet >= gap_frames:
+            count += 1
+        quiet = 0 if loud else quiet + 1
+    return count
+
+
 async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server, http):
     import cv2
     import numpy as np
@@ -209,6 +228,10 @@ async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server
     track = SpeechTrack()
     client = await talking_client(listen_server.url, http, track, listen="lips", avatar=PHOTO_AVATAR_ID)
     try:
+        listening = listen_server.app[LISTEN_KEY].sessions[client.sessionid]
+        deadline = time.monotonic() + 10
+        while (listening.listener is None or len(listening.reader.buffer) > 2) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the listener has started and caught up with the uplink
         await asyncio.sleep(0.5)
         clip = speak("One two three four five six seven eight nine ten.")
         track.play(clip)
@@ -223,13 +246,11 @@ async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server
 
     received = np.concatenate([f.data for f in client.audio]).astype(np.float32) / 32768.0
     sent, got = envelope(clip, 16000), envelope(received, 48000)
-    lags = range(0, len(got) - len(sent))
-    scores = [np.corrcoef(sent, got[lag:lag + len(sent)])[0, 1] for lag in lags]
-    # The avatar's audio track carries the user's audio: envelopes match (random alignment scores ~0.2;
-    # a loaded machine's late ticks and skips leave gaps, hence not ~1).
-    assert max(scores) > 0.5, max(scores)
-    voiced = lambda env: int((env > 0.02).sum())  # noqa: E731
-    assert voiced(got) >= 0.7 * voiced(sent), (voiced(got), voiced(sent))
+    # The avatar's audio track carries the user's audio: every spoken word comes back, and nearly
+    # all of its voiced time (pauses may be shortened: lips drains a backlog in the user's silences;
+    # a late tick on a loaded machine may split a word in two).
+    assert bursts(got) >= bursts(sent) - 1, (bursts(got), bursts(sent))
+    assert voiced_frames(got) >= 0.8 * voiced_frames(sent), (voiced_frames(got), voiced_frames(sent))
 
     frames = [cv2.cvtColor(f.data, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in client.video[5:]]
     changes = [float(np.abs(a - b).mean()) for a, b in zip(frames, frames[1:])]
@@ -295,3 +316,38 @@ async def test_camera_frame_goes_with_the_chat_turn_only_with_llm_vision(data_di
     finally:
         await client.close()
         await running.runner.cleanup()
+
+
+async def test_talking_clients_that_come_and_go_leave_no_threads_or_sessions(listen_server, http):
+    import gc
+    import threading
+    import warnings
+
+    from listen.router import SessionListening
+    from session import Session
+
+    def live() -> int:
+        gc.collect()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return sum(1 for obj in gc.get_objects() if isinstance(obj, (Session, SessionListening)))
+
+    clip = speak("Hello there.")
+    for cycle in range(3):
+        track = SpeechTrack()
+        client = await talking_client(listen_server.url, http, track, listen="echo")
+        if cycle % 2:
+            track.play(clip)  # leave while a turn is being detected or transcribed
+            await asyncio.sleep(0.6)
+        await client.close()
+        deadline = time.monotonic() + 3.0
+        while len(listen_server.context.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(listen_server.context.sessions) == 0
+    assert not listen_server.app[LISTEN_KEY].sessions
+    await asyncio.sleep(0.3)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("listen-")]
+    deadline = time.monotonic() + 3.0
+    while live() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert live() == 0, "closed sessions or their listening are still referenced"

@@ -24,7 +24,7 @@ async def guarded(data_dir):
 
 
 async def test_token_guards_the_api_but_not_the_page(guarded, http):
-    for path in ("/", "/config", "/web/client.js"):
+    for path in ("/", "/config", "/web/avatar-client.js", "/avatar.html"):
         async with http.get(f"{guarded.url}{path}") as response:
             assert response.status == 200, path
     async with http.get(f"{guarded.url}/config") as response:

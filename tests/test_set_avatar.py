@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import av
 import numpy as np
 import pytest
 
@@ -26,12 +27,13 @@ def wide_avatar(data_dir) -> str:
     return WIDE_ID
 
 
-async def test_set_avatar_crossfades_to_another_size_without_renegotiating(server, http, wide_avatar):
+async def test_set_avatar_crossfades_to_another_size_without_renegotiating(server, http, wide_avatar, tmp_path):
     client = ReceiverClient(server.url)
     await client.connect(http, data_channel=True)
     await client.wait_for(video_frames=10, audio_frames=20)
     url, sid = server.url, client.sessionid
     before = center_color(client.video[-1].data)
+    assert (await post(http, f"{url}/record", {"sessionid": sid, "type": "start_record"}))[0] == 200
     mark = len(client.video)
     status, body = await post(http, f"{url}/set_avatar", {"sessionid": sid, "avatar": wide_avatar})
     assert status == 200 and body["data"] == {"avatar": WIDE_ID, "size": [240, 120],
@@ -46,6 +48,18 @@ async def test_set_avatar_crossfades_to_another_size_without_renegotiating(serve
              float(np.abs(center_color(f.data) - before).max()) > 30]
     assert len(mixed) >= 3, len(mixed)  # a crossfade, not a cut
     assert client.pc.connectionState == "connected"
+    # A recording across the switch keeps one size and holds both avatars.
+    status, body = await post(http, f"{url}/record", {"sessionid": sid, "type": "end_record"})
+    assert status == 200, body
+    async with http.get(f"{url}/record/{sid}") as response:
+        path = tmp_path / "switch.mp4"
+        path.write_bytes(await response.read())
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (TEST_AVATAR_SIZE, TEST_AVATAR_SIZE)
+        recorded = [f.to_ndarray(format="bgr24") for f in container.decode(stream)]
+    assert len(recorded) == body["data"]["frames"]
+    assert not near(recorded[0], WIDE_COLOR) and near(recorded[-1], WIDE_COLOR)
 
     # A switch to an avatar with face data; speech goes on on the same tracks.
     status, body = await post(http, f"{url}/set_avatar", {"sessionid": sid, "avatar": PHOTO_AVATAR_ID})

@@ -72,3 +72,13 @@ async def test_sse_and_events_share_the_subscriber_cap(server, http):
     async with http.get(f"{server.url}/sse", params={"sessionid": client.sessionid}) as again:
         assert again.status == 200
     await client.close()
+
+
+async def test_new_json_endpoints_go_through_the_shared_body_checks(server, http):
+    for path in ("/set_audiotype", "/record", "/set_avatar"):
+        async with http.post(f"{server.url}{path}", data=b"{not json", headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 400 and "JSON" in (await r.json())["msg"], path
+        async with http.post(f"{server.url}{path}", data=b'{"sessionid": "x"}', headers={"Content-Type": "text/plain"}) as r:
+            assert r.status == 415, path
+        async with http.post(f"{server.url}{path}", json={"sessionid": "nobody"}) as r:
+            assert r.status == 404 and (await r.json())["code"] == -1, path

@@ -108,7 +108,7 @@ async def test_server_shutdown_closes_every_session(data_dir, http):
         await client.close()
 
 
-async def test_idle_timeout_closes_a_quiet_session_but_not_one_that_sends_heartbeats(data_dir, http):
+async def test_idle_timeout_closes_a_silent_peer_but_not_one_that_sends_heartbeats(data_dir, http):
     from tests.conftest import server_args, start_server
 
     running = await start_server(server_args(data_dir, "--idle-timeout", "1.5"))
@@ -116,6 +116,7 @@ async def test_idle_timeout_closes_a_quiet_session_but_not_one_that_sends_heartb
     chatty = ReceiverClient(running.url)
     try:
         await quiet.connect(http)
+        quiet.stop_reports()  # RTCP reports alone keep a peer alive (test_livetalking_pages)
         await chatty.connect(http, data_channel=True)
         await chatty.wait_for(video_frames=3)
         for _ in range(14):  # 4.2 s, well past the timeout

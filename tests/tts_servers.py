@@ -53,7 +53,7 @@ class ServiceLog:
     hung_up: asyncio.Event = field(default_factory=asyncio.Event)  # the client left before the end
 
 
-class _LocalServer:
+class LocalServer:
     def __init__(self) -> None:
         self.log = ServiceLog()
         self._runner: web.AppRunner | None = None
@@ -76,7 +76,7 @@ class _LocalServer:
             await self._runner.cleanup()
 
 
-class FakeEdgeService(_LocalServer):
+class FakeEdgeService(LocalServer):
     """`mode`: "audio" (stream `mp3` in pieces), "no_audio" (end the turn at once), "reject" (HTTP 503)."""
 
     def __init__(self, mp3: bytes, piece_bytes: int = 1440, delay: float = 0.05, mode: str = "audio"):
@@ -131,7 +131,7 @@ class FakeEdgeService(_LocalServer):
         return len(header).to_bytes(2, "big") + header + data
 
 
-class FakeSpeechServer(_LocalServer):
+class FakeSpeechServer(LocalServer):
     """`POST /v1/audio/speech` streaming `pcm` (24 kHz s16le) in pieces, or failing with `status`."""
 
     def __init__(self, pcm: bytes, piece_bytes: int = 4801, delay: float = 0.05, status: int = 200):

@@ -1,6 +1,6 @@
 // Talking to the avatar: the microphone (Talk), the camera, the listen mode,
 // the conversation as chat bubbles and the live VAD state.
-// client.js offers its audio and video transceivers as sendrecv when this file
+// avatar-client.js offers its audio and video transceivers as sendrecv when this file
 // is loaded; the mic and camera tracks are attached later with replaceTrack,
 // so toggling them needs no renegotiation.
 "use strict";

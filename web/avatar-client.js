@@ -7,7 +7,7 @@ const HEARTBEAT_MS = 5000;
 const STATS_MS = 1000;
 
 const client = {
-  pc: null, sessionid: null, channel: null, timers: [], lastStats: null, token: readToken(),
+  pc: null, sessionid: null, channel: null, timers: [], lastStats: null, config: null, token: readToken(),
 };
 
 // The API token (--auth-token) comes once in the URL fragment (/#token=...), which is never sent to
@@ -38,10 +38,34 @@ function setState(text, cls) {
   $("state").className = "pill " + (cls || "");
 }
 
-function setControls(connected) {
-  $("connect").disabled = connected;
-  $("disconnect").disabled = !connected;
-  for (const id of ["text", "mode", "barge", "send", "interrupt"]) $(id).disabled = !connected;
+// "idle": only Connect; "connecting": nothing yet; "live": the session exists, talk is enabled.
+function setControls(phase) {
+  $("connect").disabled = phase !== "idle";
+  $("avatar").disabled = phase !== "idle" || $("avatar").options.length < 2;
+  $("disconnect").disabled = phase === "idle";
+  for (const id of ["text", "mode", "barge", "send", "interrupt"]) $(id).disabled = phase !== "live";
+  $("text").placeholder = phase === "live" ? "Type something for the avatar to say (Enter sends, Shift+Enter: new line)"
+    : "Connect first, then type here (Enter sends, Shift+Enter: new line)";
+}
+
+// What the page can offer before connecting: engine, avatars, and whether chat has an LLM.
+async function loadConfig() {
+  try {
+    const config = await (await fetch("/config")).json();
+    client.config = config;
+    $("engine").textContent = `engine: ${config.model}`;
+    const wanted = new URLSearchParams(location.search).get("avatar") || config.avatar;
+    const names = config.avatars && config.avatars.length ? config.avatars : [config.avatar];
+    $("avatar").replaceChildren(...names.map((name) => new Option(name, name, false, name === wanted)));
+    const chat = $("mode").querySelector('option[value="chat"]');
+    chat.disabled = config.chat === false;
+    $("chat-hint").hidden = config.chat !== false;
+    $("chat-hint").textContent = config.chat === false ? `chat is off: ${config.chat_problem}` : "";
+  } catch (err) {
+    $("engine").textContent = "engine: unknown";
+    log(`cannot read /config: ${err.message}`, "error");
+  }
+  setControls(client.pc ? (client.sessionid ? "live" : "connecting") : "idle");
 }
 
 async function postJSON(path, body) {
@@ -109,12 +133,10 @@ async function updateStats() {
 }
 
 async function connect() {
-  setControls(true);
-  $("connect").disabled = true;
+  setControls("connecting");
   setState("connecting");
   try {
-    const config = await (await fetch("/config")).json();
-    $("engine").textContent = `engine: ${config.model}`;
+    const config = client.config || await (await fetch("/config")).json();
     const pc = new RTCPeerConnection({ iceServers: config.iceServers || [] });
     client.pc = pc;
     const uplink = typeof listenPage === "undefined" ? "recvonly" : "sendrecv";  // listen.js sends mic/camera
@@ -140,15 +162,16 @@ async function connect() {
 
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc);
-    const params = new URLSearchParams(location.search);
+    const avatar = $("avatar").value || undefined;
     const answer = await postJSON("/offer", {
-      sdp: pc.localDescription.sdp, type: "offer", avatar: params.get("avatar") || undefined,
+      sdp: pc.localDescription.sdp, type: "offer", avatar,
       listen: typeof listenPage === "undefined" ? undefined : listenPage.mode(),
     });
+    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     client.sessionid = answer.sessionid;
     document.body.dataset.sessionid = answer.sessionid;
-    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
-    log(`session ${answer.sessionid.slice(0, 8)} (engine ${config.model})`);
+    setControls("live");
+    log(`session ${String(answer.sessionid).slice(0, 8)} (avatar ${avatar}, engine ${config.model})`);
     if (typeof listenPage !== "undefined") listenPage.connected(pc);
   } catch (err) {
     log(`connect failed: ${err.message}`, "error");
@@ -164,7 +187,8 @@ function disconnect() {
   client.sessionid = null;
   client.lastStats = null;
   if (typeof listenPage !== "undefined") listenPage.disconnected();
-  setControls(false);
+  $("video-hint").hidden = false;
+  setControls("idle");
   setState("closed");
 }
 
@@ -195,5 +219,16 @@ $("connect").addEventListener("click", connect);
 $("disconnect").addEventListener("click", disconnect);
 $("talk").addEventListener("submit", send);
 $("interrupt").addEventListener("click", interrupt);
-setControls(false);
-$("connect").disabled = false;
+$("text").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    $("talk").requestSubmit();
+  }
+});
+$("video").addEventListener("playing", () => { $("video-hint").hidden = true; });
+$("volume").addEventListener("input", () => {
+  $("video").volume = Number($("volume").value);
+  $("video").muted = $("video").volume === 0;
+});
+setControls("idle");
+loadConfig();

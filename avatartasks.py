@@ -1,0 +1,437 @@
+"""Avatar preparation over HTTP: upload a photo or video, genavatar runs in one bounded worker.
+
+    POST   /api/avatar/task          multipart: file (or video_file), avatar_id, model lite|musetalk, options
+    GET    /api/avatar/task/{id}     status pending|running|completed|failed|cancelled, progress 0-100
+    GET    /api/avatar/tasks         every task this process knows (newest first)
+    DELETE /api/avatar/task/{id}     cancel a task that has not started
+    GET    /api/avatar/preview/{avatar_id}?frame=N   one idle-loop frame as JPEG (the page animates them)
+
+LiveTalking's form fields are accepted; its `video_path` (any file on the server)
+and `notifyurl` (a request to any host: SSRF) are refused: progress is polled.
+One worker thread prepares one avatar at a time; the queue is bounded, uploads
+are limited in bytes and seconds, and an upload lives in data/tmp/ only until
+its task ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import queue
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import av
+import cv2
+from aiohttp import web
+
+import genavatar
+from avatar import AvatarError, AvatarStore, check_avatar_id
+from httpapi import BadRequest, ok
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
+MODEL_ALIASES = {"lite": "lite", "musetalk": "musetalk", "wav2lip": "lite"}  # LiveTalking's wav2lip -> our CPU engine
+MAX_PENDING = 8
+MAX_REMEMBERED = 100
+MAX_FIELD_CHARS = 200
+PREVIEW_MAX_SIDE = 320
+JOIN_TIMEOUT_S = 2.0
+UPLOAD_PIECE = 256 * 1024
+INT_OPTIONS = {"bbox_shift": (-100, 100), "extra_margin": (0, 100), "max_frames": (1, 100_000)}
+FLOAT_OPTIONS = {"loop_seconds": (0.04, 30.0)}
+IGNORED_FIELDS = ("img_size", "nosmooth", "pads", "parsing_mode", "version", "face_det_batch_size", "task_id")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--avatar-upload-mb", dest="avatar_upload_mb", type=float, default=100.0,
+                        help="largest photo/video accepted by POST /api/avatar/task")
+    parser.add_argument("--avatar-max-seconds", dest="avatar_max_seconds", type=float, default=60.0,
+                        help="longest video accepted by POST /api/avatar/task")
+
+
+@dataclass
+class AvatarTask:
+    """One preparation job; `asdict` of it is what the API answers."""
+
+    task_id: str
+    avatar_id: str
+    model: str
+    kind: str  # photo | video
+    status: str = "pending"
+    progress: float = 0.0
+    message: str = "queued"
+    error: str | None = None
+    frames: int | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def public(self) -> dict:
+        data = asdict(self)
+        data["progress"] = round(self.progress, 1)
+        return data
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    upload: Path
+    options: genavatar.PrepareOptions
+    overwrite: bool
+
+
+class AvatarTaskManager:
+    """Runs avatar preparations one at a time in a daemon thread, from a bounded queue."""
+
+    def __init__(self, avatars: AvatarStore, data_dir: Path, models_dir: Path, max_pending: int = MAX_PENDING):
+        self.avatars = avatars
+        self.data_dir = data_dir
+        self.models_dir = models_dir
+        self.tasks: dict[str, AvatarTask] = {}
+        self._inputs: dict[str, TaskInput] = {}
+        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=max_pending)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="avatar-tasks", daemon=True)
+        self._landmarker = None
+
+    @property
+    def upload_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        if self._thread.is_alive():
+            self._thread.join(JOIN_TIMEOUT_S)
+
+    def busy_with(self, avatar_id: str) -> bool:
+        with self._lock:
+            return any(t.avatar_id == avatar_id and t.status in ("pending", "running") for t in self.tasks.values())
+
+    def submit(self, task: AvatarTask, task_input: TaskInput) -> None:
+        with self._lock:
+            self.tasks[task.task_id] = task
+            self._inputs[task.task_id] = task_input
+            try:
+                self._queue.put_nowait(task.task_id)
+            except queue.Full:
+                del self.tasks[task.task_id], self._inputs[task.task_id]
+                raise BadRequest(f"{self._queue.maxsize} avatar tasks are already waiting: try again later",
+                                 status=429) from None
+            self._forget_old()
+
+    def cancel(self, task_id: str) -> AvatarTask:
+        with self._lock:
+            task = self.tasks.get(task_id)
+            if task is None:
+                raise BadRequest(f"unknown task {task_id!r}", status=404)
+            if task.status != "pending":
+                raise BadRequest(f"task {task_id} is {task.status}: only pending tasks can be deleted", status=409)
+            task.status, task.message, task.finished_at = "cancelled", "cancelled before it started", time.time()
+            task_input = self._inputs.pop(task_id)
+        task_input.upload.unlink(missing_ok=True)
+        return task
+
+    def get(self, task_id: str) -> AvatarTask:
+        with self._lock:
+            task = self.tasks.get(task_id)
+        if task is None:
+            raise BadRequest(f"unknown task {task_id!r}", status=404)
+        return task
+
+    def listing(self) -> list[dict]:
+        with self._lock:
+            return [t.public() for t in sorted(self.tasks.values(), key=lambda t: t.created_at, reverse=True)]
+
+    def _forget_old(self) -> None:
+        finished = [t for t in self.tasks.values() if t.finished_at is not None]
+        for task in sorted(finished, key=lambda t: t.finished_at)[: max(0, len(self.tasks) - MAX_REMEMBERED)]:
+            del self.tasks[task.task_id]
+
+    # ---- worker thread ----------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            task_id = self._queue.get()
+            if task_id is None:
+                break
+            with self._lock:
+                task = self.tasks.get(task_id)
+                task_input = self._inputs.pop(task_id, None)
+                if task is None or task_input is None or task.status != "pending":
+                    continue
+                task.status, task.message, task.started_at = "running", "preparing", time.time()
+            try:
+                report = self._build(task, task_input)
+            except (AvatarError, OSError, ValueError, av.error.FFmpegError) as exc:
+                self._discard_partial(task)
+                self._finish(task, "failed", str(exc))
+            except Exception as exc:  # a bug must fail the task, not kill the worker
+                logger.exception("avatar task %s failed", task.task_id)
+                self._discard_partial(task)
+                self._finish(task, "failed", f"internal error ({type(exc).__name__}): see the server log")
+            else:
+                task.frames = report.frames
+                self.avatars.forget(task.avatar_id)
+                self._finish(task, "completed", f"{report.frames} frames in {report.seconds:.1f} s")
+            finally:
+                task_input.upload.unlink(missing_ok=True)
+
+    def _discard_partial(self, task: AvatarTask) -> None:
+        """genavatar writes into <id>.tmp/ and renames at the end: a failed task leaves only that."""
+        shutil.rmtree(self.avatars.root / f"{task.avatar_id}.tmp", ignore_errors=True)
+
+    def _finish(self, task: AvatarTask, status: str, message: str) -> None:
+        with self._lock:
+            task.status, task.finished_at = status, time.time()
+            if status == "failed":
+                task.error = message
+                task.message = "failed"
+            else:
+                task.message, task.progress = message, 100.0
+        logger.info("avatar task %s (%s): %s: %s", task.task_id, task.avatar_id, status, message)
+
+    def _build(self, task: AvatarTask, task_input: TaskInput) -> genavatar.PrepareReport:
+        if self._landmarker is None:
+            from facegeom import FaceLandmarker
+
+            self._landmarker = FaceLandmarker()
+        out_dir = self.avatars.root / task.avatar_id
+        if out_dir.exists() and not task_input.overwrite:
+            raise AvatarError(f"avatar {task.avatar_id!r} already exists: choose another id or send overwrite=true")
+
+        def report(percent: float) -> None:
+            if self._stopping.is_set():
+                raise AvatarError("the server is shutting down: submit the task again")
+            task.progress = percent
+
+        progress = genavatar.Progress(report)
+        options = task_input.options
+        source = f"upload ({task.kind})"
+        if task.kind == "photo":
+            image = genavatar.read_image(task_input.upload)
+            return genavatar.build_avatar(out_dir, options, image=image, source=source,
+                                          landmarker=self._landmarker, progress=progress)
+        frames = genavatar.read_video(task_input.upload, options.fps, options.max_frames)
+        return genavatar.build_avatar(out_dir, options, frames=frames, source=source, landmarker=self._landmarker,
+                                      progress=progress)
+
+
+# ---- HTTP -----------------------------------------------------------------------
+
+MANAGER_KEY = web.AppKey("avatar_tasks", AvatarTaskManager)
+LIMITS_KEY = web.AppKey("avatar_task_limits", argparse.Namespace)
+
+
+def video_seconds(path: Path) -> float:
+    """The container's duration (blocking: run in an executor); raises AvatarError if unreadable."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise AvatarError("the upload has no video stream: send a video or a photo")
+            if container.duration is not None:
+                return container.duration / av.time_base
+            stream = container.streams.video[0]
+            return float(stream.duration * stream.time_base) if stream.duration else 0.0
+    except av.error.FFmpegError as exc:
+        raise AvatarError(f"cannot read the uploaded video ({exc}): send an mp4/webm/mov file") from None
+
+
+def check_photo(path: Path) -> None:
+    if cv2.imread(str(path), cv2.IMREAD_COLOR) is None:
+        raise AvatarError("cannot read the uploaded image: send a JPEG or PNG")
+
+
+async def read_upload(request: web.Request, dest_dir: Path, limit_bytes: int) -> tuple[dict[str, str], Path, str]:
+    """Stream the multipart form: text fields, and the file saved to dest_dir (size-limited)."""
+    if request.content_length is not None and request.content_length > limit_bytes + 64 * 1024:
+        raise BadRequest(f"upload over the {limit_bytes / 1024 / 1024:g} MB limit", status=413)
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest("send multipart/form-data with fields 'file' (photo or video) and 'avatar_id' "
+                         "(a video_path on the server is not accepted: upload the file)")
+    fields: dict[str, str] = {}
+    saved: Path | None = None
+    suffix = ""
+    reader = await request.multipart()
+    try:
+        while (part := await reader.next()) is not None:
+            if part.name in ("file", "video_file") and part.filename is not None:
+                if saved is not None:
+                    raise BadRequest("send one file per task")
+                suffix = Path(part.filename).suffix.lower()
+                if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+                    raise BadRequest(f"file type {suffix or '(none)'} not accepted: send "
+                                     f"{', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}", status=415)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, lambda: dest_dir.mkdir(parents=True, exist_ok=True))
+                saved = dest_dir / f"{uuid.uuid4().hex}{suffix}"
+                size = 0
+                out = await loop.run_in_executor(None, saved.open, "wb")
+                try:
+                    while piece := await part.read_chunk(UPLOAD_PIECE):
+                        size += len(piece)
+                        if size > limit_bytes:
+                            raise BadRequest(f"upload over the {limit_bytes / 1024 / 1024:g} MB limit", status=413)
+                        await loop.run_in_executor(None, out.write, piece)
+                finally:
+                    out.close()
+            elif part.name:
+                fields[part.name] = (await part.read(decode=True)).decode(errors="replace")[:MAX_FIELD_CHARS]
+            else:
+                await part.release()
+    except BaseException:
+        if saved is not None:
+            saved.unlink(missing_ok=True)
+        raise
+    if saved is None:
+        if fields.get("video_path"):
+            raise BadRequest("video_path (a file on the server) is not accepted: upload the file as 'file'")
+        raise BadRequest("field 'file' (a photo or video) is missing")
+    return fields, saved, suffix
+
+
+def parse_options(fields: dict[str, str], models_dir: Path, fps: int) -> tuple[str, genavatar.PrepareOptions]:
+    model = MODEL_ALIASES.get(fields.get("model", "lite") or "lite")
+    if model is None:
+        raise BadRequest(f"'model' must be one of {', '.join(MODEL_ALIASES)}")
+    if fields.get("notifyurl"):
+        raise BadRequest("notifyurl is not supported (the server calls no URL a client names): "
+                         "poll GET /api/avatar/task/{task_id}")
+    values: dict = {}
+    for name, (low, high) in {**INT_OPTIONS, **FLOAT_OPTIONS}.items():
+        if fields.get(name, "") == "":
+            continue
+        try:
+            value = (int if name in INT_OPTIONS else float)(fields[name])
+        except ValueError:
+            raise BadRequest(f"'{name}' must be a number") from None
+        if not low <= value <= high:
+            raise BadRequest(f"'{name}' must be between {low} and {high}")
+        values[name] = value
+    return model, genavatar.PrepareOptions(model=model, models_dir=models_dir, fps=fps, **values)
+
+
+def manager_of(request: web.Request) -> AvatarTaskManager:
+    return request.app[MANAGER_KEY]
+
+
+async def create_task(request: web.Request) -> web.Response:
+    manager, limits = manager_of(request), request.app[LIMITS_KEY]
+    limit_bytes = int(limits.avatar_upload_mb * 1024 * 1024)
+    fields, upload, suffix = await read_upload(request, manager.upload_dir, limit_bytes)
+    loop = asyncio.get_running_loop()
+    try:
+        try:
+            avatar_id = check_avatar_id(fields.get("avatar_id", ""))
+        except AvatarError as exc:
+            raise BadRequest(str(exc)) from None
+        model, options = parse_options(fields, manager.models_dir, limits.fps)
+        if model == "musetalk":
+            from engines import resolve_model
+
+            if resolve_model("auto", manager.models_dir) != "musetalk":
+                raise BadRequest("model musetalk needs the MuseTalk weights: run `python download_models.py` "
+                                 "on the server, or use model lite", status=422)
+        overwrite = fields.get("overwrite", "").lower() in ("1", "true", "yes")
+        if manager.busy_with(avatar_id):
+            raise BadRequest(f"avatar {avatar_id!r} is already being prepared", status=409)
+        if manager.avatars.exists(avatar_id) and not overwrite:
+            raise BadRequest(f"avatar {avatar_id!r} already exists: choose another id or send overwrite=true",
+                             status=409)
+        kind = "photo" if suffix in IMAGE_SUFFIXES else "video"
+        try:
+            if kind == "photo":
+                await loop.run_in_executor(None, check_photo, upload)
+            else:
+                seconds = await loop.run_in_executor(None, video_seconds, upload)
+                if seconds > limits.avatar_max_seconds:
+                    raise BadRequest(f"video is {seconds:.1f} s long, over the {limits.avatar_max_seconds:g} s "
+                                     f"limit: trim it", status=413)
+                cap = int(limits.avatar_max_seconds * limits.fps)
+                options = genavatar.PrepareOptions(**{**asdict(options), "max_frames": min(options.max_frames or cap, cap)})
+        except AvatarError as exc:
+            raise BadRequest(str(exc), status=415) from None
+        task = AvatarTask(task_id=uuid.uuid4().hex[:16], avatar_id=avatar_id, model=model, kind=kind)
+        manager.submit(task, TaskInput(upload, options, overwrite))
+    except BaseException:
+        upload.unlink(missing_ok=True)
+        raise
+    logger.info("avatar task %s queued: %s from a %s, model %s", task.task_id, avatar_id, kind, model)
+    return ok(data=task.public())
+
+
+async def get_task(request: web.Request) -> web.Response:
+    return ok(data=manager_of(request).get(request.match_info["task_id"]).public())
+
+
+async def delete_task(request: web.Request) -> web.Response:
+    return ok(data=manager_of(request).cancel(request.match_info["task_id"]).public())
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    return ok(data=manager_of(request).listing())
+
+
+def preview_jpeg(avatars: AvatarStore, avatar_id: str, frame: int) -> tuple[bytes, int]:
+    """One frame of the avatar's idle loop as a small JPEG, and the loop's frame count (blocking)."""
+    avatar = avatars.get(avatar_id)
+    image = avatar.frames[frame % avatar.frame_count]
+    scale = min(1.0, PREVIEW_MAX_SIDE / max(image.shape[:2]))
+    if scale < 1.0:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok_, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return data.tobytes(), avatar.frame_count
+
+
+async def preview(request: web.Request) -> web.Response:
+    avatars = manager_of(request).avatars
+    try:
+        avatar_id = check_avatar_id(request.match_info["avatar_id"])
+        if not avatars.exists(avatar_id):
+            raise BadRequest(f"unknown avatar {avatar_id!r}", status=404)
+        frame = int(request.query.get("frame", "0"))
+    except AvatarError as exc:
+        raise BadRequest(str(exc)) from None
+    except ValueError:
+        raise BadRequest("'frame' must be an integer") from None
+    try:
+        data, count = await asyncio.get_running_loop().run_in_executor(None, preview_jpeg, avatars, avatar_id,
+                                                                        max(0, frame))
+    except AvatarError as exc:
+        raise BadRequest(str(exc), status=422) from None
+    return web.Response(body=data, content_type="image/jpeg",
+                        headers={"X-Frame-Count": str(count), "Cache-Control": "max-age=60"})
+
+
+def setup(app: web.Application, args: argparse.Namespace, avatars: AvatarStore) -> None:
+    """Add the avatar task routes and run the worker with the app."""
+    manager = AvatarTaskManager(avatars, args.data_dir, args.models_dir)
+    app[MANAGER_KEY] = manager
+    app[LIMITS_KEY] = args
+    app.router.add_post("/api/avatar/task", create_task)
+    app.router.add_get("/api/avatar/task/{task_id}", get_task)
+    app.router.add_delete("/api/avatar/task/{task_id}", delete_task)
+    app.router.add_get("/api/avatar/tasks", list_tasks)
+    app.router.add_get("/api/avatar/preview/{avatar_id}", preview)
+
+    async def start(_app: web.Application) -> None:
+        manager.start()
+
+    async def stop(_app: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, manager.stop)
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)

@@ -1,0 +1,263 @@
+"""Listening latency at a loopback aiortc client that speaks espeak-ng sentences, beside floors.
+
+(a) echo: end of the user's speech (its last sample leaves the client) -> first voiced reply frame
+    received, with its parts as the client sees the events: VAD end (-> user_end), ASR
+    (user_end -> transcript), reply (transcript -> first voiced frame: TTS + engine + wire).
+    Floor: POST /human with the same text -> first voiced frame (TTS + engine + wire, no listening).
+(b) the same in chat, with a local fake LLM whose first sentence is instant.
+(c) barge-in: the user's speech onset -> the avatar's last voiced frame at the client; floor:
+    POST /interrupt_talk -> last voiced frame (the same interrupt without listening).
+(d) lips: the user's audio -> the same audio back at the client (the whole clip aligned by envelope
+    cross-correlation, and its first voiced frame);
+    floor: the server's own path, a chunk put into the engine -> received (engine + wire).
+(e) ASR real-time factor (tiny.en, this machine), and the delay user_end -> transcript when
+    N sessions finish an utterance at the same moment.
+
+    python bench/bench_listen.py --trials 8 [--avatar default] [--sessions 1 2 4]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import statistics
+import time
+
+import aiohttp
+import numpy as np
+
+from common import ROOT, speech_bench_parser, start_server, summary_ms
+
+import app as server_app  # noqa: E402
+from listen.service import LISTEN_KEY  # noqa: E402
+from media import CHUNK_SAMPLES, AudioChunk  # noqa: E402
+from tests.llm_server import FakeLLMServer, Script  # noqa: E402
+from tests.rtc_client import ReceiverClient  # noqa: E402
+from tests.speech_helpers import channel_events, is_voiced, wait_voiced  # noqa: E402
+from tests.speech_sender import SpeechTrack, speak  # noqa: E402
+
+SENTENCES = ["Please tell me the weather for tomorrow morning.", "I would like to visit the museum on Sunday.",
+             "The train leaves the station at seven o'clock."]
+LONG_TEXT = "This is a long answer that goes on for a while so that the user can cut in. " * 5
+REPLY = "Sure."
+PARTS = ("echo", "chat", "barge-in", "lips", "asr")
+
+
+async def wait_event(client: ReceiverClient, kind: str, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(e["type"] == kind for e in channel_events(client)) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {kind} #{count}")
+        await asyncio.sleep(0.005)
+
+
+def trimmed(audio: np.ndarray, level: float = 0.02) -> np.ndarray:
+    """The clip from its first to its last audible sample, so send times mark speech itself."""
+    loud = np.flatnonzero(np.abs(audio) > level)
+    return audio[loud[0]:loud[-1] + 1]
+
+
+def timestamp_events(client: ReceiverClient) -> list[tuple[float, dict]]:
+    """(arrival, event) for every data channel message, from now on."""
+    stamped: list[tuple[float, dict]] = []
+    client.channel.on("message", lambda m: stamped.append((time.monotonic(), json.loads(m))))
+    return stamped
+
+
+def first_after(stamped, kind: str, after: float) -> float:
+    return next(t for t, e in stamped if e["type"] == kind and t >= after)
+
+
+async def connect(url: str, http, track: SpeechTrack | None, listen: str, avatar: str) -> ReceiverClient:
+    client = ReceiverClient(url, avatar=avatar, keep_video=False)
+    await client.connect(http, data_channel=True, uplink=track, listen=listen)
+    await client.wait_for(video_frames=25, audio_frames=50)
+    await asyncio.sleep(0.5)
+    return client
+
+
+async def turn_latency(url, http, avatar, listen, trials, clips, results, key):
+    track = SpeechTrack()
+    client = await connect(url, http, track, listen, avatar)
+    stamped = timestamp_events(client)
+    for trial in range(trials):
+        since = len(client.audio)
+        ends = len(track.speech_ended)
+        track.play(clips[trial % len(clips)])
+        while len(track.speech_ended) <= ends:
+            await asyncio.sleep(0.005)
+        spoken = track.speech_ended[-1]
+        first = await wait_voiced(client, since, timeout=20)
+        user_end = first_after(stamped, "user_end", spoken - 1.0)
+        transcript = first_after(stamped, "transcript", user_end)
+        results[key].append(first.arrival - spoken)
+        results[key + "_vad"].append(user_end - spoken)
+        results[key + "_asr"].append(transcript - user_end)
+        results[key + "_reply"].append(first.arrival - transcript)
+        await wait_event(client, "end", trial + 1)
+        await asyncio.sleep(0.8)
+    for trial in range(trials):  # floor: the same text typed, no listening
+        since = len(client.audio)
+        posted = time.monotonic()
+        text = SENTENCES[trial % len(SENTENCES)] if listen == "echo" else "Hi."
+        body = {"sessionid": client.sessionid, "text": text, "type": listen}
+        async with http.post(f"{url}/human", json=body) as r:
+            assert r.status == 200
+        first = await wait_voiced(client, since, timeout=20)
+        results[key + "_floor"].append(first.arrival - posted)
+        await asyncio.sleep(3.0)
+    await client.close()
+
+
+async def barge_in(url, http, avatar, trials, results):
+    track = SpeechTrack()
+    client = await connect(url, http, track, "echo", avatar)
+    interjection = trimmed(speak("Wait, stop please."))
+    for trial in range(trials):
+        for interrupt_by_voice in (True, False):
+            async with http.post(f"{url}/human", json={"sessionid": client.sessionid, "text": LONG_TEXT}) as r:
+                assert r.status == 200
+            await wait_voiced(client, len(client.audio), timeout=20)
+            await asyncio.sleep(0.6 + (trial % 5) * 0.013)
+            if interrupt_by_voice:
+                starts = len(track.speech_started)
+                track.play(interjection)
+                while len(track.speech_started) <= starts:
+                    await asyncio.sleep(0.002)
+                onset = track.speech_started[-1]
+            else:
+                onset = time.monotonic()
+                async with http.post(f"{url}/interrupt_talk", json={"sessionid": client.sessionid}) as r:
+                    assert r.status == 200
+            await asyncio.sleep(1.2)
+            last = [f for f in client.audio if is_voiced(f) and f.arrival < onset + 1.2][-1]
+            results["barge_in" if interrupt_by_voice else "barge_in_floor"].append(last.arrival - onset)
+            await asyncio.sleep(3.0)  # the echo of the interjection plays out
+    await client.close()
+
+
+def envelope(samples: np.ndarray, rate: int) -> np.ndarray:
+    step = rate // 50
+    usable = samples[: len(samples) // step * step].astype(np.float32)
+    return np.sqrt((usable.reshape(-1, step) ** 2).mean(axis=1))
+
+
+async def lips(url, http, avatar, trials, application, results):
+    track = SpeechTrack()
+    client = await connect(url, http, track, "lips", avatar)
+    session = application[server_app.CONTEXT_KEY].sessions.get(client.sessionid)
+    clip = trimmed(speak("One two three four five."))
+    for trial in range(trials):
+        since = len(client.audio)
+        starts = len(track.speech_started)
+        track.play(clip)
+        while len(track.speech_started) <= starts:
+            await asyncio.sleep(0.002)
+        onset = track.speech_started[-1]
+        await asyncio.sleep(len(clip) / 16000 + 1.0)
+        got = client.audio[since:]
+        received = envelope(np.concatenate([f.data for f in got]) / 32768.0, 48000)
+        sent = envelope(clip, 16000)
+        scores = [np.corrcoef(sent, received[lag:lag + len(sent)])[0, 1] for lag in range(len(received) - len(sent))]
+        best = int(np.argmax(scores))
+        results["lips"].append(got[best].arrival - onset)
+        results["lips_onset"].append(next(f.arrival for f in got if is_voiced(f)) - onset)
+        await asyncio.sleep(0.5)
+    # floor: a voiced chunk put straight into the engine -> received
+    await client.pc.close()  # stop the uplink so only our chunks are voiced
+    client2 = await connect(url, http, None, "off", avatar)
+    session = application[server_app.CONTEXT_KEY].sessions.get(client2.sessionid)
+    tone = (0.3 * np.sin(np.arange(CHUNK_SAMPLES * 10) * 2 * np.pi * 220 / 16000)).astype(np.float32)
+    for trial in range(trials):
+        since = len(client2.audio)
+        put = time.monotonic()
+        for i in range(10):
+            session.engine.audio_in.put(AudioChunk(tone[i * CHUNK_SAMPLES:(i + 1) * CHUNK_SAMPLES], True,
+                                                   session.engine.epoch))
+        first = await wait_voiced(client2, since, timeout=10)
+        results["lips_floor"].append(first.arrival - put)
+        await asyncio.sleep(0.6)
+    await client2.close()
+    await client.close()
+
+
+async def concurrent_asr(url, http, avatar, counts, application, results):
+    for n in counts:
+        tracks = [SpeechTrack() for _ in range(n)]
+        clients = [await connect(url, http, t, "echo", avatar) for t in tracks]
+        stamps = [timestamp_events(c) for c in clients]
+        await asyncio.sleep(0.5)
+        clip = speak(SENTENCES[0])
+        for t in tracks:
+            t.play(clip)
+        deadline = time.monotonic() + 60
+        while any(not [e for _, e in s if e["type"] == "transcript"] for s in stamps) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        delays = [first_after(s, "transcript", 0) - first_after(s, "user_end", 0) for s in stamps]
+        results[f"asr_delay_{n}"] = delays
+        for c in clients:
+            await c.close()
+        await asyncio.sleep(1.0)
+    asr = application[LISTEN_KEY].asr_worker().stats
+    results["asr_rtf"] = asr.real_time_factor
+    results["asr_utterances"] = asr.utterances
+
+
+async def run(args) -> dict:
+    llm = FakeLLMServer(Script(deltas=[REPLY]))
+    await llm.start()
+    application, runner, url = await start_server(
+        "--model", args.model, "--tts", "espeak", "--avatar_id", args.avatar, "--max_session", "8",
+        "--llm-base-url", llm.base_url, "--llm-model", "test-model")
+    keys = ["echo", "echo_vad", "echo_asr", "echo_reply", "echo_floor", "chat", "chat_vad", "chat_asr",
+            "chat_reply", "chat_floor", "barge_in", "barge_in_floor", "lips", "lips_onset", "lips_floor"]
+    results: dict = {k: [] for k in keys}
+    clips = [trimmed(speak(s)) for s in SENTENCES]
+    async with aiohttp.ClientSession() as http:
+        if "echo" in args.parts:
+            await turn_latency(url, http, args.avatar, "echo", args.trials, clips, results, "echo")
+        if "chat" in args.parts:
+            await turn_latency(url, http, args.avatar, "chat", args.trials, clips, results, "chat")
+        if "barge-in" in args.parts:
+            await barge_in(url, http, args.avatar, args.trials, results)
+        if "lips" in args.parts:
+            await lips(url, http, args.avatar, args.trials, application, results)
+        if "asr" in args.parts:
+            await concurrent_asr(url, http, args.avatar, args.sessions, application, results)
+    await runner.cleanup()
+    await llm.close()
+    return results
+
+
+def main() -> None:
+    parser = speech_bench_parser(__doc__)
+    parser.set_defaults(trials=8)
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--json", help="also write raw results here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    r = asyncio.run(run(args))
+    med = lambda key: f"{statistics.median(r[key]) * 1000:.0f} ms"  # noqa: E731
+    print(f"engine {args.model}, avatar {args.avatar}, {args.trials} trials, espeak, tiny.en")
+    for mode in ("echo", "chat"):
+        if not r[mode]:
+            continue
+        print(f"({mode}) end of speech -> first voiced reply: {summary_ms(r[mode])}; parts p50: VAD end {med(mode + '_vad')}, "
+              f"ASR {med(mode + '_asr')}, reply {med(mode + '_reply')}; floor (/human) {summary_ms(r[mode + '_floor'])}")
+    if r["barge_in"]:
+        print(f"barge-in: onset -> avatar silent {summary_ms(r['barge_in'])}; floor (/interrupt_talk) {summary_ms(r['barge_in_floor'])}")
+    if r["lips"]:
+        print(f"lips: user audio -> back at the client, whole clip aligned {summary_ms(r['lips'])}, first voiced frame "
+              f"{summary_ms(r['lips_onset'])}; floor (engine + wire) {summary_ms(r['lips_floor'])}")
+    if "asr_rtf" in r:
+        print(f"ASR real-time factor {r['asr_rtf']:.3f} over {r['asr_utterances']} utterances")
+    for n in args.sessions if "asr" in args.parts else ():
+        print(f"{n} sessions finishing at once: user_end -> transcript {summary_ms(r[f'asr_delay_{n}'])}")
+    if args.json:
+        (ROOT / args.json).write_text(json.dumps(r, indent=1))
+
+
+if __name__ == "__main__":
+    main()
