@@ -37,13 +37,9 @@ import listen
 from httpapi import BODY_READ_TIMEOUT_S, BODY_TIMEOUT_KEY, BadRequest, error_middleware, ok, optional_bool, read_json, require_str
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
-<<<<<<< HEAD
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, right_context
 from musetalk.settings import add_arguments as add_musetalk_arguments
-=======
-from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings
 from peeractivity import seconds_since_peer_report
->>>>>>> main
 from sdpcheck import OfferRejected, check_offer_sdp
 from security import AUTH_TOKEN_ENV, AccessPolicy, RedactingAccessLogger, public
 from session import Session, SessionLimitError, SessionRegistry
