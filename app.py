@@ -40,6 +40,9 @@ from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, right_context
 from musetalk.settings import add_arguments as add_musetalk_arguments
 from peeractivity import seconds_since_peer_report
+import ops
+from ops.broadcast import TRANSPORTS
+from ops.metrics import Metrics
 from sdpcheck import OfferRejected, check_offer_sdp
 from security import AUTH_TOKEN_ENV, AccessPolicy, RedactingAccessLogger, public
 from session import Session, SessionLimitError, SessionRegistry
@@ -87,7 +90,8 @@ def positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Real-time talking avatar server (WebRTC).")
-    parser.add_argument("--transport", choices=["webrtc"], default="webrtc")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="webrtc",
+                        help="rtmp/whip: also push one session (id --push-session-id) to --push-url")
     parser.add_argument("--model", choices=MODEL_CHOICES, default="auto",
                         help="lip-sync engine; auto = musetalk when its weights are in models/, else lite")
     parser.add_argument("--avatar_id", default=DEFAULT_AVATAR_ID, help="avatar used when an offer names none")
@@ -148,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_arguments(parser)
     actions.add_arguments(parser)
     recorder.add_arguments(parser)
+    ops.add_arguments(parser)
     return parser
 
 
@@ -162,6 +167,7 @@ class ServerContext:
     tts: TTSFactory
     llm: LLMClient
     access: AccessPolicy
+    metrics: Metrics
     background: set[asyncio.Task] = field(default_factory=set)
     uploads_in_progress: int = 0
 
@@ -234,7 +240,6 @@ async def offer(request: web.Request) -> web.Response:
     except SessionLimitError as exc:
         raise BadRequest(str(exc), status=exc.status) from None
 
-    loop = asyncio.get_running_loop()
     session = None
     pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ctx.args.ice_servers)))
     try:
@@ -242,14 +247,8 @@ async def offer(request: web.Request) -> web.Response:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:  # aiortc raises ValueError and others for bad SDP
             raise BadRequest(f"could not negotiate the offer SDP: {str(exc)[:200]}") from None
-        backend = await loop.run_in_executor(None, tts_for_request, ctx, None, None, body.get("refaudio"),
-                                             body.get("reftext"))
-        engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
-        await loop.run_in_executor(None, request.app[actions.LIBRARY_KEY].apply, engine, clips)
-        budget = SpeechBudget(ctx.args.speech_budget)
-        session = Session(session_id, engine, pc, loop, backend, ctx.llm, budget=budget, client=client)
-        pc.addTrack(session.player.audio)
-        pc.addTrack(session.player.video)
+        session = await build_session(request.app, session_id, avatar_id, pc, client, clips,
+                                      reference=(body.get("refaudio"), body.get("reftext")))
         listen.attach(request.app, session, listen_mode)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
@@ -265,10 +264,28 @@ async def offer(request: web.Request) -> web.Response:
             raise BadRequest(str(exc), status=422) from None
         raise
     ctx.sessions.add(session)
+    ctx.metrics.sessions_started.inc()
     watch_connection(ctx, session)
     logger.info("session %s started (avatar %s, engine %s, %d live)", session.tag, avatar_id, ctx.engines.model, len(ctx.sessions))
     answer = session.pc.localDescription
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "sessionid": session_id})
+
+
+async def build_session(app: web.Application, session_id: str, avatar_id: str, pc: RTCPeerConnection,
+                        client: str, clips=None, reference: tuple[object, object] = (None, None)) -> Session:
+    """Engine (with its action clips), TTS (a cloned voice when `reference` names a recording and its text)
+    and speech budget; the pc carries the session's two paced tracks."""
+    ctx = app[CONTEXT_KEY]
+    loop = asyncio.get_running_loop()
+    backend = await loop.run_in_executor(None, tts_for_request, ctx, None, None, *reference)
+    engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
+    await loop.run_in_executor(None, app[actions.LIBRARY_KEY].apply, engine, clips)
+    budget = SpeechBudget(ctx.args.speech_budget)
+    session = Session(session_id, engine, pc, loop, backend, ctx.llm, budget=budget, client=client,
+                      probe=ctx.metrics.probe())
+    pc.addTrack(session.player.audio)
+    pc.addTrack(session.player.video)
+    return session
 
 
 def watch_connection(ctx: ServerContext, session: Session) -> None:
@@ -279,6 +296,8 @@ def watch_connection(ctx: ServerContext, session: Session) -> None:
         logger.info("session %s connection %s", session.tag, pc.connectionState)
         if pc.connectionState == "connected":
             session.connected = True
+        if pc.connectionState == "failed":
+            ctx.metrics.error("connection_failed")
         if pc.connectionState in ("failed", "closed"):
             await ctx.sessions.close(session.id, f"connection {pc.connectionState}")
 
@@ -301,6 +320,8 @@ async def reap_sessions(ctx: ServerContext) -> None:
 async def close_stale_sessions(ctx: ServerContext) -> None:
     now = time.monotonic()
     for session in ctx.sessions.all():
+        if session.broadcast:
+            continue  # pushed to a media server: no listener of its own to wait for
         age = now - session.created
         if not session.connected and age > ctx.args.handshake_timeout:
             await ctx.sessions.close(session.id, f"not connected after {ctx.args.handshake_timeout:g} s")
@@ -383,6 +404,8 @@ async def human(request: web.Request) -> web.Response:
     backend = await loop.run_in_executor(None, requested_backend, ctx, session, body)
     if interrupt:
         session.interrupt()
+    if session.probe is not None:
+        session.probe.text_received()
     if kind == "chat":
         problem = ctx.llm.settings.problem()
         if problem:
@@ -442,6 +465,8 @@ async def human_audio(request: web.Request) -> web.Response:
         except AudioDecodeError as exc:
             raise BadRequest(str(exc), status=415) from None
         del data
+        if session.probe is not None:
+            session.probe.text_received()
         try:
             utterance_id = session.tts.play(audio, filename)
         except (QueueFull, SpeechBudgetFull) as exc:
@@ -495,8 +520,13 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
                                     compile=args.musetalk_compile)
         engines = EngineFactory(resolve_model(args.model, args.models_dir), avatars, config, args.models_dir, musetalk)
     access = AccessPolicy(args.auth_token, args.allow_origins)
-    ctx = ServerContext(args=args, avatars=avatars, engines=engines, sessions=SessionRegistry(args.max_session),
-                        tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)), access=access)
+    metrics = Metrics(engines.model)
+    ctx = ServerContext(args=args, avatars=avatars, engines=engines,
+                        sessions=SessionRegistry(args.max_session, args.worker_id),
+                        tts=TTSFactory(tts_settings(args)), llm=LLMClient(llm_settings(args)), access=access,
+                        metrics=metrics)
+    engines.observe_batches(metrics.observe_batch)
+    ctx.llm.on_first_token = metrics.observe_llm_first_token
     if args.numeric_session_ids:
         ctx.sessions.new_id = ltcompat.numeric_session_id
     if args.ice_hosts:
@@ -523,6 +553,7 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
     avatartasks.setup(app, args, avatars)
     webfiles.register_routes(app, WEB_DIR)
     adminapi.register_routes(app, args, ctx.sessions)
+    ops.register(app, ctx, build_session)
 
     async def start_reaper(app: web.Application) -> None:
         task = asyncio.create_task(reap_sessions(ctx), name="session-reaper")
@@ -542,7 +573,10 @@ def create_app(args: argparse.Namespace, engines: EngineFactory | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if problem := ops.check_arguments(args):
+        parser.error(problem)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(args)
@@ -561,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ctx.access.warn_if_exposed(args.host)
     logger.info("engine: %s; open http://%s:%d/", ctx.engines.model, args.host, args.listenport)
-    web.run_app(app, host=args.host, port=args.listenport, print=None, access_log_class=RedactingAccessLogger)
+    ops.run(app, ctx, access_log_class=RedactingAccessLogger)  # until SIGTERM/SIGINT, then drains for --drain-timeout
     return 0
 
 

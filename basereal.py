@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import av
 import cv2
@@ -99,6 +99,7 @@ class BaseReal:
         self.output_size = avatar.size  # every frame is sent at the session's first size
         self.scene = Scene(self.output_size, self.chunks_per_frame)
         self._next_avatar: Avatar | None = None
+        self.on_render: Callable[[int, float], None] | None = None  # (frames, seconds) per speech step (metrics)
 
     # ---- public API -------------------------------------------------------
     @property
@@ -269,7 +270,10 @@ class BaseReal:
             work = self._next_work(self.frames_per_step(speech))
             if any(item.speech for item in work):
                 self._drop_queued_idle()
+            started = time.perf_counter()
             results = self.render_frames(work)
+            if self.on_render is not None and any(item.speech for item in work):
+                self.on_render(len(work), time.perf_counter() - started)
             for item, result in zip(work, results):
                 if item.epoch != self._epoch:
                     break

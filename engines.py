@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 from avatar import AvatarStore
 from basereal import BaseReal, EngineConfig
@@ -46,7 +47,15 @@ class EngineFactory:
         self.musetalk_settings = musetalk or MuseTalkSettings()
         self._engine_kwargs: dict = {}  # process-wide state handed to every engine
         self._musetalk = None  # MuseTalkRuntime: models + the one inference worker
+        self._on_batch: Callable[[str, int, float], None] | None = None
         self._engine_class = self._load_engine_class(model)
+        self.loaded = True  # until close()
+
+    def observe_batches(self, on_batch: Callable[[str, int, float], None]) -> None:
+        """Report (stage, frames, seconds) of each session render step and each shared GPU pass."""
+        self._on_batch = on_batch
+        if self._musetalk is not None:
+            self._musetalk.worker.on_batch = lambda frames, seconds: on_batch("worker", frames, seconds)
 
     def _load_engine_class(self, model: str) -> type[BaseReal]:
         if model == "lite":
@@ -79,11 +88,15 @@ class EngineFactory:
     def build(self, avatar_id: str, session_id: str) -> BaseReal:
         avatar = self.avatars.get(avatar_id, landmarks=self.needs_landmarks)
         engine = self._engine_class(avatar, self.config, session_id, **self._engine_kwargs)
+        if self._on_batch is not None:
+            on_batch = self._on_batch
+            engine.on_render = lambda frames, seconds: on_batch("session", frames, seconds)
         engine.start()
         return engine
 
     def close(self) -> None:
         """Release process-wide model state (workers, weights)."""
+        self.loaded = False
         if self._musetalk is not None:
             self._musetalk.close()
             self._musetalk = None

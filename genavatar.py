@@ -9,8 +9,9 @@ Per frame it stores the 68 face landmarks (dlib), MuseTalk's face box, the
 1.5x square crop box and a feathered lower-face blend mask, with MuseTalk
 v1.5's or v1.0's geometry (--musetalk_version). The mask comes from BiSeNet
 face parsing when models/face-parse-bisent/ holds its weights, else from the
-landmarks (facemask.py). A still photo is
-turned into a seamless idle loop (head sway, breathing, blinks). Frames of a
+landmarks (facemask.py). A still photo is turned into a seamless idle loop
+(head sway, breathing, blinks); a video's own mouths are indexed by shape
+(mouthbank.py) for the lite engine to show. Frames of a
 video where no face is found get landmarks interpolated from their neighbours.
 """
 
@@ -38,6 +39,7 @@ from facegeom import (DEFAULT_EXTRA_MARGIN, FaceError, FaceLandmarker, crop_box,
 from facemask import lower_face_mask, parsing_mode_for
 from idleloop import IdleAnimator, loop_poses
 from ltavatar import numbered_images, read_images
+from mouthbank import MouthBank
 
 logger = logging.getLogger("genavatar")
 
@@ -363,10 +365,19 @@ def build_avatar(out_dir: Path, options: PrepareOptions, *, image: np.ndarray | 
     }
     if image is not None:
         metadata["idle_loop_seconds"] = len(frames) / options.fps
+    bank = None
+    if image is None:  # a video: its own mouths, indexed by shape, for the lite engine
+        bank = MouthBank.build(frames, face.landmarks)
+        metadata["real_mouths"] = len(bank.features)
+        logger.info("indexed %d real mouths of %d frames", len(bank.features), len(frames))
+
+    def finish(tmp: Path) -> None:
+        if bank is not None:
+            bank.save(tmp)
+        prepare_model_data(options.model, tmp, options)
+
     write_end = 90 if options.model == "musetalk" else 99
-    folder = write_avatar(out_dir, frames, metadata, face,
-                          finish=lambda tmp: prepare_model_data(options.model, tmp, options), progress=progress,
-                          span=(60, write_end))
+    folder = write_avatar(out_dir, frames, metadata, face, finish=finish, progress=progress, span=(60, write_end))
     progress.set(100)
     seconds = time.monotonic() - started
     logger.info("prepared %s: %d frames, face found in %d, interpolated in %d, %.1f s",

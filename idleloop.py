@@ -5,8 +5,9 @@ motion is a sum of cos(pi*k*t) terms over t in [0, 1]: they all have zero
 velocity at both ends, so the turn-around points are invisible. Each frame is
 one backward warp of the photo (cv2.remap): the head moves as a soft-edged
 rigid patch around the neck, the chest rises, and the upper eyelids slide down
-over the eyes. Landmarks are carried along analytically, so the generated
-frames need no second detection pass.
+over the eyes (the photo's own lid skin, stretched and smoothed along the
+lid, with a soft lash line: no painted patch). Landmarks are carried along
+analytically, so the generated frames need no second detection pass.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ HEAD_ROLL_DEG = 0.9
 BREATH_RATIO = 0.01  # chest rise as a fraction of the face width
 BLINK_PROFILE = (0.35, 0.8, 1.0, 0.85, 0.55, 0.25, 0.08)  # lid closure per frame at 25 fps (~280 ms)
 BLINK_AT = 0.45  # where in the loop the blink happens (fraction of its length)
+LID_FOLD = 0.75  # the lid skin that slides over the eye starts this far from the lid towards the brow
+LID_SKIN = 0.6  # the lid skin that covers the eye ends this share of the eye opening above the lid line
+LID_OVERSHOOT = 0.3  # dlib's lower lid points sit inside the lower lashes
+LASH_PX = 0.9  # half-width of the closed lid's lash line
+LASH_SHADE = 0.45
+LID_SMOOTH = 0.05  # smoothing along the closed lid, as a share of the face width
 EYES = ((36, 37, 38, 39, 40, 41, 17, 21), (42, 43, 44, 45, 46, 47, 22, 26))  # corners, lids, brow ends
 
 
@@ -56,6 +63,17 @@ def loop_poses(count: int, face_width: float, fps: int) -> list[IdlePose]:
             for i in range(count)]
 
 
+def _arc(u: np.ndarray, rel: np.ndarray, corner_a: int, corner_b: int, middle: tuple[int, int]) -> np.ndarray:
+    """A lid line as a smooth arc from corner to corner through the mean of its middle points."""
+    start, end = rel[corner_a], rel[corner_b]
+    t = np.clip((u - start[0]) / max(float(end[0] - start[0]), 1e-3), 0, 1)
+    chord = start[1] + t * (end[1] - start[1])
+    mid = rel[list(middle)].mean(0)
+    tm = np.clip((mid[0] - start[0]) / max(float(end[0] - start[0]), 1e-3), 0.2, 0.8)
+    bulge = (mid[1] - (start[1] + tm * (end[1] - start[1]))) / (4 * tm * (1 - tm))
+    return chord + 4 * bulge * t * (1 - t)
+
+
 class IdleAnimator:
     """Warps one photo with known landmarks into idle-loop frames."""
 
@@ -73,7 +91,6 @@ class IdleAnimator:
         self.head_weight = self._head_weight(face_height)
         self.chest_weight = smoothstep((self.grid_y - (chin[1] + 0.3 * face_height)) / (0.8 * face_height))
         self.ex, self.ey = face_axes(self.landmarks)
-        self.lid_colors = self._lid_colors()
 
     def _head_weight(self, face_height: float) -> np.ndarray:
         """1 over the head (with hair), fading smoothly into the background and neck."""
@@ -91,69 +108,57 @@ class IdleAnimator:
         dy = (sin * rx + cos * ry - ry + pose.shift[1] - 0.6 * pose.breath) * weight
         return dx, dy
 
-    def _eyelids(self, x: np.ndarray, y: np.ndarray, closure: float) -> tuple[np.ndarray, ...]:
-        """Per pixel: backward vertical shift that slides each upper lid down by `closure`
-        of the opening, the lid colour over the covered eye, and its coverage and lash line."""
+    def _eyelids(self, x: np.ndarray, y: np.ndarray, closure: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per pixel: the backward shift down the face that slides each upper lid down by
+        `closure` of the eye opening, the lid's coverage and the shade of its lash line.
+
+        The photo's own lid skin, from the brow fold down to just above the lashes, is
+        stretched over the eye, so a closing eye shows real skin moving down (an eyelid),
+        never a flat painted patch."""
         shift = np.zeros_like(x)
-        cover = np.zeros_like(x)
         lash = np.zeros_like(x)
-        color = np.zeros(x.shape + (3,), np.float32)
+        cover = np.zeros_like(x)
         if closure <= 0:
-            return shift, cover, lash, color
+            return shift, cover, lash
         lm = self.landmarks
-        for (corner_a, top_a, top_b, corner_b, bottom_b, bottom_a, brow_a, brow_b), lid_color in zip(EYES, self.lid_colors):
+        for corner_a, top_a, top_b, corner_b, bottom_b, bottom_a, brow_a, brow_b in EYES:
             origin = lm[corner_a]
             u = (x - origin[0]) * self.ex[0] + (y - origin[1]) * self.ex[1]
             v = (x - origin[0]) * self.ey[0] + (y - origin[1]) * self.ey[1]
             rel = (lm - origin) @ np.stack([self.ex, self.ey], axis=1)
             width = rel[corner_b, 0]
-            span = (u > -0.15 * width) & (u < 1.15 * width)
-            upper = np.interp(u, rel[[corner_a, top_a, top_b, corner_b], 0], rel[[corner_a, top_a, top_b, corner_b], 1])
-            lower = np.interp(u, rel[[corner_a, bottom_a, bottom_b, corner_b], 0],
-                              rel[[corner_a, bottom_a, bottom_b, corner_b], 1])
-            opening = np.clip(lower - upper, 0, None) * closure
-            # Skin between the brow and the lid is stretched down; the lid's own skin covers the eye.
+            upper = _arc(u, rel, corner_a, corner_b, (top_a, top_b))
+            lower = _arc(u, rel, corner_a, corner_b, (bottom_a, bottom_b))
+            full = np.clip(lower - upper, 0, None)
             brow = np.interp(u, [0, width], [rel[brow_a, 1], rel[brow_b, 1]])
-            fold = upper - 0.55 * (upper - brow)
-            edge = upper + opening
-            stretch = np.clip((v - fold) / np.maximum(edge - fold, 1e-3), 0, 1) * opening
-            here = span & (opening > 0.3)
-            shift += np.where(here & (v <= edge), stretch, 0.0).astype(np.float32)
-            covered = smoothstep((v - upper + 0.5 + 1.5 * closure) / 1.5) * (1.0 - smoothstep((v - edge + 0.5) / 1.0))
-            covered = np.where(here, covered, 0.0).astype(np.float32)
-            cover = np.maximum(cover, covered)
-            color[covered > 0] = lid_color
-            lash = np.maximum(lash, np.where(here, np.exp(-(((v - edge) / 1.1) ** 2)) * min(1.0, closure * 1.4), 0.0))
-        return shift, cover, lash.astype(np.float32), color
-
-    def _lid_colors(self) -> list[np.ndarray]:
-        """The eyelid skin colour of each eye: skin under the brow and on the cheek below."""
-        colors = []
-        for corner_a, top_a, top_b, corner_b, _, _, brow_a, brow_b in EYES:
-            lid = self.landmarks[[top_a, top_b]].mean(0)
-            brow = self.landmarks[[brow_a, brow_b]].mean(0)
-            half = max(2, int(0.25 * abs(self.landmarks[corner_b, 0] - self.landmarks[corner_a, 0])))
-            samples = []
-            for cy in (lid[1] + 0.65 * (brow[1] - lid[1]), lid[1] + 1.6 * (lid[1] - brow[1])):  # under brow, cheek
-                cy, cx = int(round(cy)), int(round(lid[0]))
-                samples.append(self.image[max(cy - 1, 0) : cy + 2, max(cx - half, 0) : cx + half + 1].reshape(-1, 3))
-            colors.append(np.median(np.concatenate(samples), axis=0).astype(np.float32) * 0.93)
-        return colors
+            fold = upper - LID_FOLD * (upper - brow)
+            skin = upper - LID_SKIN * full  # above the lashes and the crease shadow
+            edge = upper + full * closure * (1.0 + LID_OVERSHOOT)  # closed, it covers the lower lashes too
+            across = smoothstep((u + 0.12 * width) / (0.12 * width)) * smoothstep((1.12 * width - u) / (0.12 * width))
+            here = (v >= fold) & (v <= edge) & (full > 0.5)
+            source = fold + (v - fold) * (skin - fold) / np.maximum(edge - fold, 1e-3)  # [fold, edge] <- [fold, skin]
+            shift += np.where(here, (v - source) * across, 0.0).astype(np.float32)
+            line = np.exp(-(((v - edge + LASH_PX) / LASH_PX) ** 2)) * across * min(1.0, 1.5 * closure)
+            lash = np.maximum(lash, np.where(full > 0.5, line, 0.0).astype(np.float32))
+            lid = smoothstep((v - upper + 1.0) / 2.0) * (1.0 - smoothstep((v - edge) / 1.0)) * across
+            cover = np.maximum(cover, np.where(full > 0.5, lid, 0.0).astype(np.float32))
+        return shift, cover, lash
 
     def frame(self, pose: IdlePose) -> tuple[np.ndarray, np.ndarray]:
         """(frame, landmarks) for one pose."""
         dx, dy = self._head_displacement(pose, self.grid_x, self.grid_y, self.head_weight)
         dy = dy - pose.breath * self.chest_weight
         src_x, src_y = self.grid_x - dx, self.grid_y - dy
-        lid, cover, lash, color = self._eyelids(src_x, src_y, pose.blink)
+        lid, cover, lash = self._eyelids(src_x, src_y, pose.blink)
         src_x = (src_x - lid * self.ey[0]).astype(np.float32)
         src_y = (src_y - lid * self.ey[1]).astype(np.float32)
         image = cv2.remap(self.image, src_x, src_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if pose.blink > 0:
-            blended = image.astype(np.float32)
-            blended += cover[..., None] * (color - blended)
-            blended *= (1.0 - 0.5 * lash)[..., None]
-            image = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+            # The stretched skin varies along the lid only: smooth it that way (no streaks).
+            along = max(3, int(LID_SMOOTH * self.face_width) | 1)
+            smooth = cv2.GaussianBlur(image, (along, 1), 0).astype(np.float32)
+            lidded = image + cover[..., None] * (smooth - image)
+            image = np.clip(lidded * (1.0 - LASH_SHADE * lash)[..., None] + 0.5, 0, 255).astype(np.uint8)
         return image, self._moved_landmarks(pose)
 
     def _moved_landmarks(self, pose: IdlePose) -> np.ndarray:

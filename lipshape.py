@@ -1,110 +1,164 @@
-"""Audio -> mouth shape for the lite engine: loudness plus a few spectral cues.
+"""Speech -> mouth shape per video frame for the lite engine.
 
-Per video frame the shaper looks at that frame's 20 ms chunks and the next
-queued chunk (lookahead, so the mouth starts to open with the sound, not
-after it). Loudness is measured against an adaptive speech level, so quiet and
-loud voices both use the whole range. Band energies tell open vowels (strong
-first formant), spread vowels (strong high second formant), rounded vowels
-(energy below ~1.6 kHz only), fricatives (energy above 3.5 kHz) and nasal
-closures (murmur below 350 Hz only). The result is smoothed with a fast
-attack and a slower release, as real jaws move.
+A frame's target is a blend of viseme targets (visemes.SHAPES), weighted by
+how much of the frame each viseme fills, mixed with the next frame's
+(anticipation: lips round and close before the sound). The viseme weights come
+from the chunks' phoneme labels when the TTS gave them (espeak: exact timing),
+otherwise from an audio-only estimate (visemeaudio.py). Loudness, measured
+against an adaptive speech level, scales how far the jaw and lips open, so
+quiet and loud voices both use the whole range; closures and rounding do not
+depend on loudness. Each shape parameter then follows its target like a
+critically damped spring (a jaw has mass: it never jumps, never overshoots,
+never jitters), so an utterance's end closes the mouth softly. Loudness well
+above the speech level (a stressed, emphasised syllable) lifts the brows and
+dips the head a little on a slower spring; silence never moves them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from media import SAMPLE_RATE
+from media import AudioChunk
+from visemes import SHAPE_TABLE, VISEME_COUNT, MouthShape, Viseme
 
-FFT_SIZE = 1024
-BANDS_HZ = {"low": (80, 350), "f1": (350, 900), "f2lo": (900, 1600), "f2hi": (1600, 3200), "hf": (3500, 7500)}
 SPEECH_RANGE_DB = 26.0  # loudness below (speech level - this) keeps the mouth closed
 INITIAL_LEVEL_DB = -18.0
 LEVEL_RISE, LEVEL_FALL = 0.15, 0.02  # adaptive speech level: quick up, slow down
-ATTACK, RELEASE = 0.8, 0.45  # fraction of the way to the target per frame (jaw and lips)
-WIDTH_RATE = 0.5
-CLOSED_EPS = 0.02
 SILENCE_DB = -70.0
+ANTICIPATION = 0.6  # share of the next frame's visemes in this frame's target (the springs lag ~a frame)
+AHEAD_LOUDNESS = 0.6  # the next frame's loudness counts this much towards this frame's opening
+PRESS_ANTICIPATION = 0.15  # lips close on time, not a frame early (that would swallow short vowels)
+OPEN_FLOOR, OPEN_GAIN = 0.05, 1.0  # opening = viseme opening * (floor + gain * loudness)
+LOUDNESS_GAIN = 1.3  # amplitude relative to the speech level -> opening (the jaw follows amplitude)
+CLOSURE_GAIN = 1.8  # a closure filling a little over half the frame presses the lips fully
+LABIODENTAL_PRESS = 0.7
+PAUSE_PRESS = 0.5  # in pauses and quiet moments inside speech the lips come lightly together
+QUIET_LOUDNESS = 0.6  # below this loudness a speech frame counts as (partly) quiet
+STIFFNESS = np.array([60.0, 60.0, 22.0, 55.0])  # spring rate (rad/s) of jaw, lips, width, press
+RELEASE_STIFFNESS = np.array([60.0, 60.0, 22.0, 110.0])  # towards a lower goal: a plosive release is quick
+CLOSED_EPS = 0.02
+EMPHASIS_FROM, EMPHASIS_SPAN = 0.95, 0.2  # loudness above the usual speech level raises the brows
+BROW_STIFFNESS = 14.0  # brows rise slowly with a stressed syllable...
+BROW_RELEASE = 35.0  # ...and settle with the mouth when the voice drops
 
 
-@dataclass(frozen=True)
-class MouthShape:
-    """jaw 0..1 (closed..wide open), lips 0..1 (extra lip parting), width -1..1 (rounded..spread)."""
-
-    jaw: float = 0.0
-    lips: float = 0.0
-    width: float = 0.0
-
-    @property
-    def closed(self) -> bool:
-        return self.jaw < CLOSED_EPS and self.lips < CLOSED_EPS and abs(self.width) < CLOSED_EPS
-
-
-def _db(samples: np.ndarray) -> float:
+def db(samples: np.ndarray) -> float:
     if samples.size == 0:
         return SILENCE_DB
     return float(10.0 * np.log10(np.mean(np.square(samples, dtype=np.float64)) + 1e-12))
 
 
-class MouthShaper:
-    """Stateful per session: call `shape` once per video frame, in order."""
+def viseme_weights(codes: np.ndarray) -> np.ndarray:
+    """Share of each viseme class among a frame's codes."""
+    return np.bincount(codes, minlength=VISEME_COUNT)[:VISEME_COUNT] / max(len(codes), 1)
 
-    def __init__(self) -> None:
-        window = np.hanning(FFT_SIZE).astype(np.float32)
-        self._window = window
-        freqs = np.fft.rfftfreq(FFT_SIZE, 1.0 / SAMPLE_RATE)
-        self._bands = {name: (freqs >= lo) & (freqs < hi) for name, (lo, hi) in BANDS_HZ.items()}
-        self.level_db = INITIAL_LEVEL_DB
-        self._state = np.zeros(3, np.float64)  # jaw, lips, width
+
+class CriticalSpring:
+    """Critically damped second-order follower, integrated exactly per step; it may
+    move towards a lower goal at another rate (lips part at a release faster than they close)."""
+
+    def __init__(self, rates: np.ndarray, dt: float, falling: np.ndarray | None = None):
+        self.rising = rates
+        self.falling = rates if falling is None else falling
+        self.dt = dt
+        self.position = np.zeros_like(rates)
+        self.velocity = np.zeros_like(rates)
 
     def reset(self) -> None:
-        self._state[:] = 0.0
+        self.position[:] = 0.0
+        self.velocity[:] = 0.0
 
-    def _band_shares(self, samples: np.ndarray) -> dict[str, float]:
-        frame = np.zeros(FFT_SIZE, np.float32)
-        frame[: min(FFT_SIZE, samples.size)] = samples[-FFT_SIZE:]
-        power = np.abs(np.fft.rfft(frame * self._window)) ** 2
-        energy = {name: float(power[mask].sum()) + 1e-12 for name, mask in self._bands.items()}
-        total = sum(energy.values())
-        return {name: value / total for name, value in energy.items()}
+    def step(self, goal: np.ndarray) -> np.ndarray:
+        w, t = np.where(goal < self.position, self.falling, self.rising), self.dt
+        error = self.position - goal
+        b = self.velocity + w * error
+        decay = np.exp(-w * t)
+        self.position = goal + (error + b * t) * decay
+        self.velocity = (self.velocity - w * b * t) * decay
+        return self.position
 
-    def _loudness(self, db: float, speech: bool) -> float:
-        if speech and db > self.level_db - SPEECH_RANGE_DB:
-            rate = LEVEL_RISE if db > self.level_db else LEVEL_FALL
-            self.level_db += rate * (db - self.level_db)
-        return float(np.clip((db - (self.level_db - SPEECH_RANGE_DB)) / SPEECH_RANGE_DB, 0.0, 1.15))
+    @property
+    def at_rest(self) -> bool:
+        return bool(np.all(np.abs(self.position) < CLOSED_EPS) and np.all(np.abs(self.velocity) * self.dt < CLOSED_EPS))
 
-    def target(self, current: np.ndarray, lookahead: np.ndarray, speech: bool) -> MouthShape:
-        """The unsmoothed shape for one frame's audio (plus the audio right after it)."""
-        now = self._loudness(_db(current), speech)
-        ahead = self._loudness(_db(lookahead), False) if lookahead.size else 0.0
-        loud = max(now, 0.6 * ahead) ** 1.2
-        if loud <= 0.0:
-            return MouthShape()
-        share = self._band_shares(np.concatenate([current, lookahead]))
-        voiced = share["low"] + share["f1"] + share["f2lo"] + share["f2hi"]
-        openness = np.clip((share["f1"] / (share["low"] + share["f1"]) - 0.25) / 0.5, 0.0, 1.0)
-        spread = np.clip((share["f2hi"] / max(voiced - share["low"], 1e-6) - 0.25) / 0.4, 0.0, 1.0)
-        rounded = np.clip((share["f2lo"] / (share["f2lo"] + share["f2hi"]) - 0.35) / 0.4, 0.0, 1.0) * (1 - spread)
-        fricative = np.clip((share["hf"] - 0.15) / 0.35, 0.0, 1.0)
-        nasal = np.clip((share["low"] - 0.6) / 0.3, 0.0, 1.0) * (1.0 - spread)
-        jaw = loud * (0.3 + 0.55 * openness) * (1.0 - 0.75 * nasal) * (1.0 - 0.55 * fricative)
-        lips = loud * (0.3 + 0.4 * fricative + 0.2 * spread) * (1.0 - nasal)
-        width = (0.9 * spread - rounded) * min(1.0, 2.0 * loud)
-        return MouthShape(float(np.clip(jaw, 0, 1)), float(np.clip(lips, 0, 1)), float(np.clip(width, -1, 1)))
 
-    def shape(self, current: np.ndarray, lookahead: np.ndarray, speech: bool) -> MouthShape:
-        """The smoothed shape for the next frame."""
-        goal = self.target(current, lookahead, speech)
-        state = self._state
-        for i, value in enumerate((goal.jaw, goal.lips)):
-            rate = ATTACK if value > state[i] else RELEASE
-            state[i] += rate * (value - state[i])
-        state[2] += WIDTH_RATE * (goal.width - state[2])
-        result = MouthShape(float(state[0]), float(state[1]), float(state[2]))
-        if result.closed and goal.jaw == 0.0:
+class MouthShaper:
+    """Stateful per session: call `shape` once per video frame, in order.
+
+    `estimator` gives viseme weights for audio without phoneme labels
+    (callable: 16 kHz samples of the frame plus its lookahead -> weights);
+    frames of unlabelled audio use it, labelled frames never do.
+    """
+
+    def __init__(self, estimator, fps: int = 25):
+        self.estimator = estimator
+        self.level_db = INITIAL_LEVEL_DB
+        self.spring = CriticalSpring(STIFFNESS.copy(), 1.0 / fps, RELEASE_STIFFNESS.copy())
+        self.brow_spring = CriticalSpring(np.array([BROW_STIFFNESS]), 1.0 / fps, np.array([BROW_RELEASE]))
+        self._emphasis = 0.0
+
+    def reset(self) -> None:
+        self.spring.reset()
+        self.brow_spring.reset()
+
+    def _loudness(self, level: float, speech: bool) -> float:
+        if speech and level > self.level_db - SPEECH_RANGE_DB:
+            rate = LEVEL_RISE if level > self.level_db else LEVEL_FALL
+            self.level_db += rate * (level - self.level_db)
+        if level < self.level_db - SPEECH_RANGE_DB:
+            return 0.0
+        return float(np.clip(LOUDNESS_GAIN * 10.0 ** ((level - self.level_db) / 20.0), 0.0, 1.15))
+
+    def _weights(self, chunks: list[AudioChunk], estimate: np.ndarray | None) -> tuple[np.ndarray, float]:
+        """Viseme weights of some chunks, and the share of them that is a pause inside speech."""
+        spoken = [c for c in chunks if c.speech]
+        rest = np.eye(VISEME_COUNT)[Viseme.REST]
+        if not spoken:
+            return rest, 0.0
+        in_speech = len(spoken) / len(chunks)
+        if all(c.visemes is not None for c in spoken):
+            weights = viseme_weights(np.concatenate([c.visemes for c in spoken]))
+            return weights * in_speech + rest * (1 - in_speech), float(weights[Viseme.REST] * in_speech)
+        if estimate is None:
+            return rest, in_speech
+        return estimate, 0.0
+
+    def target(self, current: list[AudioChunk], ahead: list[AudioChunk]) -> np.ndarray:
+        """The unsmoothed (jaw, lips, width, press) for one frame and the audio right after it."""
+        now_audio = np.concatenate([c.samples for c in current])
+        speech = any(c.speech for c in current)
+        loud_now = self._loudness(db(now_audio), speech)
+        ahead_audio = np.concatenate([c.samples for c in ahead]) if ahead else np.zeros(0, np.float32)
+        loud_ahead = self._loudness(db(ahead_audio), False) if ahead else 0.0
+        estimate = None
+        if speech and any(c.visemes is None for c in current if c.speech):
+            # The estimate already looks at the next frame: it stands for this frame and the next.
+            estimate = self.estimator(np.concatenate([now_audio, ahead_audio]))
+            if loud_now <= 0.0 and loud_ahead <= 0.0:
+                estimate = None
+        now, pause = self._weights(current, estimate)
+        later = self._weights(ahead, estimate)[0] if ahead else np.eye(VISEME_COUNT)[Viseme.REST]
+        weights = (1 - ANTICIPATION) * now + ANTICIPATION * later
+        goal = weights @ SHAPE_TABLE
+        loud = max(loud_now, AHEAD_LOUDNESS * loud_ahead)
+        opening = min(OPEN_FLOOR + OPEN_GAIN * loud, 1.1) if loud > 0 or weights[Viseme.REST] < 1 else 0.0
+        goal[:2] *= opening
+        closing = (1 - PRESS_ANTICIPATION) * now + PRESS_ANTICIPATION * later
+        self._emphasis = float(np.clip((loud_now - EMPHASIS_FROM) / EMPHASIS_SPAN, 0.0, 1.0)) if speech else 0.0
+        quiet = max(0.0, 1.0 - loud_now / QUIET_LOUDNESS) if speech else 0.0
+        relaxed = pause + (1.0 - pause) * quiet
+        closure = closing[Viseme.CLOSED] + LABIODENTAL_PRESS * closing[Viseme.LABIODENTAL] + PAUSE_PRESS * relaxed
+        goal[3] = min(1.0, CLOSURE_GAIN * closure)
+        return goal
+
+    def shape(self, current: list[AudioChunk], ahead: list[AudioChunk]) -> MouthShape:
+        """The smoothed shape for the next frame; MouthShape() (exactly closed) once at rest."""
+        goal = self.target(current, ahead)
+        state = self.spring.step(goal)
+        brow = float(self.brow_spring.step(np.array([self._emphasis]))[0])
+        if not np.any(goal) and not self._emphasis and self.spring.at_rest and self.brow_spring.at_rest:
             self.reset()
             return MouthShape()
-        return result
+        jaw, lips, width, press = state
+        return MouthShape(float(np.clip(jaw, 0, 1)), float(np.clip(lips, 0, 1)), float(np.clip(width, -1, 1)),
+                          float(np.clip(press, 0, 1)), float(np.clip(brow, 0, 1)))

@@ -1,12 +1,15 @@
 """LiteReal: the CPU lip-sync engine (no downloaded weights).
 
-Per video frame, `MouthShaper` turns the frame's audio (plus one queued chunk
-of lookahead) into a mouth shape, and the avatar frame's `MouthRig` warps the
-lower face into that shape. Rigs are built once per avatar (shared by every
-session, cached on the avatar) when the first session starts; per frame the
-work is a weighted sum of three small fields, one remap of the mouth box, a
-painted mouth cavity and a masked paste-back. A closed mouth is the idle frame
-itself, untouched.
+Per video frame, `MouthShaper` turns the frame's audio and visemes (plus the
+next frame's, as lookahead) into a mouth shape, and the avatar frame's
+`MouthRig` warps the lower face into that shape. Visemes come with the audio
+when the TTS knows its phonemes (espeak); otherwise a small network trained
+here estimates them from the sound (visemeaudio.py).
+
+Rigs are built once per avatar (shared by every session, cached on the avatar)
+when the first session starts; per frame the work is a weighted sum of four
+small fields, one remap of the mouth box, a painted mouth cavity and a masked
+paste-back. A closed mouth is the idle frame itself, untouched.
 """
 
 from __future__ import annotations
@@ -18,14 +21,19 @@ import numpy as np
 
 from avatar import Avatar
 from basereal import BaseReal, EngineConfig, FrameWork
-from lipshape import MouthShape, MouthShaper
+from lipshape import MouthShaper
+from mouthbank import MouthBank, MouthRetriever
 from mouthwarp import MouthRig
+from visemeaudio import MODEL_PATH, VisemeNetwork, audio_estimator
+from visemes import SHAPES, MouthShape, Viseme
 
 logger = logging.getLogger(__name__)
 
+MOUTHS_KEY = "lite.mouths"
 RIGS_KEY = "lite.rigs"
 RIGS_LOCK_KEY = "lite.rigs.lock"
-LOOKAHEAD_CHUNKS = 1
+LOOKAHEAD_FRAMES = 1
+WIDEST, ROUNDEST, MOST_OPEN = SHAPES[Viseme.SPREAD], SHAPES[Viseme.ROUNDED], SHAPES[Viseme.OPEN]
 
 
 def avatar_rigs(avatar: Avatar) -> tuple[MouthRig, ...] | None:
@@ -45,6 +53,15 @@ def avatar_rigs(avatar: Avatar) -> tuple[MouthRig, ...] | None:
     return rigs
 
 
+def avatar_mouths(avatar: Avatar) -> MouthBank | None:
+    """A video avatar's indexed real mouths (None for photos), read on first use and cached."""
+    if MOUTHS_KEY not in avatar.extras:
+        with avatar.extras.setdefault(RIGS_LOCK_KEY, threading.Lock()):
+            if MOUTHS_KEY not in avatar.extras:
+                avatar.extras[MOUTHS_KEY] = MouthBank.load(avatar.folder) if avatar.has_face_data else None
+    return avatar.extras[MOUTHS_KEY]
+
+
 class LiteReal(BaseReal):
     """Audio-driven lower-face warp on the avatar's own frames."""
 
@@ -57,7 +74,13 @@ class LiteReal(BaseReal):
             logger.warning("avatar %s has no face data: the lite engine streams it without lip movement; "
                            "rebuild it with `python genavatar.py --image/--video ... --avatar_id %s`",
                            avatar.avatar_id, avatar.avatar_id)
-        self.shaper = MouthShaper()
+        network = VisemeNetwork(MODEL_PATH) if MODEL_PATH.is_file() else None  # a few kB, read per session
+        if network is None:
+            logger.warning("%s is missing: audio without phoneme labels is shaped by band-energy rules; "
+                           "run `python training/train_visemes.py` to rebuild it", MODEL_PATH)
+        self.shaper = MouthShaper(audio_estimator(network), config.fps)
+        avatar_mouths(avatar)  # read here (off the event loop), not on the first spoken frame
+        self._retrieval: tuple[Avatar | None, MouthRetriever | None] = (None, None)  # compose thread only
 
     def render_frames(self, work: list[FrameWork]) -> list[MouthShape | None]:
         results: list[MouthShape | None] = []
@@ -65,18 +88,17 @@ class LiteReal(BaseReal):
             if avatar_rigs(item.avatar or self.avatar) is None:
                 results.append(None)
                 continue
-            current = np.concatenate([chunk.samples for chunk in item.chunks])
-            if index + 1 < len(work):
-                ahead = work[index + 1].chunks[:LOOKAHEAD_CHUNKS]
-            else:
-                ahead = self.peek_audio(LOOKAHEAD_CHUNKS)
-            ahead_samples = np.concatenate([c.samples for c in ahead if c.epoch == item.epoch] or [np.zeros(0, np.float32)])
-            shape = self.shaper.shape(current, ahead_samples, item.speech)
+            wanted = LOOKAHEAD_FRAMES * self.chunks_per_frame
+            ahead = [c for w in work[index + 1:] for c in w.chunks][:wanted]
+            if len(ahead) < wanted:
+                ahead += self.peek_audio(wanted - len(ahead))
+            shape = self.shaper.shape(item.chunks, [c for c in ahead if c.epoch == item.epoch])
             results.append(None if shape.closed else shape)
         return results
 
     def prepare_avatar(self, avatar: Avatar) -> None:
         avatar_rigs(avatar)
+        avatar_mouths(avatar)
 
     def can_lipsync(self, avatar: Avatar) -> bool:
         return avatar_rigs(avatar) is not None
@@ -88,11 +110,47 @@ class LiteReal(BaseReal):
     def compose(self, work: FrameWork, result: MouthShape | None) -> np.ndarray:
         avatar = work.avatar or self.avatar
         rigs = avatar_rigs(avatar) if result is not None else None
+        retriever = self._retriever(avatar)
         if rigs is None:
+            if retriever is not None:
+                retriever.reset()
             return avatar.frames[work.index]
-        return rigs[work.index].render(result)
+        rig = rigs[work.index]
+        mouth = None
+        if retriever is not None:
+            mouth = retriever.choose(rig.landmarks, rig.moved_landmarks(result), *self._extremes(rig))
+        if mouth is None:
+            return rig.render(result)
+        patch, choice, jaw_px = mouth
+        jaw = rig.jaw_shape(jaw_px, result)  # the jaw and chin follow the real lower lip down
+        image = rig.render(jaw) if not jaw.closed else avatar.frames[work.index].copy()
+        retriever.paste(image, work.index, rig.landmarks, patch, choice)
+        rig.face_motion.apply(image, result.brow)  # after the paste: the real mouth nods with the head
+        return image
+
+    @property
+    def retriever(self) -> MouthRetriever | None:
+        """The real-mouth retriever of the avatar composed last (None for photos)."""
+        return self._retrieval[1]
+
+    def _retriever(self, avatar: Avatar) -> MouthRetriever | None:
+        """This session's real-mouth retriever for `avatar` (None for photos), new on a switch."""
+        held, retriever = self._retrieval
+        if held is not avatar:
+            bank = avatar_mouths(avatar)
+            retriever = MouthRetriever(bank) if bank is not None else None
+            self._retrieval = (avatar, retriever)
+        return retriever
+
+    @staticmethod
+    def _extremes(rig: MouthRig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rig's widest, roundest and most open mouths on its frame (its range)."""
+        return tuple(rig.moved_landmarks(shape) for shape in (WIDEST, ROUNDEST, MOST_OPEN))
 
     def interrupt(self) -> int:
         epoch = super().interrupt()
         self.shaper.reset()
+        retriever = self._retrieval[1]
+        if retriever is not None:
+            retriever.reset()
         return epoch

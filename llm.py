@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +196,7 @@ class LLMClient:
     def __init__(self, settings: LLMSettings):
         self.settings = settings
         self._openai: openai.AsyncOpenAI | None = None
+        self.on_first_token: Callable[[float], None] | None = None  # seconds to the first delta (metrics)
         if settings.problem() is None:
             self._openai = openai.AsyncOpenAI(
                 api_key=settings.api_key or NO_KEY,
@@ -212,6 +213,7 @@ class LLMClient:
         """Text deltas of one streamed completion; every failure becomes an `LLMError`."""
         if self._openai is None:
             raise LLMError(self.settings.problem() or NOT_CONFIGURED, LLMErrorKind.NOT_CONFIGURED)
+        requested: float | None = time.perf_counter()
         try:
             response = await self._openai.chat.completions.create(
                 model=self.settings.model, messages=messages, stream=True
@@ -224,6 +226,9 @@ class LLMClient:
                     for choice in choices:
                         content = getattr(getattr(choice, "delta", None), "content", None)
                         if content:
+                            if requested is not None and self.on_first_token is not None:
+                                self.on_first_token(time.perf_counter() - requested)
+                            requested = None
                             yield content
         except openai.APIError as error:
             raise self._translate(error) from error

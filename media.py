@@ -52,6 +52,7 @@ class AudioChunk:
     speech: bool
     epoch: int
     events: tuple[SpeechEvent, ...] = ()
+    visemes: np.ndarray | None = None  # uint8 viseme codes, one per 5 ms, when the TTS knows its phonemes
 
     @staticmethod
     def silence(epoch: int) -> "AudioChunk":

@@ -7,7 +7,10 @@ all in face-aligned coordinates (u along the mouth, v down the face):
   jaw    everything below the lip seam moves down, the lower lip most in the
          middle and the jaw as a rotating block, fading out below the chin;
   lips   the upper lip lifts a little and the lower lip drops a little more;
-  width  the mouth corners move out (spread) or in (rounded).
+  width  the mouth corners move out (spread) or in (rounded, further than
+         they spread: rounded lips also push forward, so the mouth narrows);
+  press  the upper lip comes down and the lower lip up to meet in the middle
+         of the photo's resting gap, closing it (m, b, p; f and v in part).
 
 The seam is the lower inner lip line: above it nothing follows the jaw (so
 teeth already visible in the photo stay with the upper jaw); across it the
@@ -25,17 +28,22 @@ import cv2
 import numpy as np
 
 from blending import BlendPlan, paste_back
+from facemotion import FaceMotion
 from facegeom import JAW, MOUTH_LEFT, MOUTH_RIGHT, NOSE_TIP, CHIN, face_axes, smoothstep, to_face_coords
-from lipshape import MouthShape
+from visemes import MouthShape
 
 JAW_DROP = 0.34  # jaw opening at jaw=1, in mouth half-widths
 LIP_PART = 0.22  # extra lip parting at lips=1
-CORNER_SHIFT = 0.14  # corner movement at width=+-1
+SPREAD_SHIFT = 0.14  # outward corner movement at width=+1
+ROUND_SHIFT = 0.32  # inward corner movement at width=-1
+PRESS_OVERLAP = 0.03  # pressed lips squeeze a little past their meeting line (mouth half-widths)
 UPPER_LIP_SHARE = 0.35  # of the lip parting, how much is the upper lip lifting
 SEAM = (48, 60, 67, 66, 65, 64, 54)  # outer corner, lower inner lip, outer corner
+UPPER_INNER = (48, 60, 61, 62, 63, 64, 54)  # outer corner, upper inner lip, outer corner
 SEAM_SAMPLES = 25
 REST_OPEN_RATIO = 0.12  # inner-lip gap / mouth half-width above which the photo already shows teeth
 SUBPIXEL_BITS = 3
+LANDMARK_PROBE = 0.12  # lip landmarks read the fields this far (mouth half-widths) off the lip line
 CAVITY_TINT = np.array([0.2, 0.2, 0.36], np.float32)  # BGR: the mouth's inside is a dark, reddish lip colour
 
 
@@ -103,6 +111,9 @@ class MouthRig:
         self.lips = ((-UPPER_LIP_SHARE * (1 - lower) * up + (1 - UPPER_LIP_SHARE) * lower * down)
                      * lip_profile * taper).astype(np.float32)
 
+        self.press, top_u, top_v = self._press_field(local, u, v, seam_u, seam_v, v_nose, chin_span, mw, lip_profile,
+                                                     taper)
+
         along = np.where(np.abs(u) <= mw, u / mw, np.sign(u) * np.exp(-(((np.abs(u) - mw) / (0.6 * mw)) ** 2)))
         self.width = (along * np.exp(-(((v - v_seam) / (0.55 * mw)) ** 2)) * taper).astype(np.float32)
 
@@ -115,10 +126,45 @@ class MouthRig:
         self.edge_jaw = profile.astype(np.float32)
         self.edge_down = ((1 - UPPER_LIP_SHARE) * profile).astype(np.float32)
         self.edge_width = (self.sample_u / mw).astype(np.float32)
+        rest_gap = np.maximum(self.sample_v - np.interp(self.sample_u, top_u, top_v), 0.0)
+        self.edge_press = (-rest_gap / 2).astype(np.float32)  # pressed, the new opening starts at the meeting line
         self.colors = self._colors(frame, lm, local)
         self.plan = BlendPlan.build(frame.shape, self.box, crop_box, mask)
+        self.landmarks = lm
+        self.face_motion = FaceMotion(lm, frame.shape)
+        self._landmark_fields = self._fields_at_landmarks(lm)
+
+    def _fields_at_landmarks(self, lm: np.ndarray) -> np.ndarray:
+        """(68, 4): jaw, lips, width and press field values that move each landmark.
+
+        The fields step across the lips, so lower-lip points read them a little
+        below themselves and upper-lip points a little above."""
+        offset = np.zeros(68, np.float32)
+        offset[list(range(55, 60)) + [65, 66, 67]] = LANDMARK_PROBE
+        offset[list(range(49, 54)) + [61, 62, 63]] = -LANDMARK_PROBE
+        points = lm + offset[:, None] * self.half_width * self.ey
+        x1, y1, x2, y2 = self.box
+        cols = np.clip(np.round(points[:, 0]).astype(int) - x1, 0, x2 - x1 - 1)
+        rows = np.clip(np.round(points[:, 1]).astype(int) - y1, 0, y2 - y1 - 1)
+        inside = (points[:, 0] >= x1) & (points[:, 0] < x2) & (points[:, 1] >= y1) & (points[:, 1] < y2)
+        fields = np.stack([field[rows, cols] for field in (self.jaw, self.lips, self.width, self.press)], axis=1)
+        return (fields * inside[:, None]).astype(np.float32)
 
     # ---- preparation ------------------------------------------------------
+    @staticmethod
+    def _press_field(local, u, v, seam_u, seam_v, v_nose, chin_span, mw, lip_profile, taper) -> np.ndarray:
+        """Unit press: above the middle of the resting gap things move down by half the
+        gap, below it up by half, fading towards the nose and the chin."""
+        top_u, top_v = _smooth_seam(local[list(UPPER_INNER)])
+        upper = np.interp(u, top_u, top_v)
+        lower = np.interp(u, seam_u, seam_v)
+        half_gap = np.maximum(lower - upper, 0.0) / 2 + PRESS_OVERLAP * mw * lip_profile
+        middle = (upper + lower) / 2
+        side = smoothstep(0.5 + (v - middle) / 1.4)  # 0 above the meeting line, 1 below
+        up_fade = smoothstep((v - v_nose) / max(float(np.min(top_v)) - v_nose, 1.0))
+        down_fade = 1.0 - smoothstep((v - middle) / (0.7 * chin_span))
+        return (half_gap * ((1 - side) * up_fade - side * down_fade) * taper).astype(np.float32), top_u, top_v
+
     def _warp_box(self, lm: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         chin_down = lm[CHIN] + self.ey * 0.8 * float(np.linalg.norm(lm[CHIN] - self.origin))
         points = np.concatenate([lm[2:15], lm[31:36], chin_down[None]])
@@ -176,22 +222,44 @@ class MouthRig:
         return MouthColors(cavity=lip_color * CAVITY_TINT + 2, tongue=lip_color * 0.7, teeth=teeth, draw_teeth=draw_teeth)
 
     # ---- per frame ---------------------------------------------------------
+    def _amounts(self, shape: MouthShape) -> tuple[float, float, float]:
+        """Pixels of jaw drop, lip parting and corner movement for a shape."""
+        apart = (1.0 - shape.press) ** 2  # pressing lips hold together against the jaw
+        drop = shape.jaw * apart * JAW_DROP * self.half_width
+        part = shape.lips * apart * LIP_PART * self.half_width
+        side = shape.width * (SPREAD_SHIFT if shape.width > 0 else ROUND_SHIFT) * self.half_width
+        return drop, part, side
+
+    def jaw_shape(self, drop_px: float, wanted: MouthShape) -> MouthShape:
+        """Under a pasted real mouth: the jaw lowered by `drop_px` (never raised past the frame's:
+        the neck below would be stretched) and the frame's own lips pressed as wanted."""
+        return MouthShape(jaw=max(drop_px, 0.0) / (JAW_DROP * self.half_width), press=wanted.press)
+
+    def moved_landmarks(self, shape: MouthShape) -> np.ndarray:
+        """Where `shape` puts this frame's landmarks (what a real mouth for it must look like)."""
+        drop, part, side = self._amounts(shape)
+        fields = self._landmark_fields
+        dv = drop * fields[:, 0] + part * fields[:, 1] + shape.press * fields[:, 3]
+        du = side * fields[:, 2]
+        return self.landmarks + du[:, None] * self.ex + dv[:, None] * self.ey
+
     def render(self, shape: MouthShape) -> np.ndarray:
         """The full frame with the mouth in `shape` (a new array)."""
-        drop = shape.jaw * JAW_DROP * self.half_width
-        part = shape.lips * LIP_PART * self.half_width
-        side = shape.width * CORNER_SHIFT * self.half_width
-        dv = drop * self.jaw + part * self.lips
+        drop, part, side = self._amounts(shape)
+        dv = drop * self.jaw + part * self.lips + shape.press * self.press
         du = side * self.width
         map_x = self.grid_x - (du * self.ex[0] + dv * self.ey[0])
         map_y = self.grid_y - (du * self.ex[1] + dv * self.ey[1])
         patch = cv2.remap(self.frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        self._paint_cavity(patch, drop, part, side)
-        return paste_back(self.frame, patch, self.plan)
+        self._paint_cavity(patch, drop, part, side, shape.press)
+        image = paste_back(self.frame, patch, self.plan)
+        self.face_motion.apply(image, shape.brow)
+        return image
 
-    def _paint_cavity(self, patch: np.ndarray, drop: float, part: float, side: float) -> None:
-        upper_v = self.sample_v + part * self.edge_up
-        lower_v = self.sample_v + drop * self.edge_jaw + part * self.edge_down
+    def _paint_cavity(self, patch: np.ndarray, drop: float, part: float, side: float, press: float) -> None:
+        seam_v = self.sample_v + press * self.edge_press
+        upper_v = seam_v + part * self.edge_up
+        lower_v = seam_v + drop * self.edge_jaw + part * self.edge_down
         gap = lower_v - upper_v
         if float(gap.max()) < 0.6:
             return

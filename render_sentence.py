@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -23,27 +24,40 @@ import numpy as np
 from avatar import AvatarError, load_avatar
 from basereal import BaseReal, EngineConfig
 from media import CHUNK_SAMPLES, SAMPLE_RATE, AudioChunk, AVBundle
+from visemes import LabelledAudio, Viseme, downsample_codes
 
 logger = logging.getLogger("render_sentence")
 
 ROOT = Path(__file__).resolve().parent
 TAIL_FRAMES = 12  # silence after the sentence, so the mouth is seen to close
 BUNDLE_TIMEOUT_S = 5.0
+FEED_AHEAD_FRAMES = 4
 SHEET_TILES = 24
 SHEET_COLUMNS = 6
+DEFAULT_RATE_WPM = 165  # EspeakTTS's default
 
 
-def speech_chunks(audio: np.ndarray, epoch: int, tail_frames: int, chunks_per_frame: int) -> list[AudioChunk]:
-    """Audio cut into 20 ms speech chunks (padded to whole frames), then silence."""
-    frames = -(-len(audio) // (CHUNK_SAMPLES * chunks_per_frame))
+def speech_chunks(audio: np.ndarray | LabelledAudio, epoch: int, tail_frames: int,
+                  chunks_per_frame: int) -> list[AudioChunk]:
+    """Audio cut into 20 ms speech chunks (padded to whole frames, with their viseme
+    codes when the audio is labelled), then silence."""
+    samples = audio.samples if isinstance(audio, LabelledAudio) else audio
+    frames = -(-len(samples) // (CHUNK_SAMPLES * chunks_per_frame))
     padded = np.zeros(frames * chunks_per_frame * CHUNK_SAMPLES, np.float32)
-    padded[: len(audio)] = audio
-    chunks = [AudioChunk(piece, speech=True, epoch=epoch) for piece in padded.reshape(-1, CHUNK_SAMPLES)]
+    padded[: len(samples)] = samples
+    pieces = padded.reshape(-1, CHUNK_SAMPLES)
+    if isinstance(audio, LabelledAudio):
+        codes = np.full(padded.size, Viseme.REST, np.uint8)
+        codes[: len(audio.codes)] = audio.codes
+        slots = downsample_codes(codes).reshape(len(pieces), -1)
+        chunks = [AudioChunk(piece, True, epoch, visemes=slot) for piece, slot in zip(pieces, slots)]
+    else:
+        chunks = [AudioChunk(piece, speech=True, epoch=epoch) for piece in pieces]
     return chunks + [AudioChunk.silence(epoch) for _ in range(tail_frames * chunks_per_frame)]
 
 
-def run_engine(engine: BaseReal, audio: np.ndarray, tail_frames: int = TAIL_FRAMES) -> list[AVBundle]:
-    """Feed `audio` (16 kHz float32) to a not yet started engine; return one bundle per video frame.
+def run_engine(engine: BaseReal, audio: np.ndarray | LabelledAudio, tail_frames: int = TAIL_FRAMES) -> list[AVBundle]:
+    """Feed `audio` (16 kHz float32, labelled or not) to a not yet started engine; return one bundle per video frame.
 
     The input queue is filled before the threads start, so the first bundle
     is the first speech frame and bundle k shows avatar step k.
@@ -59,6 +73,12 @@ def run_engine(engine: BaseReal, audio: np.ndarray, tail_frames: int = TAIL_FRAM
     bundles = []
     try:
         for _ in range(len(chunks) // engine.chunks_per_frame):
+            # Take a frame only while the feeder is ahead: on a loaded machine the render
+            # thread would otherwise find the input empty and play silence mid-sentence.
+            deadline = time.monotonic() + BUNDLE_TIMEOUT_S
+            while (feeder.is_alive() and engine.audio_in.qsize() < FEED_AHEAD_FRAMES * engine.chunks_per_frame
+                   and time.monotonic() < deadline):
+                time.sleep(0.002)
             bundles.append(engine.output.get(timeout=BUNDLE_TIMEOUT_S))
     finally:
         engine.stop()
@@ -110,10 +130,16 @@ def contact_sheet(bundles: list[AVBundle], face_box: np.ndarray, fps: int, tiles
     return np.vstack(rows)
 
 
-def synthesize(text: str, voice: str) -> np.ndarray:
+def synthesize_labelled(text: str, voice: str, rate_wpm: int = DEFAULT_RATE_WPM) -> LabelledAudio:
+    """espeak's audio for `text` with its per-sample viseme codes."""
     from tts.espeak import EspeakLibrary, EspeakTTS
 
-    return np.concatenate(list(EspeakTTS(EspeakLibrary.shared(), voice).stream(text, lambda: False)))
+    pieces = list(EspeakTTS(EspeakLibrary.shared(), voice, rate_wpm).stream_labelled(text, lambda: False))
+    return LabelledAudio(np.concatenate([p.samples for p in pieces]), np.concatenate([p.codes for p in pieces]))
+
+
+def synthesize(text: str, voice: str) -> np.ndarray:
+    return synthesize_labelled(text, voice).samples
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voice", default="en-us")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "sentence.mp4")
     parser.add_argument("--sheet", type=Path, default=None, help="contact sheet PNG (default: next to --out)")
+    parser.add_argument("--audio-only", action="store_true",
+                        help="drive the mouth from the audio alone, as for uploads and other TTS (no phoneme labels)")
     parser.add_argument("--data-dir", dest="data_dir", type=Path, default=ROOT / "data")
     args = parser.parse_args(argv)
     try:
@@ -138,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     from litereal import LiteReal
 
     fps = int(avatar.metadata.get("fps", 25))
-    audio = synthesize(args.text, args.voice)
-    bundles = run_engine(LiteReal(avatar, EngineConfig(fps=fps), "render"), audio)
+    labelled = synthesize_labelled(args.text, args.voice)
+    audio = labelled.samples
+    bundles = run_engine(LiteReal(avatar, EngineConfig(fps=fps), "render"), audio if args.audio_only else labelled)
     write_mp4(args.out, bundles, fps)
     sheet_path = args.sheet or args.out.with_suffix(".png")
     cv2.imwrite(str(sheet_path), contact_sheet(bundles, avatar.face_boxes[0], fps))

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import contextlib
 
@@ -25,6 +25,9 @@ from speechbudget import SpeechBudget
 from ttsreal import QueueFull, TTSWorker
 from tts.base import TTSBackend
 from webrtc import HumanPlayer
+
+if TYPE_CHECKING:
+    from ops.metrics import SessionProbe
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class EventHub:
         self._loop = loop
         self._subscribers: set[asyncio.Queue] = set()
         self.channel: RTCDataChannel | None = None
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []  # e.g. metrics counting errors
 
     def subscribe(self) -> asyncio.Queue:
         if len(self._subscribers) >= MAX_SUBSCRIBERS:
@@ -66,6 +70,8 @@ class EventHub:
         self._subscribers.discard(q)
 
     def publish(self, event: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(event)
         for q in list(self._subscribers):
             if q.full():
                 q.get_nowait()  # a stalled reader loses its oldest event, never blocks us
@@ -99,16 +105,19 @@ class Session:
         llm: LLMClient,
         budget: SpeechBudget | None = None,
         client: str = "unknown",
+        probe: "SessionProbe | None" = None,
     ):
         self.id = session_id
         self.tag = session_id[:8]  # what the log shows: enough to follow a session, not to drive it
         self.client = client  # the remote address that made the offer
         self.connected = False  # set once the peer connection has been up
+        self.probe = probe
         self.engine = engine
         self.pc = pc
         self.events = EventHub(loop)
         self.tts_backend = tts_backend
-        self.tts = TTSWorker(engine, self._on_tts_error, name=f"tts-{session_id[:8]}", budget=budget)
+        self.tts = TTSWorker(engine, self._on_tts_error, name=f"tts-{session_id[:8]}", budget=budget,
+                             on_first_audio=probe.tts_first_audio if probe else None)
         self.conversation = Conversation(llm)
         self._reply_sentences: dict[str, str] = {}  # utterance id -> chat sentence awaiting playout
         self._reply_task: asyncio.Task | None = None
@@ -116,13 +125,17 @@ class Session:
         self.created = time.monotonic()
         self.last_activity = self.created
         self.closed = False
+        self.broadcast = False  # pushed to a media server (rtmp/whip) rather than answered to a peer
         self.player = HumanPlayer(
             engine.output,
             engine.config.fps,
             current_epoch=lambda: engine.epoch,
             filler=engine.idle_bundle,
             on_playout=self._on_playout,
+            probe=probe,
         )
+        if probe is not None:
+            self.events.listeners.append(probe.event)
         self._close_lock = asyncio.Lock()
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.close_reason = ""
@@ -190,6 +203,8 @@ class Session:
         self._reply_sentences.clear()
         epoch = self.engine.interrupt()
         self.player.schedule.drop_pending()
+        if self.probe is not None:
+            self.probe.interrupted(epoch)
         if self._playing is not None:
             cut = SpeechEvent("end", self._playing.utterance_id, self._playing.text, interrupted=True)
             self._playing = None
@@ -229,8 +244,9 @@ class SessionRegistry:
     never connect cannot take every slot.
     """
 
-    def __init__(self, max_sessions: int):
+    def __init__(self, max_sessions: int, id_prefix: str | None = None):
         self.max_sessions = max_sessions
+        self.id_prefix = id_prefix  # names this worker in every id, so a proxy can route by it
         self._sessions: dict[str, Session] = {}
         self._reserved: dict[str, int] = {}  # client address -> sessions being built
         self.new_id: Callable[[], str] = lambda: str(uuid.uuid4())
@@ -240,8 +256,13 @@ class SessionRegistry:
         return self._reserved.get(client, 0) + sum(
             1 for s in self._sessions.values() if s.client == client and not s.connected)
 
-    def reserve(self, client: str = "unknown", max_pending: int = 0) -> str:
-        """Claim a slot for a session being built (raises SessionLimitError)."""
+    @property
+    def starting(self) -> int:
+        """Sessions reserved and still being built."""
+        return sum(self._reserved.values())
+
+    def reserve(self, client: str = "unknown", max_pending: int = 0, session_id: str | None = None) -> str:
+        """Claim a slot for a session being built (raises SessionLimitError); a fixed id may be asked for."""
         if len(self._sessions) + sum(self._reserved.values()) >= self.max_sessions:
             raise SessionLimitError(
                 f"server is at its limit of {self.max_sessions} sessions: try again later"
@@ -251,8 +272,13 @@ class SessionRegistry:
                 f"this address already has {max_pending} sessions connecting: finish or close them first",
                 status=429,
             )
+        if session_id is not None and session_id in self._sessions:
+            raise SessionLimitError(f"session {session_id!r} already exists")
         self._reserved[client] = self._reserved.get(client, 0) + 1
-        return self.new_id()
+        if session_id is not None:
+            return session_id
+        new_id = self.new_id()
+        return f"{self.id_prefix}-{new_id}" if self.id_prefix else new_id
 
     def release_reservation(self, client: str = "unknown") -> None:
         left = self._reserved.get(client, 0) - 1

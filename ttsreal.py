@@ -1,4 +1,5 @@
-"""The per-session speech stage: utterances -> TTS -> 20 ms chunks with start/end events.
+"""The per-session speech stage: utterances -> TTS -> 20 ms chunks with start/end events
+(and viseme codes, when the backend labels its audio with its phonemes).
 
 A `TTSWorker` owns one daemon thread and a bounded queue of segments (text for
 a backend to speak, or ready audio from /humanaudio). It cuts audio into 20 ms
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -27,6 +29,7 @@ from textproc import clean_for_speech, split_sentences
 from tts.base import TTSBackend, TTSError
 from tts.cloning import SERVICES, ServiceSettings
 from tts.reference import VoiceReference
+from visemes import LabelledAudio, Viseme, downsample_codes
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +64,12 @@ class TTSWorker:
     """Speaks queued segments into one engine, in order, honouring interrupts."""
 
     def __init__(self, engine: BaseReal, on_error: Callable[[str], None], name: str = "tts",
-                 budget: SpeechBudget | None = None):
+                 budget: SpeechBudget | None = None,
+                 on_first_audio: Callable[[str, float], None] | None = None):
         self.engine = engine
         self.budget = budget or SpeechBudget()
         self._on_error = on_error
+        self._on_first_audio = on_first_audio  # (backend name, seconds to a sentence's first audio)
         self._segments: queue.Queue[Segment] = queue.Queue(maxsize=SEGMENT_QUEUE_SIZE)
         self._stopping = threading.Event()
         self._open: str | None = None  # utterance whose start went out and whose end has not
@@ -113,6 +118,11 @@ class TTSWorker:
         for segment in segments:
             self._segments.put_nowait(segment)
 
+    @property
+    def pending(self) -> int:
+        """Sentences queued and not yet being spoken."""
+        return self._segments.qsize()
+
     def clear(self) -> None:
         """Drop queued segments (an interrupt; the epoch bump cancels the one in progress)."""
         with self._segments.mutex:
@@ -152,12 +162,12 @@ class TTSWorker:
     def _cancelled(self, epoch: int) -> Callable[[], bool]:
         return lambda: self._stopping.is_set() or self.engine.epoch != epoch
 
-    def _audio_of(self, segment: Segment) -> Iterator[np.ndarray]:
+    def _audio_of(self, segment: Segment) -> Iterator[np.ndarray | LabelledAudio]:
         if segment.audio is not None:
             yield segment.audio.astype(np.float32) / S16_MAX
         else:
             assert segment.backend is not None
-            yield from segment.backend.stream(segment.text, self._cancelled(segment.epoch))
+            yield from segment.backend.stream_labelled(segment.text, self._cancelled(segment.epoch))
 
     def _speak(self, segment: Segment) -> None:
         cancelled = self._cancelled(segment.epoch)
@@ -165,15 +175,27 @@ class TTSWorker:
             self._open = segment.utterance_id
             self._open_chunks = 0
             self._start = SpeechEvent("start", segment.utterance_id, segment.utterance_text)
-        pending: list[np.ndarray] = []  # the newest full chunk waits: it may need the end event
+        pending: list[tuple[np.ndarray, np.ndarray | None]] = []  # the newest full chunk waits: it may need the end event
         buffer = np.zeros(0, np.float32)
+        requested = time.perf_counter()
+        labels: np.ndarray | None = None  # per-sample viseme codes of `buffer`, when the backend gives them
         for piece in self._audio_of(segment):
             if cancelled():
                 return
-            buffer = np.concatenate([buffer, np.asarray(piece, np.float32).reshape(-1)])
+            if requested is not None and segment.backend is not None and self._on_first_audio is not None:
+                self._on_first_audio(segment.backend.name, time.perf_counter() - requested)
+            requested = None
+            samples, codes = (piece.samples, piece.codes) if isinstance(piece, LabelledAudio) else (piece, None)
+            samples = np.asarray(samples, np.float32).reshape(-1)
+            if codes is not None or labels is not None:
+                fresh = codes if codes is not None else np.full(len(samples), Viseme.NEUTRAL, np.uint8)
+                labels = np.concatenate([labels if labels is not None else
+                                         np.full(len(buffer), Viseme.NEUTRAL, np.uint8), fresh])
+            buffer = np.concatenate([buffer, samples])
             whole = len(buffer) // CHUNK_SAMPLES
-            pending.extend(buffer[i * CHUNK_SAMPLES:(i + 1) * CHUNK_SAMPLES] for i in range(whole))
+            pending.extend(_chunk(buffer, labels, i) for i in range(whole))
             buffer = buffer[whole * CHUNK_SAMPLES:]
+            labels = labels[whole * CHUNK_SAMPLES:] if labels is not None else None
             if len(pending) > 1:
                 if not self._hand_over(pending[:-1], segment, end=False):
                     return
@@ -181,22 +203,24 @@ class TTSWorker:
         if cancelled():
             return
         if buffer.size:
-            pending.append(np.concatenate([buffer, np.zeros(CHUNK_SAMPLES - buffer.size, np.float32)]))
+            tail = np.zeros(CHUNK_SAMPLES - buffer.size, np.float32)
+            rest = None if labels is None else np.concatenate([labels, np.full(tail.size, Viseme.REST, np.uint8)])
+            pending.append(_chunk(np.concatenate([buffer, tail]), rest, 0))
         if segment.last:
             while not pending or (self._open_chunks + len(pending)) % self.engine.chunks_per_frame:
-                pending.append(np.zeros(CHUNK_SAMPLES, np.float32))  # end on a whole video frame
+                pending.append((np.zeros(CHUNK_SAMPLES, np.float32), None))  # end on a whole video frame
         self._hand_over(pending, segment, end=segment.last)
 
-    def _hand_over(self, chunks: list[np.ndarray], segment: Segment, end: bool) -> bool:
+    def _hand_over(self, chunks: list[tuple[np.ndarray, np.ndarray | None]], segment: Segment, end: bool) -> bool:
         """Queue chunks into the engine, the start event on the first, end on the last."""
-        for i, samples in enumerate(chunks):
+        for i, (samples, visemes) in enumerate(chunks):
             events: tuple[SpeechEvent, ...] = ()
             if self._start is not None:
                 events, self._start = (self._start,), None
             if end and i == len(chunks) - 1:
                 events += (SpeechEvent("end", segment.utterance_id, segment.utterance_text),)
                 self._open = None
-            if not self.engine.put_audio(AudioChunk(samples, True, segment.epoch, events)):
+            if not self.engine.put_audio(AudioChunk(samples, True, segment.epoch, events, visemes)):
                 return False
             self._open_chunks += 1
         return True
@@ -213,6 +237,12 @@ class TTSWorker:
             end = SpeechEvent("end", segment.utterance_id, segment.utterance_text)
             self.engine.put_audio(AudioChunk(np.zeros(CHUNK_SAMPLES, np.float32), False, segment.epoch, (end,)))
         self._open, self._start = None, None
+
+
+def _chunk(samples: np.ndarray, labels: np.ndarray | None, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The index-th 20 ms chunk of `samples` and its viseme codes (one per 5 ms)."""
+    part = slice(index * CHUNK_SAMPLES, (index + 1) * CHUNK_SAMPLES)
+    return samples[part], None if labels is None else downsample_codes(labels[part])
 
 
 TTS_CHOICES = ("auto", "espeak", "edgetts", "openai", *SERVICES)

@@ -17,12 +17,15 @@ import logging
 import queue
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media import CHUNK_SAMPLES, SAMPLE_RATE, VIDEO_CLOCK_RATE, AVBundle, SpeechEvent, chunks_per_frame
+
+if TYPE_CHECKING:
+    from ops.metrics import SessionProbe
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +149,11 @@ class MediaSchedule:
 class PlayerStreamTrack(MediaStreamTrack):
     """An audio or video track whose recv() is paced by the session clock."""
 
-    def __init__(self, player: "HumanPlayer", kind: str):
+    def __init__(self, player: "HumanPlayer", kind: str, start: int = 0):
         super().__init__()
         self.kind = kind
         self._player = player
-        self._next = 0  # next frame index (video) or chunk index (audio)
+        self._next = start  # next frame index (video) or chunk index (audio)
 
     @property
     def next_tick(self) -> int:
@@ -184,6 +187,8 @@ class PlayerStreamTrack(MediaStreamTrack):
             frame = bundle.video
             frame.pts = index * (VIDEO_CLOCK_RATE // player.clock.fps)
             frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+            if player.probe is not None:
+                player.probe.video_sent(bundle, player.stats)
         else:
             per_tick = player.chunks_per_frame
             index = await self._wait_for(self._next, per_tick)
@@ -194,6 +199,8 @@ class PlayerStreamTrack(MediaStreamTrack):
             frame.sample_rate = SAMPLE_RATE
             frame.pts = index * CHUNK_SAMPLES
             frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+            if player.probe is not None:
+                player.probe.audio_sent(bundle)
             if bundle.events and bundle.events[part]:
                 for event in bundle.events[part]:
                     player.playout(event)
@@ -214,7 +221,9 @@ class HumanPlayer:
         current_epoch: Callable[[], int],
         filler: Callable[[av.VideoFrame | None], AVBundle],
         on_playout: Callable[[SpeechEvent], None] | None = None,
+        probe: "SessionProbe | None" = None,
     ):
+        self.probe = probe  # times the stages that end on the wire (metrics)
         self.clock = SessionClock(fps)
         self.chunks_per_frame = chunks_per_frame(fps)
         self.stats = StreamStats()
@@ -223,6 +232,15 @@ class HumanPlayer:
         self.stopped = False
         self.audio = PlayerStreamTrack(self, "audio")
         self.video = PlayerStreamTrack(self, "video")
+
+    def renew_tracks(self) -> None:
+        """New track objects at the present tick, for a new connection of the same session
+        (a closing RTCRtpSender stops the tracks it sent)."""
+        tick = max(self.audio.next_tick, self.video.next_tick)  # ticks before it may be released
+        if self.clock.t0 is not None:
+            tick = max(tick, self.clock.current_tick())
+        self.audio = PlayerStreamTrack(self, "audio", start=tick * self.chunks_per_frame)
+        self.video = PlayerStreamTrack(self, "video", start=tick)
 
     def playout(self, event: SpeechEvent) -> None:
         if self._on_playout is not None:

@@ -24,7 +24,7 @@ from tests.attacks import (  # noqa: E402
 )
 from tests.conftest import TEST_AVATAR_ID, synthetic_frames  # noqa: E402
 from tests.rtc_client import ReceiverClient  # noqa: E402
-from tests.server_process import ServerProcess  # noqa: E402
+from tests.worker_process import WorkerProcess  # noqa: E402
 
 
 async def attacks(attacker: Attacker, sid: str, speech: ScriptedSpeechServer, port: int):
@@ -83,7 +83,7 @@ async def run(cycles: int) -> None:
         write_avatar(data / "avatars" / TEST_AVATAR_ID, synthetic_frames(), {"source": "synthetic", "fps": 25})
         speech = ScriptedSpeechServer()
         await speech.start()
-        server = ServerProcess(data, Path(tmp) / "server.log", "--tts", "espeak", "--tts-base-url", speech.base_url,
+        server = WorkerProcess(data, Path(tmp) / "server.log", "--tts", "espeak", "--tts-base-url", speech.base_url,
                                "--tts-timeout", "2", "--max_session", "8")
         try:
             async with aiohttp.ClientSession() as http:

@@ -182,6 +182,18 @@ async def lips(url, http, avatar, trials, application, results):
     await client.close()
 
 
+def direct_asr(clips, results) -> None:
+    """The recogniser alone on this machine: seconds of compute per second of speech."""
+    from listen.asr import WhisperASR
+
+    model = WhisperASR()
+    model.transcribe(clips[0])  # warm-up
+    for clip in clips * 2:
+        started = time.perf_counter()
+        model.transcribe(clip)
+        results["asr_direct_rtf"].append((time.perf_counter() - started) / (len(clip) / 16000))
+
+
 async def concurrent_asr(url, http, avatar, counts, application, results):
     for n in counts:
         tracks = [SpeechTrack() for _ in range(n)]
@@ -211,7 +223,7 @@ async def run(args) -> dict:
         "--model", args.model, "--tts", "espeak", "--avatar_id", args.avatar, "--max_session", "8",
         "--llm-base-url", llm.base_url, "--llm-model", "test-model")
     keys = ["echo", "echo_vad", "echo_asr", "echo_reply", "echo_floor", "chat", "chat_vad", "chat_asr",
-            "chat_reply", "chat_floor", "barge_in", "barge_in_floor", "lips", "lips_onset", "lips_floor"]
+            "chat_reply", "chat_floor", "barge_in", "barge_in_floor", "lips", "lips_onset", "lips_floor", "asr_direct_rtf"]
     results: dict = {k: [] for k in keys}
     clips = [trimmed(speak(s)) for s in SENTENCES]
     async with aiohttp.ClientSession() as http:
@@ -224,6 +236,7 @@ async def run(args) -> dict:
         if "lips" in args.parts:
             await lips(url, http, args.avatar, args.trials, application, results)
         if "asr" in args.parts:
+            await asyncio.get_running_loop().run_in_executor(None, direct_asr, clips, results)
             await concurrent_asr(url, http, args.avatar, args.sessions, application, results)
     await runner.cleanup()
     await llm.close()
@@ -252,7 +265,8 @@ def main() -> None:
         print(f"lips: user audio -> back at the client, whole clip aligned {summary_ms(r['lips'])}, first voiced frame "
               f"{summary_ms(r['lips_onset'])}; floor (engine + wire) {summary_ms(r['lips_floor'])}")
     if "asr_rtf" in r:
-        print(f"ASR real-time factor {r['asr_rtf']:.3f} over {r['asr_utterances']} utterances")
+        print(f"ASR real-time factor {r['asr_rtf']:.3f} over {r['asr_utterances']} utterances in sessions; "
+              f"alone p50 {statistics.median(r['asr_direct_rtf']):.3f} ({len(r['asr_direct_rtf'])} runs)")
     for n in args.sessions if "asr" in args.parts else ():
         print(f"{n} sessions finishing at once: user_end -> transcript {summary_ms(r[f'asr_delay_{n}'])}")
     if args.json:

@@ -3,9 +3,11 @@
     python bench/bench_lite.py            # all; results go to bench/RESULTS-lite.md by hand
 
 1. genavatar: frames/s for a video (face detection + landmarks + masks + PNG writes)
-2. lite compose: ms per spoken frame at the default avatar size (512x512) and at 720p
-3. one speaking session: CPU % of one core for engine + VP8 encode at 25 fps
-4. capacity: how many speaking sessions (engine + VP8 encode, paced at 25 fps) hold 25 fps
+2. lite compose: ms per spoken frame at the default avatar size (512x512) and at 720p,
+   and with real mouths on a video avatar (a talking clip generated from the astronaut)
+3. lite shaper: ms per frame from chunks to a mouth shape (phoneme labels; audio-only network)
+4. one speaking session: CPU % of one core for engine + VP8 encode at 25 fps
+5. capacity: how many speaking sessions (engine + VP8 encode, paced at 25 fps) hold 25 fps
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from aiortc.codecs.vpx import Vp8Encoder  # noqa: E402
 from avatar import load_avatar  # noqa: E402
 from basereal import EngineConfig, to_video_frame  # noqa: E402
 from genavatar import PrepareOptions, build_avatar, default_photo  # noqa: E402
+from basereal import FrameWork  # noqa: E402
 from litereal import LiteReal, avatar_rigs  # noqa: E402
-from lipshape import MouthShape  # noqa: E402
-from media import CHUNK_SAMPLES, AudioChunk  # noqa: E402
-from render_sentence import synthesize  # noqa: E402
+from lipshape import MouthShaper  # noqa: E402
+from media import AudioChunk  # noqa: E402
+from render_sentence import TAIL_FRAMES, run_engine, speech_chunks, synthesize_labelled  # noqa: E402
+from visemeaudio import MODEL_PATH, AudioVisemes, VisemeNetwork  # noqa: E402
+from visemes import LabelledAudio, MouthShape  # noqa: E402
 
 FPS = 25
 
@@ -57,8 +62,9 @@ def bench_compose(avatar, frames: int = 150) -> tuple[float, float]:
     Medians, because the machine is shared and single frames get preempted."""
     rigs = avatar_rigs(avatar)
     rng = np.random.default_rng(0)
-    shapes = [MouthShape(float(j), float(l), float(w)) for j, l, w in
-              zip(rng.uniform(0.1, 0.9, frames), rng.uniform(0.1, 0.8, frames), rng.uniform(-1, 1, frames))]
+    shapes = [MouthShape(float(j), float(l), float(w), float(p), float(b)) for j, l, w, p, b in
+              zip(rng.uniform(0.1, 0.9, frames), rng.uniform(0.1, 0.8, frames), rng.uniform(-1, 1, frames),
+                  rng.choice([0.0, 0.0, 0.5, 1.0], frames), rng.choice([0.0, 0.0, 0.0, 0.5], frames))]
     render, convert = [], []
     for i, shape in enumerate(shapes):
         started = time.perf_counter()
@@ -70,12 +76,45 @@ def bench_compose(avatar, frames: int = 150) -> tuple[float, float]:
     return float(np.median(render)) * 1000, float(np.median(convert)) * 1000
 
 
+def bench_video_compose(photo, speech: LabelledAudio, root: Path, frames: int = 150) -> float:
+    """Median ms per spoken frame on a video avatar with real mouths (retrieval + paste)."""
+    film = run_engine(LiteReal(photo, EngineConfig(fps=FPS), "film"), speech)
+    build_avatar(root / "spoken", PrepareOptions(), frames=[b.video.to_ndarray(format="bgr24") for b in film],
+                 source="astronaut spoken by the lite warp")
+    engine = LiteReal(load_avatar(root / "spoken"), EngineConfig(fps=FPS), "video")
+    rng = np.random.default_rng(1)
+    times = []
+    for i in range(frames):
+        shape = MouthShape(float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.1, 0.5)), float(rng.uniform(-1, 1)),
+                           float(rng.choice([0.0, 0.0, 1.0])))
+        started = time.perf_counter()
+        engine.compose(FrameWork(i % engine.avatar.frame_count, [], 0), shape)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times)) * 1000
+
+
+def bench_shaper(speech: LabelledAudio) -> tuple[float, float]:
+    """Median ms per frame of MouthShaper: with espeak's labels, and audio-only (the network)."""
+    results = []
+    for audio in (speech, speech.samples):
+        chunks = speech_chunks(audio, 0, TAIL_FRAMES, 2)
+        frames = [chunks[i : i + 2] for i in range(0, len(chunks), 2)]
+        shaper = MouthShaper(AudioVisemes(VisemeNetwork(MODEL_PATH)), FPS)
+        times = []
+        for k in range(len(frames) - 1):
+            started = time.perf_counter()
+            shaper.shape(frames[k], frames[k + 1])
+            times.append(time.perf_counter() - started)
+        results.append(float(np.median(times)) * 1000)
+    return results[0], results[1]
+
+
 class PacedSession:
     """One speaking session: LiteReal fed with speech, drained at 25 fps into a VP8 encoder."""
 
-    def __init__(self, avatar, speech: np.ndarray, name: str):
+    def __init__(self, avatar, speech: LabelledAudio, name: str):
         self.engine = LiteReal(avatar, EngineConfig(fps=FPS), name)
-        self.speech = speech
+        self.chunks = [c for c in speech_chunks(speech, 0, 0, 2)]
         self.encoder = Vp8Encoder()
         self.frames = 0
         self.late = 0
@@ -90,9 +129,9 @@ class PacedSession:
 
     def _feed(self) -> None:
         while not self._stop.is_set():
-            for i in range(0, len(self.speech) - CHUNK_SAMPLES + 1, CHUNK_SAMPLES):
+            for chunk in self.chunks:
                 if self._stop.is_set() or not self.engine.put_audio(
-                        AudioChunk(self.speech[i : i + CHUNK_SAMPLES], True, self.engine.epoch)):
+                        AudioChunk(chunk.samples, True, self.engine.epoch, visemes=chunk.visemes)):
                     return
 
     def _drain(self) -> None:
@@ -118,7 +157,7 @@ class PacedSession:
             thread.join(1.0)
 
 
-def bench_sessions(avatar, speech: np.ndarray, count: int, seconds: float) -> tuple[float, float, float]:
+def bench_sessions(avatar, speech: LabelledAudio, count: int, seconds: float) -> tuple[float, float, float]:
     """(worst session fps, share of late frames, CPU % of one core per session)."""
     sessions = [PacedSession(avatar, speech, f"s{i}") for i in range(count)]
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -140,7 +179,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each session run")
     parser.add_argument("--sessions", type=int, nargs="*", default=[1, 4, 8, 10])
     args = parser.parse_args()
-    speech = synthesize("The quick brown fox jumps over the lazy dog. Please call me back tomorrow.", "en-us")
+    speech = synthesize_labelled("The quick brown fox jumps over the lazy dog. Please call me back tomorrow.", "en-us")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         print(f"genavatar (video, 512x512): {bench_genavatar(root):.1f} frames/s")
@@ -156,6 +195,10 @@ def main() -> None:
             render_ms, convert_ms = bench_compose(avatar)
             print(f"lite compose {label}: {render_ms:.2f} ms/frame (+ {convert_ms:.2f} ms BGR->I420); "
                   f"rigging {avatar.frame_count} frames {rig_s:.2f} s")
+        print(f"lite compose, video avatar with real mouths 512x512: {bench_video_compose(default, speech, root):.2f} "
+              "ms/frame")
+        labelled_ms, audio_ms = bench_shaper(speech)
+        print(f"lite shaper: {labelled_ms:.3f} ms/frame with phoneme labels, {audio_ms:.3f} ms/frame audio-only (network)")
         for count in args.sessions:
             worst, late, cpu = bench_sessions(default, speech, count, args.seconds)
             print(f"{count:2d} speaking sessions 512x512 (engine + VP8): worst {worst:.1f} fps, "

@@ -167,8 +167,10 @@ class ASRWorker:
     must not hold up the server's start); requests wait for it.
     """
 
-    def __init__(self, factory: Callable[[], ASRBackend], queue_size: int = ASR_QUEUE_SIZE):
+    def __init__(self, factory: Callable[[], ASRBackend], queue_size: int = ASR_QUEUE_SIZE,
+                 on_done: Callable[[float], None] | None = None):
         self._factory = factory
+        self._on_done = on_done  # seconds from the end of an utterance (its submission) to its text (metrics)
         self._requests: queue.Queue[ASRRequest | None] = queue.Queue(maxsize=queue_size)
         self._backend: ASRBackend | None = None
         self._load_error: str | None = None
@@ -223,6 +225,8 @@ class ASRWorker:
         self.stats.busy_s += elapsed
         logger.info("asr: %.2f s of speech in %.0f ms (waited %.0f ms): %r", request.audio.size / SAMPLE_RATE,
                     1000 * elapsed, 1000 * (started - request.submitted), text)
+        if self._on_done is not None:
+            self._on_done(time.perf_counter() - request.submitted)
         request.on_text(text)
 
     def close(self) -> None:

@@ -49,7 +49,6 @@ class Listener:
         self._stopping = threading.Event()
         self.lips_dropped = 0
         self.lips_skipped = 0
-        self.windows = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -59,33 +58,40 @@ class Listener:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            frame = self._buffer.get(POLL_S)
-            if self._reset.is_set():
-                self._reset.clear()
-                self._turns.reset()
-                self._vad.reset()
-                self._pending = np.zeros(0, np.float32)
-            if frame is None:
-                continue
-            mode = self._mode()
-            if mode == "off":
-                continue
             try:
-                samples = self.resample(frame)
-            except (ValueError, av.error.FFmpegError) as exc:
-                logger.warning("uplink frame could not be resampled (%s): dropped", exc)
-                continue
-            self._pending = np.concatenate([self._pending, samples])
-            if mode == "lips":
-                self._feed_lips()
-            else:
-                self._detect_turns()
+                self._step()
+            except Exception:  # one bad frame must not end listening for the rest of the session
+                logger.exception("listener %s: frame dropped", threading.current_thread().name)
+                self._pending = np.zeros(0, np.float32)
+
+    def _step(self) -> None:
+        """Take one uplink frame (or time out) and run it through the current mode."""
+        frame = self._buffer.get(POLL_S)
+        if self._reset.is_set():
+            self._reset.clear()
+            self._turns.reset()
+            self._vad.reset()
+            self._pending = np.zeros(0, np.float32)
+        if frame is None:
+            return
+        mode = self._mode()
+        if mode == "off":
+            return
+        try:
+            samples = self.resample(frame)
+        except (ValueError, av.error.FFmpegError) as exc:
+            logger.warning("uplink frame could not be resampled (%s): dropped", exc)
+            return
+        self._pending = np.concatenate([self._pending, samples])
+        if mode == "lips":
+            self._feed_lips()
+        else:
+            self._detect_turns()
 
     def _detect_turns(self) -> None:
         count = len(self._pending) // WINDOW_SAMPLES
         for i in range(count):
             window = self._pending[i * WINDOW_SAMPLES:(i + 1) * WINDOW_SAMPLES]
-            self.windows += 1
             for event in self._turns.push(window, self._vad(window)):
                 self._on_turn(event)
         self._pending = self._pending[count * WINDOW_SAMPLES:].copy()

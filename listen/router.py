@@ -5,12 +5,17 @@ uplink reader and the listener thread for audio (and `LatestFrame` for video),
 and routes what the listener finds: `user_start` (and barge-in), `user_end`,
 the utterance to the process's ASR worker, then the `transcript` event and the
 reply of the current mode (echo: speak it; chat: the LLM answers it).
+The transcription starts speculatively at each short pause of a turn; when that
+pause becomes the end of the turn its result is the final transcript (published
+only after `user_end`); when the user speaks on, it is published as a partial
+transcript (`final: false`) of the turn so far.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiortc.mediastreams import MediaStreamTrack
@@ -32,6 +37,19 @@ logger = logging.getLogger(__name__)
 TURN_MODES = ("chat", "echo")  # the modes that detect turns and answer them
 
 
+@dataclass
+class Speculation:
+    """A transcription started at a pause, used if that pause turns out to end the turn."""
+
+    mode: str
+    turn: int
+    done: bool = False
+    wanted: bool = False  # the pause ended the turn: this is the final transcript
+    superseded: bool = False  # the user spoke on: this is a partial transcript of the turn so far
+    text: str | None = None
+    error: str | None = None
+
+
 class SessionListening:
     """Everything one session does with the user's media; `close()` releases it."""
 
@@ -44,6 +62,12 @@ class SessionListening:
         self.listener: Listener | None = None
         self.camera: LatestFrame | None = None
         self._starting: asyncio.Task | None = None
+        self._speculation: Speculation | None = None
+        self._vision: set[asyncio.Task] = set()  # camera frames being encoded for a chat turn
+        self._turn = 0  # the user's turns so far; a partial transcript belongs to the current one
+        self._turn_open = False
+        self.speculations_used = 0  # turns whose final transcript was started at their last pause
+        self.speculations_wasted = 0  # pauses the user spoke on after (their text went out as partials)
         self.closed = False
         session.pc.on("track", self._on_track)
         for transceiver in session.pc.getTransceivers():  # tracks the offer announced before we attached
@@ -90,16 +114,78 @@ class SessionListening:
             return
         events = self.session.events
         if event.kind == "start":
+            self._turn += 1
+            self._turn_open = True
             events.publish({"type": "user_start"})
             if self.service.settings.barge_in:
                 self.session.interrupt()
             return
+        if event.kind == "pause":
+            self._speculate(event, mode)
+            return
+        if event.kind == "resume":
+            self._drop_speculation()
+            return
+        speculation, self._speculation = self._speculation, None
         if event.kind == "end":
+            self._turn_open = False
             events.publish({"type": "user_end"})
+            if speculation is not None:  # the pause was the end: its transcription is this turn's
+                self.speculations_used += 1
+                speculation.wanted = True
+                if speculation.done:
+                    self._finish(speculation)
+                return
+        elif speculation is not None:
+            self.speculations_wasted += 1
         try:
             self.service.asr_worker().submit(event.audio, self._text_threadsafe(mode), self._error_threadsafe)
         except ASRBusy as exc:
             events.publish({"type": "error", "source": "asr", "msg": str(exc)})
+
+    # ---- speculative transcription (loop) ---------------------------------
+    def _speculate(self, event: TurnEvent, mode: str) -> None:
+        """Start transcribing at the first short silence; the end of the turn, if it comes, reuses it."""
+        self._drop_speculation()
+        speculation = Speculation(mode, self._turn)
+
+        def done(text: str | None = None, error: str | None = None) -> None:
+            if not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._speculated, speculation, text, error)
+
+        try:
+            self.service.asr_worker().submit(event.audio, lambda text: done(text=text), lambda msg: done(error=msg))
+        except ASRBusy:
+            return  # the end of the turn will ask again (and report if still busy)
+        self._speculation = speculation
+
+    def _drop_speculation(self) -> None:
+        """The user spoke on after the pause: its transcription becomes a partial transcript."""
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None:
+            self.speculations_wasted += 1
+            speculation.superseded = True
+            if speculation.done:
+                self._partial(speculation)
+
+    def _speculated(self, speculation: "Speculation", text: str | None, error: str | None) -> None:
+        speculation.done, speculation.text, speculation.error = True, text, error
+        if speculation.wanted:
+            self._finish(speculation)
+        elif speculation.superseded:
+            self._partial(speculation)
+
+    def _partial(self, speculation: "Speculation") -> None:
+        """Publish the turn so far (final: false), only while that turn is still open."""
+        if (not self.closed and speculation.text and speculation.mode == self.mode
+                and speculation.turn == self._turn and self._turn_open):
+            self.session.events.publish({"type": "transcript", "text": speculation.text, "final": False})
+
+    def _finish(self, speculation: "Speculation") -> None:
+        if speculation.error is not None:
+            self._on_error(speculation.error)
+        else:
+            self._on_text(speculation.text or "", speculation.mode)
 
     def _text_threadsafe(self, mode: str):
         def deliver(text: str) -> None:
@@ -134,21 +220,28 @@ class SessionListening:
             session.events.publish({"type": "error", "source": "llm", "kind": "not_configured", "msg": problem})
             return
         if self.service.settings.llm_vision and self.camera is not None and self.camera.frame is not None:
-            asyncio.create_task(self._chat_with_image(text), name=f"vision-{session.id[:8]}")
+            task = asyncio.create_task(self._chat_with_image(text), name=f"vision-{session.id[:8]}")
+            self._vision.add(task)
+            task.add_done_callback(self._vision.discard)
         else:
             session.chat(text, session.tts_backend)
 
     async def _chat_with_image(self, text: str) -> None:
-        frame = self.camera.frame
-        image = await self._loop.run_in_executor(None, jpeg_data_url, frame)
+        """The chat turn with the latest camera frame (JPEG encoding off the loop); without it if that fails."""
+        image: str | None = None
+        try:
+            image = await self._loop.run_in_executor(None, jpeg_data_url, self.camera.frame)
+        except ValueError as exc:
+            logger.warning("session %s: camera frame not sent: %s", self.session.id[:8], exc)
         if not self.closed:
             self.session.chat(text, self.session.tts_backend, image=image)
 
     async def close(self) -> None:
         self.closed = True
-        if self._starting is not None:
-            self._starting.cancel()
-            await asyncio.gather(self._starting, return_exceptions=True)
+        pending = [task for task in (self._starting, *self._vision) if task is not None]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         for part in (self.reader, self.camera):
             if part is not None:
                 await part.close()

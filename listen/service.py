@@ -35,6 +35,7 @@ class ListenService:
         self._vad: SileroModel | None = None
         self._vad_lock = asyncio.Lock()
         self._asr: ASRWorker | None = None
+        self.on_transcribed: Callable[[float], None] | None = None  # end of utterance -> text, seconds (metrics)
         self.sessions: dict[str, SessionListening] = {}
 
     def mode_from(self, body: dict[str, Any]) -> str:
@@ -55,7 +56,7 @@ class ListenService:
 
     def asr_worker(self) -> ASRWorker:
         if self._asr is None:
-            self._asr = ASRWorker(lambda: create_backend(self.settings))
+            self._asr = ASRWorker(lambda: create_backend(self.settings), on_done=self.on_transcribed)
         return self._asr
 
     def attach(self, session: "Session", mode: str) -> SessionListening:

@@ -19,12 +19,16 @@ from listen.vad import WINDOW_MS
 PRE_ROLL_MS = 256  # audio kept from before the onset, so the first phoneme is not clipped
 NEGATIVE_MARGIN = 0.15  # hysteresis: speech continues until the probability falls this far below the threshold
 ONSET_GAP_MS = 96  # a dip this long before the onset is confirmed drops the candidate
+EARLY_SILENCE_MS = 160  # silence after which the turn's audio is offered for a speculative transcription
 
 
 @dataclass(frozen=True)
 class TurnEvent:
-    kind: str  # "start" | "end" | "cut"
-    audio: np.ndarray | None = None  # the utterance, for "end" and "cut"
+    """start; pause (audio: the turn so far, the same audio "end" will carry unless the user
+    resumes); resume (the pause was not the end); end and cut (audio: the utterance)."""
+
+    kind: str  # "start" | "pause" | "resume" | "end" | "cut"
+    audio: np.ndarray | None = None
 
 
 class TurnDetector:
@@ -37,6 +41,8 @@ class TurnDetector:
         self.end_windows = max(1, -(-end_silence_ms // WINDOW_MS))
         self.max_windows = int(max_utterance_s * 1000 // WINDOW_MS)
         self.gap_windows = max(1, ONSET_GAP_MS // WINDOW_MS)
+        early = max(1, EARLY_SILENCE_MS // WINDOW_MS)
+        self.early_windows = early if early < self.end_windows else None  # no pause when the end comes as soon
         self._pre_roll: deque[np.ndarray] = deque(maxlen=max(1, PRE_ROLL_MS // WINDOW_MS))
         self._candidate: list[np.ndarray] = []
         self._candidate_speech = 0
@@ -76,15 +82,24 @@ class TurnDetector:
 
     def _in_turn(self, window: np.ndarray, prob: float) -> list[TurnEvent]:
         self._utterance.append(window)
+        paused = self.early_windows is not None and self._silence >= self.early_windows
         self._silence = self._silence + 1 if prob < self.negative else 0
+        if paused and self._silence == 0:
+            return [TurnEvent("resume")]
+        if self._silence == self.early_windows:
+            return [TurnEvent("pause", np.concatenate(self._utterance[:self._spoken_windows()]))]
         if self._silence >= self.end_windows:
-            audio = self._take(len(self._utterance) - self._silence + 1)
+            audio = self._take(self._spoken_windows())
             self.in_turn = False
             self._silence = 0
             return [TurnEvent("end", audio)]
         if len(self._utterance) >= self.max_windows:
             return [TurnEvent("cut", self._take(len(self._utterance)))]
         return []
+
+    def _spoken_windows(self) -> int:
+        """The turn up to its last speech window, plus one window of the silence after it."""
+        return max(1, len(self._utterance) - self._silence + 1)
 
     def _take(self, windows: int) -> np.ndarray:
         audio = np.concatenate(self._utterance[:windows])

@@ -74,6 +74,7 @@ class InferenceWorker:
         self.max_batch = max_batch
         self.pad_to_bucket = pad_to_bucket  # compiled models: run a few fixed batch sizes (musetalk/accel.py)
         self.stats = WorkerStats()
+        self.on_batch: Callable[[int, float], None] | None = None  # (frames, seconds) per pass (metrics)
         self._requests: queue.Queue[LipSyncRequest] = queue.Queue(maxsize=REQUEST_QUEUE_SIZE)
         self._stopping = threading.Event()
         self._last_seen: dict[str, float] = {}  # owner -> monotonic time of its last request or answer
@@ -144,6 +145,8 @@ class InferenceWorker:
                 start += request.frames
             self._last_pass_s = time.perf_counter() - started
             self.stats.busy_s += self._last_pass_s
+            if self.on_batch is not None:
+                self.on_batch(start, self._last_pass_s)
             self.stats.batches += 1
             self.stats.frames += start
             if len({r.owner for r in live}) > 1:

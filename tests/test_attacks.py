@@ -44,7 +44,7 @@ HANDSHAKE_S = 3
 PENDING_PER_CLIENT = 3
 TTS_TIMEOUT_S = 2
 BODY_TIMEOUT_S = 2
-STREAM_CHECK_S = 5.0
+STREAM_CHECK_S = 8.0
 
 
 @pytest.fixture
@@ -264,7 +264,7 @@ async def test_reproductions_do_not_hurt_the_server(target, speech_service, http
     first = len(watcher.video)
     await asyncio.sleep(STREAM_CHECK_S)
     fps = (len(watcher.video) - first) / STREAM_CHECK_S  # over seconds, so a catch-up burst averages out
-    assert 22.0 <= fps <= 28.0, f"{fps:.1f} fps"
+    assert 20.0 <= fps <= 30.0, f"{fps:.1f} fps"  # 25 fps, with room for a loaded machine's bursts
     await watcher.close()
 
 

@@ -67,6 +67,8 @@ async def test_echo_transcribes_speech_and_speaks_it_back(listen_server, http):
         assert sequence == ["user_start", "user_end", "transcript", "start", "end"] * len(SENTENCES), sequence
         spoken = [e["text"] for e in channel_events(client) if e["type"] == "start"]
         assert spoken == transcripts
+        listening = listen_server.app[LISTEN_KEY].sessions[client.sessionid]
+        assert listening.speculations_used == len(SENTENCES)  # each transcript was started at the pause
     finally:
         await client.close()
 
@@ -351,3 +353,66 @@ async def test_talking_clients_that_come_and_go_leave_no_threads_or_sessions(lis
     while live() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert live() == 0, "closed sessions or their listening are still referenced"
+
+
+async def test_a_pause_inside_a_turn_gives_a_partial_transcript_before_the_final_one(listen_server, http):
+    import numpy as np
+
+    def trimmed(audio):
+        loud = np.flatnonzero(np.abs(audio) > 0.02)
+        return audio[loud[0]:loud[-1] + 1]
+
+    gap = np.zeros(int(16000 * 0.28), np.float32)  # longer than the 160 ms pause, shorter than the turn's end
+    track = SpeechTrack()
+    client = await talking_client(listen_server.url, http, track, listen="echo")
+    try:
+        track.play(np.concatenate([trimmed(speak("I would like to visit")), gap,
+                                   trimmed(speak("the museum on Sunday."))]))
+        final = await wait_events(client, lambda e: e["type"] == "transcript" and e["final"], timeout=20)
+        events = [e for e in channel_events(client) if e["type"] in ("user_start", "user_end", "transcript")]
+        partials = [e["text"] for e in events if e["type"] == "transcript" and not e["final"]]
+        assert [e["type"] for e in events].count("user_start") == 1, events  # one turn, not two
+        assert partials and "visit" in partials[0].lower() and "museum" not in partials[0].lower(), events
+        kinds_seen = [e["type"] if e["type"] != "transcript" else ("final" if e["final"] else "partial") for e in events]
+        assert kinds_seen[0] == "user_start" and kinds_seen[-2:] == ["user_end", "final"], kinds_seen
+        assert word_error_rate(SENTENCES[1], final[0]["text"]) <= 0.25, final
+    finally:
+        await client.close()
+
+
+async def test_asr_openai_sends_each_turn_to_a_compatible_endpoint(data_dir, http):
+    import io
+    import wave
+
+    from aiohttp import web
+
+    uploads: list[float] = []
+
+    async def transcriptions(request: web.Request) -> web.Response:
+        form = await request.post()
+        with wave.open(io.BytesIO(form["file"].file.read())) as wav:
+            uploads.append(wav.getnframes() / wav.getframerate())
+        return web.json_response({"text": "Transcribed by the service."})
+
+    fake = web.Application()
+    fake.router.add_post("/v1/audio/transcriptions", transcriptions)
+    runner = web.AppRunner(fake)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    running = await start_server(server_args(data_dir, "--asr", "openai", "--asr-base-url",
+                                             f"http://127.0.0.1:{port}/v1", "--listen", "echo"))
+    track = SpeechTrack()
+    client = await talking_client(running.url, http, track)
+    try:
+        clip = speak(SENTENCES[2])
+        track.play(clip)
+        found = await wait_events(client, lambda e: e["type"] == "transcript" and e["final"], timeout=20)
+        assert found[0]["text"] == "Transcribed by the service."
+        await wait_events(client, lambda e: e["type"] == "start" and e["text"] == "Transcribed by the service.")
+        assert uploads and abs(uploads[-1] - len(clip) / 16000) < 1.0, uploads  # the turn's audio, as WAV
+    finally:
+        await client.close()
+        await running.runner.cleanup()
+        await runner.cleanup()

@@ -8,7 +8,7 @@ import wave
 import numpy as np
 
 from tests.speech_sender import speak, word_error_rate
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, loopback_only
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT_DIR, loopback_only
 
 SENTENCE = "Please tell me the weather for tomorrow morning."
 
@@ -45,12 +45,14 @@ async def test_talk_toggle_leads_to_a_transcript_bubble_and_an_answer(server, tm
             await page.click("#connect")
             await page.wait_for_function("document.getElementById('state').textContent === 'connected'", timeout=20000)
             await page.click("#mic")
-            await page.wait_for_selector(".bubble.user", timeout=30000)
+            await page.wait_for_selector(".bubble.user:not(.partial)", timeout=30000)
             await page.wait_for_selector(".bubble.avatar", timeout=15000)
-            heard = await page.text_content(".bubble.user")
+            heard = await page.text_content(".bubble.user:not(.partial)")
             answer = await page.text_content(".bubble.avatar")
             assert word_error_rate(SENTENCE, heard) <= 0.25, heard
             assert answer.strip() == heard.strip()
             assert "mic" not in (await page.text_content("#vad"))  # the VAD pill shows the mic is live
+            SCREENSHOT_DIR.mkdir(exist_ok=True)
+            await page.screenshot(path=str(SCREENSHOT_DIR / "listen.png"))
         finally:
             await browser.close()

@@ -29,8 +29,21 @@ def test_a_turn_needs_the_minimum_speech_and_ends_after_the_silence():
     assert feed(detector, [0.9] * 3 + [0.1] * 20) == []  # 96 ms: a cough
     events = feed(detector, [0.9] * 7)
     assert events == ["start"]
-    assert feed(detector, [0.1] * 12) == []  # 384 ms of silence: still the user's turn
+    assert feed(detector, [0.1] * 12) == ["pause"]  # 384 ms of silence: still the user's turn
     assert feed(detector, [0.1]) == ["end"]
+
+
+def test_a_pause_offers_the_same_audio_the_end_will_carry():
+    detector = TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=30)
+    loud = [np.full(WINDOW_SAMPLES, i, np.float32) for i in range(1, 11)]
+    events = [e for i, w in enumerate(loud) for e in detector.push(w, 0.9)]
+    quiet = [e for _ in range(5) for e in detector.push(WINDOW, 0.1)]
+    assert [e.kind for e in events] == ["start"] and [e.kind for e in quiet] == ["pause"]
+    assert [e.kind for e in detector.push(loud[0], 0.9)] == ["resume"]  # the user spoke on
+    rest = [e for _ in range(13) for e in detector.push(WINDOW, 0.1)]
+    assert [e.kind for e in rest] == ["pause", "end"]
+    np.testing.assert_array_equal(rest[0].audio, rest[1].audio)
+    assert rest[1].audio.size == (10 + 5 + 1 + 1) * WINDOW_SAMPLES  # speech, the bridged pause, one silent window
 
 
 def test_a_monologue_is_cut_into_bounded_pieces():
@@ -53,8 +66,9 @@ def test_silero_finds_one_turn_in_speech_between_silences():
     for i in range(len(audio) // WINDOW_SAMPLES):
         window = audio[i * WINDOW_SAMPLES:(i + 1) * WINDOW_SAMPLES]
         events += detector.push(window, vad(window))
-    assert [e.kind for e in events] == ["start", "end"]
-    assert 1.5 < events[1].audio.size / 16000 < 3.5
+    turn = [e for e in events if e.kind in ("start", "end")]
+    assert [e.kind for e in turn] == ["start", "end"]
+    assert 1.5 < turn[1].audio.size / 16000 < 3.5
 
 
 def test_a_flood_of_frames_keeps_only_the_newest():
@@ -154,3 +168,63 @@ async def test_openai_backend_posts_wav_to_a_compatible_endpoint():
         down.close()
     finally:
         await runner.cleanup()
+
+
+def test_flags_that_cannot_work_are_refused_with_the_flag_named():
+    import app as server_app
+    from listen.settings import ListenConfigError
+    from listen.service import register
+
+    args = server_app.build_parser().parse_args(["--asr", "openai"])
+    assert "--asr-base-url" in ListenSettings.from_args(args).problem()
+    assert "--vad-threshold" in ListenSettings(vad_threshold=1.5).problem()
+    assert "--vad-end-silence-ms" in ListenSettings(end_silence_ms=10).problem()
+    with pytest.raises(ListenConfigError, match="--asr-base-url"):
+        register(web.Application(), ListenSettings.from_args(args), lambda: None, lambda body: None)
+    defaults = ListenSettings.from_args(server_app.build_parser().parse_args([]))
+    assert defaults.problem() is None and defaults.end_silence_ms <= 500 and defaults.barge_in
+
+
+async def test_default_mode_is_chat_only_when_an_llm_is_configured():
+    from httpapi import BadRequest
+    from listen.service import ListenService
+
+    assert ListenService(ListenSettings(), lambda: "chat is not configured").default_mode == "echo"
+    assert ListenService(ListenSettings(), lambda: None).default_mode == "chat"
+    assert ListenService(ListenSettings(default_mode="off"), lambda: None).mode_from({}) == "off"
+    with pytest.raises(BadRequest):
+        ListenService(ListenSettings(), lambda: None).mode_from({"listen": ["chat"]})
+
+
+def test_a_ten_minute_monologue_through_the_listener_stays_bounded():
+    """The listening thread with the real resampler and Silero, fed faster than real time: the
+    turn is handed out in 30 s pieces, nothing piles up, and the turn ends when the user stops."""
+    from listen.listener import Listener
+
+    sentences = [speak(s) for s in ("The first part of a very long story.", "It goes on and on without a break.")]
+    speech = np.concatenate([np.concatenate([s, np.zeros(1600, np.float32)]) for s in sentences])  # 100 ms gaps
+    minutes = 10
+    audio = np.concatenate([np.tile(speech, int(minutes * 60 * 16000 / len(speech)) + 1)[: minutes * 60 * 16000],
+                            np.zeros(16000, np.float32)])
+    events = []
+    buffer = FrameBuffer()
+    listener = Listener(buffer, VADStream(SileroModel()), TurnDetector(0.5, 200, 400, 30), engine=None,
+                        mode=lambda: "echo", on_turn=events.append, name="listen-test")
+    try:
+        pcm = (audio * 32767).astype(np.int16)
+        step = 1600  # 100 ms frames of 16 kHz mono (fewer, larger frames than an uplink's: the same work)
+        for start in range(0, len(pcm), step):
+            while len(buffer) > buffer.maxsize // 2:  # as fast as the listener goes, never dropping
+                time.sleep(0.02)
+            frame = av.AudioFrame.from_ndarray(pcm[None, start:start + step], format="s16", layout="mono")
+            frame.sample_rate = 16000
+            buffer.put(frame)
+        deadline = time.monotonic() + 10
+        while not any(e.kind == "end" for e in events) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        listener.close()
+    pieces = [e for e in events if e.kind in ("cut", "end")]
+    assert [e.kind for e in events if e.kind in ("start", "end")] == ["start", "end"], [e.kind for e in events][:50]
+    assert len(pieces) == minutes * 2 + 1 and all(e.audio.size <= 30 * 16000 for e in pieces)
+    assert buffer.dropped == 0

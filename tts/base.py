@@ -9,6 +9,7 @@ import av
 import numpy as np
 
 from media import SAMPLE_RATE
+from visemes import LabelledAudio
 
 
 class TTSError(Exception):
@@ -28,6 +29,10 @@ class TTSBackend(ABC):
     @abstractmethod
     def stream(self, text: str, cancelled: Callable[[], bool]) -> Iterator[np.ndarray]:
         ...
+
+    def stream_labelled(self, text: str, cancelled: Callable[[], bool]) -> Iterator[np.ndarray | LabelledAudio]:
+        """`stream`, with viseme labels on the audio where the backend knows its phonemes (espeak)."""
+        yield from self.stream(text, cancelled)
 
     def close(self) -> None:
         """Release connections or library state held by this backend."""

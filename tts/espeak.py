@@ -1,5 +1,9 @@
 """espeak-ng through ctypes, from the library and voice data inside the espeakng-loader wheel.
 
+Besides audio, the synth callback receives espeak's phoneme events (IPA names
+with their exact sample positions): `EspeakTTS` turns them into per-sample
+viseme labels, so the lite engine's mouth follows the phonemes espeak spoke.
+
 Works offline. espeak-ng keeps one global synthesizer per process (one callback,
 one current voice), so there is exactly one `EspeakLibrary` per process,
 obtained with `EspeakLibrary.shared()`; it serializes voice selection and
@@ -18,7 +22,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from media import SAMPLE_RATE
 from tts.base import Resampler, TTSBackend, TTSError
+from visemes import LabelledAudio, label_samples
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +34,29 @@ POS_CHARACTER = 1
 CHARS_UTF8 = 1
 PARAM_RATE = 1
 EE_OK = 0
-SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+INITIALIZE_PHONEME_EVENTS = 0x0001
+INITIALIZE_PHONEME_IPA = 0x0002
+EVENT_LIST_TERMINATED = 0
+EVENT_PHONEME = 7
+
+
+class EspeakEvent(ctypes.Structure):
+    """espeak_EVENT from speak_lib.h (the id union is read as its 8-byte phoneme name)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_char * 8),
+    ]
+
+
+SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                                  ctypes.POINTER(EspeakEvent))
 VARIANTS_DIR = os.path.join("voices", "!v")
 # What a voice request may look like at all, before it is looked up: "en-us", "English (America)", "en+Annie".
 VOICE_SHAPE = re.compile(r"[A-Za-z0-9 _(),-]{1,48}(\+[A-Za-z0-9_-]{1,32})?")
@@ -92,11 +120,13 @@ class EspeakLibrary:
             ctypes.c_void_p, ctypes.c_void_p,
         ]
         data_path = espeakng_loader.get_data_path().encode()
-        self.sample_rate = self._lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, BUFFER_MS, data_path, 0)
+        options = INITIALIZE_PHONEME_EVENTS | INITIALIZE_PHONEME_IPA
+        self.sample_rate = self._lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, BUFFER_MS, data_path, options)
         if self.sample_rate <= 0:
             raise TTSError(f"espeak-ng failed to initialise with data at {data_path.decode()}")
         self._lock = threading.Lock()
         self._pieces: list[np.ndarray] = []
+        self._phonemes: list[tuple[int, str]] = []
         self._cancelled: Callable[[], bool] = lambda: False
         self._callback = SYNTH_CALLBACK(self._on_audio)  # kept referenced for the library's lifetime
         self._lib.espeak_SetSynthCallback(self._callback)
@@ -133,7 +163,13 @@ class EspeakLibrary:
             raise TTSError(f"espeak has no voice {requested!r}: {VOICE_HINT}")
         return f"{voice}+{self._variants[variant.lower()]}" if variant else voice
 
-    def _on_audio(self, wav, count: int, _events) -> int:
+    def _on_audio(self, wav, count: int, events) -> int:
+        index = 0
+        while events and events[index].type != EVENT_LIST_TERMINATED:
+            event = events[index]
+            if event.type == EVENT_PHONEME:
+                self._phonemes.append((int(event.sample), bytes(event.id).split(b"\0")[0].decode("utf-8", "replace")))
+            index += 1
         if count > 0 and wav:
             self._pieces.append(np.ctypeslib.as_array(wav, shape=(count,)).astype(np.float32) / 32768.0)
         return 1 if self._cancelled() else 0
@@ -146,20 +182,23 @@ class EspeakLibrary:
                 raise TTSError(f"espeak could not load voice {voice!r}: {VOICE_HINT}")
         return resolved
 
-    def synthesize(self, text: str, voice: str, rate_wpm: int, cancelled: Callable[[], bool]) -> np.ndarray:
-        """Audio for `text` at self.sample_rate (blocking; espeak runs far faster than real time)."""
+    def synthesize(self, text: str, voice: str, rate_wpm: int, cancelled: Callable[[], bool]
+                   ) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """Audio for `text` at self.sample_rate and its phonemes as (start sample, IPA name)
+        (blocking; espeak runs far faster than real time)."""
         encoded = text.encode("utf-8")
         voice = self.resolve_voice(voice)
         with self._lock:
             if self._lib.espeak_SetVoiceByName(voice.encode()) != EE_OK:
                 raise TTSError(f"espeak has no voice {voice!r}: try en-us, en, cmn, de, fr, es, ja")
             self._lib.espeak_SetParameter(PARAM_RATE, rate_wpm, 0)
-            self._pieces, self._cancelled = [], cancelled
+            self._pieces, self._phonemes, self._cancelled = [], [], cancelled
             status = self._lib.espeak_Synth(encoded, len(encoded) + 1, 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
-            pieces, self._pieces, self._cancelled = self._pieces, [], (lambda: False)
+            pieces, phonemes = self._pieces, self._phonemes
+            self._pieces, self._phonemes, self._cancelled = [], [], (lambda: False)
         if status != EE_OK and not cancelled():
             raise TTSError(f"espeak-ng failed to synthesise (error {status})")
-        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        return (np.concatenate(pieces) if pieces else np.zeros(0, np.float32)), phonemes
 
 
 class EspeakTTS(TTSBackend):
@@ -173,8 +212,15 @@ class EspeakTTS(TTSBackend):
         self.rate_wpm = rate_wpm
 
     def stream(self, text: str, cancelled: Callable[[], bool]) -> Iterator[np.ndarray]:
-        audio = self.library.synthesize(text, self.voice, self.rate_wpm, cancelled)
+        for labelled in self.stream_labelled(text, cancelled):
+            yield labelled.samples
+
+    def stream_labelled(self, text: str, cancelled: Callable[[], bool]) -> Iterator[LabelledAudio]:
+        audio, phonemes = self.library.synthesize(text, self.voice, self.rate_wpm, cancelled)
         if cancelled() or audio.size == 0:
             return
         resampler = Resampler(self.library.sample_rate)
-        yield np.concatenate([resampler.push(audio), resampler.flush()])
+        samples = np.concatenate([resampler.push(audio), resampler.flush()])
+        scale = SAMPLE_RATE / self.library.sample_rate
+        timed = [(int(round(start * scale)), name) for start, name in phonemes]
+        yield LabelledAudio(samples, label_samples(timed, len(samples)))

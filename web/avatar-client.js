@@ -69,7 +69,9 @@ async function loadConfig() {
 }
 
 async function postJSON(path, body) {
-  const response = await fetch(path, {
+  // The session id also rides in the URL so a proxy in front of many workers can route by it.
+  const url = body.sessionid ? `${path}?sessionid=${encodeURIComponent(body.sessionid)}` : path;
+  const response = await fetch(url, {
     method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, body: JSON.stringify(body),
   });
   const data = await response.json().catch(() => ({ code: -1, msg: `HTTP ${response.status}` }));
@@ -106,6 +108,8 @@ function handleEvent(event) {
     log(`error: ${event.msg}`, "error");
   } else if (event.type === "reply") {
     log(`🗨 ${event.text}`);
+  } else if (event.type === "draining") {
+    log(`server shutting down: this session ends within ${event.within_s} s`, "error");
   } else if (event.type === "closed") {
     log(`session closed: ${event.reason}`);
   }
@@ -137,8 +141,9 @@ async function connect() {
   setState("connecting");
   try {
     const config = client.config || await (await fetch("/config")).json();
-    const pc = new RTCPeerConnection({ iceServers: config.iceServers || [] });
+    const pc = new RTCPeerConnection(ice.config(config));
     client.pc = pc;
+    ice.watch(pc);
     const uplink = typeof listenPage === "undefined" ? "recvonly" : "sendrecv";  // listen.js sends mic/camera
     pc.addTransceiver("video", { direction: uplink });
     pc.addTransceiver("audio", { direction: uplink });

@@ -9,7 +9,7 @@ const listenPage = (() => {
   const el = (id) => document.getElementById(id);
   const MIC_CONSTRAINTS = { audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } };
   const CAMERA_CONSTRAINTS = { video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { max: 10 } } };
-  const state = { pc: null, mic: null, camera: null, avatarBubble: null };
+  const state = { pc: null, mic: null, camera: null, avatarBubble: null, userBubble: null };
 
   function setVad(text, cls) {
     el("vad").textContent = text;
@@ -68,10 +68,16 @@ const listenPage = (() => {
     if (event.type === "user_start") {
       setVad("you speak", "talk");
       state.avatarBubble = null;
+      state.userBubble = null;
     } else if (event.type === "user_end") {
       setVad("thinking");
-    } else if (event.type === "transcript" && event.final) {
-      bubble("user", event.text);
+    } else if (event.type === "transcript") {
+      // partial transcripts (final: false) fill a pending bubble that the final text replaces
+      if (!state.userBubble) state.userBubble = bubble("user partial", event.text);
+      state.userBubble.textContent = event.text;
+      if (!event.final) return;
+      state.userBubble.classList.remove("partial");
+      state.userBubble = null;
       setVad(state.mic ? "listening" : "mic off", state.mic ? "ok" : "");
     } else if (event.type === "start" && event.text) {
       if (state.avatarBubble) state.avatarBubble.textContent += " " + event.text;
