@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 from tests.conftest import PHOTO_AVATAR_ID, TEST_AVATAR_ID, server_args, start_server
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT_DIR, loopback_only
@@ -36,7 +37,7 @@ async def test_first_use_of_the_page(server):
                 await route.continue_()
 
             await page.route("**/offer", slow_offer)
-            await page.route("**/human", record_human)
+            await page.route(re.compile(r"/human(\?|$)"), record_human)  # the page adds ?sessionid= for proxies
             await page.goto(server.url)
             await page.wait_for_function("document.getElementById('avatar').options.length > 1")
 

@@ -42,7 +42,12 @@ async def test_relay_only_browser_streams_through_coturn(data_dir, coturn):
                                              timeout=30000)
                 await page.wait_for_function("(document.getElementById('ice').dataset.pair || '') !== ''", timeout=10000)
                 pair = await page.get_attribute("#ice", "data-pair")
-                first = await inbound_stats(page)
+                first: dict = {}
+                for _ in range(80):  # up to 20 s until both tracks have stats and video is decoding
+                    first = await inbound_stats(page)
+                    if "audio" in first and first.get("video", {}).get("framesDecoded", 0) > 5:
+                        break
+                    await page.wait_for_timeout(250)
                 await page.wait_for_timeout(1500)
                 second = await inbound_stats(page)
             finally:
