@@ -213,7 +213,7 @@ def expanded_crop(frame: np.ndarray, crop: np.ndarray) -> np.ndarray:
 
 
 def face_geometry(frames: list[np.ndarray], landmarks: np.ndarray, options: PrepareOptions,
-                  parser=None) -> FaceData:
+                  parser=None, progress: Progress = NO_PROGRESS, span: tuple[float, float] = (0, 0)) -> FaceData:
     """Per frame: MuseTalk's face box and crop box for options.version, and the blend mask
     (from `parser`, a faceparse.FaceParser, when given; else from the landmarks)."""
     if options.version not in ("v15", "v1"):
@@ -223,7 +223,7 @@ def face_geometry(frames: list[np.ndarray], landmarks: np.ndarray, options: Prep
     mode = parsing_mode_for(options.version)
     face_boxes, crop_boxes, masks = [], [], []
     source = "face parsing" if parser is not None else "landmark"
-    for frame, points in tqdm(list(zip(frames, landmarks)), desc=f"{source} masks", unit="frame"):
+    for frame, points in progress.track(list(zip(frames, landmarks)), f"{source} masks", *span):
         box = face_box(points, frame.shape, shift, margin)
         crop = crop_box(box)
         labels = parser.parse(expanded_crop(frame, crop)) if parser is not None else None
@@ -352,7 +352,7 @@ def build_avatar(out_dir: Path, options: PrepareOptions, *, image: np.ndarray | 
         frames = [even_size(frame, options.max_side) for frame in frames]
         landmarks, missing = track_faces(frames, landmarker, source, progress, (0, 50))
     parser = face_parser_for(options.models_dir)
-    face = face_geometry(frames, landmarks, options, parser)
+    face = face_geometry(frames, landmarks, options, parser, progress, (50, 60))
     detected = 1 - missing if image is not None else len(frames) - missing
     metadata = {
         "source": source, "fps": options.fps, "model": options.model, "generator": GENERATOR_VERSION,
@@ -377,7 +377,7 @@ def build_avatar(out_dir: Path, options: PrepareOptions, *, image: np.ndarray | 
         prepare_model_data(options.model, tmp, options)
 
     write_end = 90 if options.model == "musetalk" else 99
-    folder = write_avatar(out_dir, frames, metadata, face, finish=finish, progress=progress, span=(50, write_end))
+    folder = write_avatar(out_dir, frames, metadata, face, finish=finish, progress=progress, span=(60, write_end))
     progress.set(100)
     seconds = time.monotonic() - started
     logger.info("prepared %s: %d frames, face found in %d, interpolated in %d, %.1f s",

@@ -30,8 +30,10 @@ logger = logging.getLogger(__name__)
 REQUEST_QUEUE_SIZE = 64
 POLL_S = 0.05
 JOIN_TIMEOUT_S = 5.0
-GATHER_S = 0.02  # how long a batch waits for other speaking sessions' requests
-ACTIVE_S = 1.0  # a session that sent a request this recently counts as speaking
+GATHER_S = 0.02  # how long a batch waits for other speaking sessions' requests (at least)
+GATHER_PASS_FRACTION = 0.25  # ... or this fraction of the last pass, on a slow device
+MAX_GATHER_S = 0.5
+ACTIVE_S = 1.0  # a session that sent or got a request this recently (or within 2 passes) counts as speaking
 
 
 @dataclass
@@ -75,7 +77,8 @@ class InferenceWorker:
         self.on_batch: Callable[[int, float], None] | None = None  # (frames, seconds) per pass (metrics)
         self._requests: queue.Queue[LipSyncRequest] = queue.Queue(maxsize=REQUEST_QUEUE_SIZE)
         self._stopping = threading.Event()
-        self._last_seen: dict[str, float] = {}  # owner -> monotonic time of its last request
+        self._last_seen: dict[str, float] = {}  # owner -> monotonic time of its last request or answer
+        self._last_pass_s = 0.0
         self._thread = threading.Thread(target=self._run, name="musetalk-worker", daemon=True)
 
     def start(self) -> None:
@@ -135,13 +138,15 @@ class InferenceWorker:
                     request.finish(error=exc)
                 continue
             start = 0
+            answered = time.monotonic()
             for request in live:
                 request.finish(faces[start:start + request.frames])
+                self._last_seen[request.owner] = answered  # its next request is coming
                 start += request.frames
-            elapsed = time.perf_counter() - started
-            self.stats.busy_s += elapsed
+            self._last_pass_s = time.perf_counter() - started
+            self.stats.busy_s += self._last_pass_s
             if self.on_batch is not None:
-                self.on_batch(start, elapsed)
+                self.on_batch(start, self._last_pass_s)
             self.stats.batches += 1
             self.stats.frames += start
             if len({r.owner for r in live}) > 1:
@@ -152,15 +157,18 @@ class InferenceWorker:
     def _gather(self, first: LipSyncRequest) -> tuple[list[LipSyncRequest], LipSyncRequest | None]:
         """`first` plus more requests, up to max_batch frames; the request that did not fit is carried.
 
-        While other sessions are speaking (seen within ACTIVE_S), wait up to
-        GATHER_S for their next request so their frames share this pass:
-        otherwise two sessions fall into alternating single-session batches.
+        While other sessions are speaking (seen within ACTIVE_S, or two passes
+        on a slow device), wait a little for their next request so their frames
+        share this pass: GATHER_S, or a quarter of the last pass when passes are
+        slow (a session needs a moment between its answer and its next request).
+        Otherwise two sessions fall into alternating single-session batches.
         """
         batch, frames = [first], first.frames
         now = time.monotonic()
         self._last_seen[first.owner] = now
-        self._last_seen = {o: t for o, t in self._last_seen.items() if now - t < ACTIVE_S}
-        deadline = now + GATHER_S
+        active = max(ACTIVE_S, 2 * self._last_pass_s)
+        self._last_seen = {o: t for o, t in self._last_seen.items() if now - t < active}
+        deadline = now + min(MAX_GATHER_S, max(GATHER_S, GATHER_PASS_FRACTION * self._last_pass_s))
         while frames < self.max_batch:
             waiting_for_others = any(o not in {r.owner for r in batch} for o in self._last_seen)
             remaining = deadline - time.monotonic() if waiting_for_others else 0.0

@@ -28,6 +28,7 @@ from tests.rtc_client import ReceiverClient
 AVATARS = {"museface": 90, "museface2": 200}  # avatar id -> background grey level
 SENTENCES = ("The quick brown fox jumps over the lazy dog.", "Pack my box with five dozen liquor jugs.")
 CODEC_NOISE = 12.0  # mean |difference| a VP8 round trip may leave in the mouth region
+SPOKEN_TIMEOUT_S = 60.0  # each batch runs a 30 s whisper pass: about a second on a busy 2-core CPU
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +140,23 @@ async def _speak(session, seconds: float, seed: int) -> None:
     await loop.run_in_executor(None, lambda: [session.engine.put_audio(chunk) for chunk in chunks])
 
 
+async def _wait_for_idle_tail(client, idle: np.ndarray, frames: int = 20,
+                             timeout: float = SPOKEN_TIMEOUT_S) -> None:
+    """Until the last `frames` frames received show the idle mouth (speech has drained from the wire)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tail = client.video[-frames:]
+        if len(tail) == frames and all(_mouth_diff(frame.data, idle) <= CODEC_NOISE for frame in tail):
+            return
+        assert time.monotonic() < deadline, "the speech never drained from the wire"
+        await asyncio.sleep(0.1)
+
+
 def _speech_run(diffs: list[float]) -> tuple[int, int]:
     """First and last index of frames whose mouth region differs from the idle frame."""
     changed = [i for i, d in enumerate(diffs) if d > CODEC_NOISE]
     assert changed, f"no frame changed in the mouth region: {[round(d, 1) for d in diffs]}"
     return changed[0], changed[-1]
-
-
-SPOKEN_TIMEOUT_S = 60.0  # each batch runs a 30 s whisper pass: about a second on a busy 2-core CPU
 
 
 async def _wait_until_spoken(session, worker_frames, frames: int, timeout: float = SPOKEN_TIMEOUT_S) -> None:
@@ -187,6 +197,7 @@ async def test_live_session_lip_syncs_speech_and_idles_in_silence(muse_env, http
         await _speak(session, 1.6, seed=0)  # 80 chunks = 40 video frames
         await _wait_until_spoken(session, lambda: worker.stats.frames, 40)
         await client.wait_for(video_frames=len(client.video) + 40, timeout=SPOKEN_TIMEOUT_S)
+        await _wait_for_idle_tail(client, load_avatar(data_dir / "avatars" / "museface").frames[0])
         stats, late = worker.stats, session.player.stats.late_ticks
     finally:
         await client.close()
@@ -215,8 +226,9 @@ async def test_two_sessions_share_one_worker_and_keep_their_frames(muse_env, htt
         await asyncio.gather(*(_speak(sessions[a], seconds[a], seed=i) for i, a in enumerate(AVATARS)))
         for session in sessions.values():
             await _wait_until_spoken(session, lambda: worker.stats.frames, 60)
-        for client in clients.values():
+        for avatar_id, client in clients.items():
             await client.wait_for(video_frames=len(client.video) + 30, timeout=SPOKEN_TIMEOUT_S)
+            await _wait_for_idle_tail(client, load_avatar(data_dir / "avatars" / avatar_id).frames[0])
         stats = worker.stats
         late = {a: s.player.stats.late_ticks for a, s in sessions.items()}
     finally:
