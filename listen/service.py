@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from aiohttp import web
 
 from httpapi import BadRequest, ok, read_json
+from listen import funasr_ws
 from listen.asr import ASRWorker, create_backend
 from listen.router import SessionListening
 from listen.settings import LISTEN_MODES, ListenConfigError, ListenSettings
@@ -108,6 +109,7 @@ def register(app: web.Application, settings: ListenSettings, chat_problem: Calla
         await service.close()
 
     app.router.add_post("/listen", switch_mode)
+    funasr_ws.register(app, service)
     app.on_startup.append(preload)
     app.on_cleanup.append(shutdown)
     return service

@@ -1,0 +1,115 @@
+"""`GET /api/asr`: FunASR's websocket client protocol, answered by this server's own ASR worker.
+
+LiveTalking's ASR page speaks it: a JSON message `{"is_speaking": true, "mode": ...,
+"wav_name": ...}` opens an utterance, binary messages carry 16 kHz mono PCM16, and
+`{"is_speaking": false}` closes it; the server answers one final result per utterance,
+`{"mode", "wav_name", "text", "is_final": true}`. An utterance is capped at the ASR's
+30 s window (the rest is ignored), and the socket's messages are bounded in bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from listen.asr import ASRBusy
+from listen.settings import MAX_UTTERANCE_S
+from media import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from listen.service import ListenService
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_UTTERANCE_BYTES = int(MAX_UTTERANCE_S * SAMPLE_RATE) * 2
+TRANSCRIBE_TIMEOUT_S = 60.0
+HEARTBEAT_S = 30.0
+S16_SCALE = 32768.0
+
+
+class Utterance:
+    """The PCM of one `is_speaking` span, bounded by the ASR window."""
+
+    def __init__(self, mode: str, wav_name: str):
+        self.mode = mode
+        self.wav_name = wav_name
+        self._pcm = bytearray()
+
+    def add(self, data: bytes) -> None:
+        room = MAX_UTTERANCE_BYTES - len(self._pcm)
+        if room > 0:
+            self._pcm += data[:room]
+
+    def audio(self) -> np.ndarray:
+        usable = len(self._pcm) - len(self._pcm) % 2
+        return np.frombuffer(bytes(self._pcm[:usable]), "<i2").astype(np.float32) / S16_SCALE
+
+
+def text_field(config: dict, key: str, default: str) -> str:
+    value = config.get(key, default)
+    return value[:64] if isinstance(value, str) else default
+
+
+async def transcribe(service: "ListenService", audio: np.ndarray) -> str:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[str] = loop.create_future()
+
+    def settle(result: str, failed: bool) -> None:
+        if done.done():
+            return
+        if failed:
+            done.set_exception(RuntimeError(result))
+        else:
+            done.set_result(result)
+
+    service.asr_worker().submit(audio, lambda text: loop.call_soon_threadsafe(settle, text, False),
+                                lambda message: loop.call_soon_threadsafe(settle, message, True))
+    return await asyncio.wait_for(done, TRANSCRIBE_TIMEOUT_S)
+
+
+async def funasr_socket(request: web.Request, service: "ListenService") -> web.WebSocketResponse:
+    socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=HEARTBEAT_S)
+    await socket.prepare(request)
+    utterance: Utterance | None = None
+    async for message in socket:
+        if message.type == WSMsgType.BINARY:
+            if utterance is not None:
+                utterance.add(message.data)
+            continue
+        if message.type != WSMsgType.TEXT:
+            break
+        try:
+            config = json.loads(message.data)
+        except (ValueError, RecursionError):
+            config = None
+        if not isinstance(config, dict) or not isinstance(config.get("is_speaking", True), bool):
+            await socket.send_json({"error": "send JSON like {\"is_speaking\": true, \"mode\": \"offline\"}"})
+            continue
+        if config.get("is_speaking", True):
+            utterance = Utterance(text_field(config, "mode", "offline"), text_field(config, "wav_name", "asr"))
+            continue
+        if utterance is None:
+            continue
+        finished, utterance = utterance, None
+        reply = {"mode": finished.mode, "wav_name": finished.wav_name, "is_final": True, "text": ""}
+        audio = finished.audio()
+        if audio.size:
+            try:
+                reply["text"] = await transcribe(service, audio)
+            except (ASRBusy, RuntimeError, asyncio.TimeoutError) as exc:
+                reply["error"] = str(exc) or "speech recognition timed out"
+        await socket.send_json(reply)
+    return socket
+
+
+def register(app: web.Application, service: "ListenService") -> None:
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        return await funasr_socket(request, service)
+
+    app.router.add_get("/api/asr", handler)
