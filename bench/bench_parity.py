@@ -22,7 +22,8 @@ import numpy as np
 
 from common import ROOT, loopback_only
 
-from bench_sessions import cpu_seconds, wait_up  # noqa: E402
+from bench_sessions import cpu_seconds  # noqa: E402
+from tests.server_process import wait_up  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.rtc_client import ReceiverClient  # noqa: E402
 

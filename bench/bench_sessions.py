@@ -22,6 +22,7 @@ from common import ROOT, loopback_only, percentile
 
 from tests.conftest import free_port  # noqa: E402
 from tests.rtc_client import ReceiverClient  # noqa: E402
+from tests.server_process import wait_up  # noqa: E402
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 SPEECH = "I am talking so that the benchmark measures a speaking session, and I keep going for a while. " * 3
@@ -30,19 +31,6 @@ SPEECH = "I am talking so that the benchmark measures a speaking session, and I 
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
-
-
-async def wait_up(url: str, http: aiohttp.ClientSession, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            async with http.get(f"{url}/config") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.2)
-    raise TimeoutError("server did not start")
 
 
 async def measure(url: str, pid: int, http, count: int, seconds: float, speak: bool) -> dict:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import aiohttp
 
@@ -32,18 +33,14 @@ class ServerProcess:
         self.proc = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     async def wait_ready(self, http: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
+        def exited() -> None:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log()}")
-            try:
-                async with http.get(f"{self.url}/config") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-        raise TimeoutError(f"server not ready within {START_TIMEOUT_S} s:\n{self.log()}")
+
+        try:
+            await wait_up(self.url, http, START_TIMEOUT_S, exited)
+        except TimeoutError:
+            raise TimeoutError(f"server not ready within {START_TIMEOUT_S} s:\n{self.log()}") from None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -74,6 +71,23 @@ class ServerProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+async def wait_up(url: str, http: aiohttp.ClientSession, timeout: float = START_TIMEOUT_S,
+                  check: Callable[[], None] | None = None) -> None:
+    """Until `url/config` answers 200 (TimeoutError after `timeout`); `check` may raise to give up early."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check is not None:
+            check()
+        try:
+            async with http.get(f"{url}/config") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"server at {url} did not start within {timeout} s")
 
 
 def copy_test_data(source: Path, target: Path) -> Path:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
 from tests.conftest import server_args, start_server
 from tests.test_avatar_tasks import astronaut_jpeg
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT_DIR, loopback_only
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT_DIR, keep_offers_on_loopback
 
 
 @pytest.fixture
@@ -29,13 +28,7 @@ async def test_avatar_page_prepares_previews_and_connects(task_server):
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1100, "height": 760})
-
-            async def filter_offer(route) -> None:
-                body = json.loads(route.request.post_data)
-                body["sdp"] = loopback_only(body["sdp"])
-                await route.continue_(post_data=json.dumps(body))
-
-            await page.route("**/offer", filter_offer)
+            await keep_offers_on_loopback(page)
             await page.goto(f"{task_server.url}/avatar.html")
             await page.set_input_files("#file", files=[{"name": "astronaut.jpg", "mimeType": "image/jpeg",
                                                         "buffer": astronaut_jpeg()}])

@@ -26,6 +26,19 @@ def loopback_only(sdp: str) -> str:
     return "\r\n".join(lines)
 
 
+async def keep_offers_on_loopback(page, observe=None) -> None:
+    """Route the page's /offer through `loopback_only`; `observe(route, body)` may look at each one first."""
+
+    async def filter_offer(route) -> None:
+        body = json.loads(route.request.post_data)
+        if observe is not None:
+            observe(route, body)
+        body["sdp"] = loopback_only(body["sdp"])
+        await route.continue_(post_data=json.dumps(body))
+
+    await page.route("**/offer", filter_offer)
+
+
 async def inbound_stats(page) -> dict:
     return await page.evaluate("""async () => {
         const out = {};
@@ -46,13 +59,7 @@ async def test_page_connects_plays_and_speaks(server):
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1100, "height": 760})
-
-            async def filter_offer(route) -> None:
-                body = json.loads(route.request.post_data)
-                body["sdp"] = loopback_only(body["sdp"])
-                await route.continue_(post_data=json.dumps(body))
-
-            await page.route("**/offer", filter_offer)
+            await keep_offers_on_loopback(page)
             await page.goto(server.url)
             await page.click("#connect")
             await page.wait_for_function("document.getElementById('state').textContent === 'connected'", timeout=20000)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import wave
 
 import numpy as np
 
 from tests.speech_sender import speak, word_error_rate
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT_DIR, loopback_only
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT_DIR, keep_offers_on_loopback
 
 SENTENCE = "Please tell me the weather for tomorrow morning."
 
@@ -33,13 +32,7 @@ async def test_talk_toggle_leads_to_a_transcript_bubble_and_an_answer(server, tm
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         try:
             page = await browser.new_page()
-
-            async def filter_offer(route) -> None:
-                body = json.loads(route.request.post_data)
-                body["sdp"] = loopback_only(body["sdp"])
-                await route.continue_(post_data=json.dumps(body))
-
-            await page.route("**/offer", filter_offer)
+            await keep_offers_on_loopback(page)
             await page.goto(server.url)
             await page.select_option("#listen-mode", "echo")
             await page.click("#connect")

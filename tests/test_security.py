@@ -11,7 +11,7 @@ import pytest
 from security import AccessPolicy, RedactingAccessLogger
 from tests.conftest import server_args, start_server
 from tests.rtc_client import ReceiverClient
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, loopback_only
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, keep_offers_on_loopback
 
 TOKEN = "s3cret-token"
 
@@ -87,13 +87,8 @@ async def test_page_takes_the_token_from_its_fragment(guarded):
             page = await browser.new_page()
             seen_auth: list[str | None] = []
 
-            async def filter_offer(route) -> None:
-                seen_auth.append(route.request.headers.get("authorization"))
-                body = json.loads(route.request.post_data)
-                body["sdp"] = loopback_only(body["sdp"])
-                await route.continue_(post_data=json.dumps(body))
-
-            await page.route("**/offer", filter_offer)
+            await keep_offers_on_loopback(
+                page, lambda route, _: seen_auth.append(route.request.headers.get("authorization")))
             await page.goto(f"{guarded.url}/#token={TOKEN}")
             assert "token" not in page.url  # dropped from the address bar and the history
             await page.click("#connect")
