@@ -228,7 +228,8 @@ class Recordings:
             recorder.stop("session closed")
             raise BadRequest("the session closed", status=404)
         session.player.schedule.tap = recorder.offer
-        session.closers.append(lambda: self.finish(recorder, "session closed"))
+        loop = asyncio.get_running_loop()
+        session.add_closer(lambda: loop.run_in_executor(None, self.finish, recorder, "session closed"))
 
     @staticmethod
     def finish(recorder: Recorder, reason: str) -> None:

@@ -139,7 +139,6 @@ class Session:
         self._close_lock = asyncio.Lock()
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.close_reason = ""
-        self.closers: list[Callable[[], None]] = []  # blocking clean-ups of features (run off the loop on close)
 
     @property
     def speaking(self) -> bool:
@@ -230,8 +229,6 @@ class Session:
             await self.pc.close()
 
     def _stop_threads(self) -> None:
-        for closer in self.closers:
-            closer()
         self.tts.stop()
         self.engine.stop()  # the TTS backend is shared by the process (TTSFactory closes it)
 
