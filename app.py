@@ -21,32 +21,32 @@ import aioice.ice
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-import actions
-import avatarswitch
-import recorder
-import sse
-import adminapi
-import avatartasks
-import ltcompat
-import webfiles
-from avatar import AvatarError, AvatarStore, check_avatar_id
+from stage import actions
+from stage import avatarswitch
+from stage import recorder
+from server import events as sse
+from server import admin as adminapi
+from server import avatartasks
+from server import ltcompat
+from server import webfiles
+from avatars.store import AvatarError, AvatarStore, check_avatar_id
 from basereal import EngineConfig
 from engines import MODEL_CHOICES, EngineFactory, EngineUnavailable, resolve_model
-from audiofile import AudioDecodeError, AudioTooLong, decode_audio
+from speech.audiofile import AudioDecodeError, AudioTooLong, decode_audio
 import listen
 from httpapi import BODY_READ_TIMEOUT_S, BODY_TIMEOUT_KEY, BadRequest, error_middleware, ok, optional_bool, read_json, require_str
 from media import SUPPORTED_FPS
 from llm import LLMClient, LLMError, LLMSettings
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, right_context
 from musetalk.settings import add_arguments as add_musetalk_arguments
-from peeractivity import seconds_since_peer_report
+from server.peeractivity import seconds_since_peer_report
 import ops
 from ops.broadcast import TRANSPORTS
 from ops.metrics import Metrics
-from sdpcheck import OfferRejected, check_offer_sdp
-from security import AUTH_TOKEN_ENV, AccessPolicy, RedactingAccessLogger, public
+from server.sdpcheck import OfferRejected, check_offer_sdp
+from server.security import AUTH_TOKEN_ENV, AccessPolicy, RedactingAccessLogger, public
 from session import Session, SessionLimitError, SessionRegistry
-from speechbudget import DEFAULT_SPEECH_BUDGET_S, SpeechBudget, SpeechBudgetFull
+from speech.budget import DEFAULT_SPEECH_BUDGET_S, SpeechBudget, SpeechBudgetFull
 from ttsreal import TTS_CHOICES, QueueFull, TTSFactory, TTSSettings
 from tts import cloning
 from tts.netloop import DEFAULT_FIRST_PIECE_S

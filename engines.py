@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from avatar import AvatarStore
+from avatars.store import AvatarStore
 from basereal import BaseReal, EngineConfig
 from musetalk.settings import MuseTalkSettings
 

@@ -32,14 +32,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from avatar import (AVATAR_FORMAT_VERSION, CROP_BOXES_FILE, FACE_BOXES_FILE, FRAMES_DIR, LANDMARKS_FILE, MASKS_DIR,
+from avatars.store import (AVATAR_FORMAT_VERSION, CROP_BOXES_FILE, FACE_BOXES_FILE, FRAMES_DIR, LANDMARKS_FILE, MASKS_DIR,
                     METADATA_FILE, AvatarError, check_avatar_id, frame_path, mask_path)
-from facegeom import (DEFAULT_EXTRA_MARGIN, FaceError, FaceLandmarker, crop_box, extra_margin_for, face_box,
+from avatars.facegeom import (DEFAULT_EXTRA_MARGIN, FaceError, FaceLandmarker, crop_box, extra_margin_for, face_box,
                       landmark_box)
-from facemask import lower_face_mask, parsing_mode_for
-from idleloop import IdleAnimator, loop_poses
-from ltavatar import numbered_images, read_images
-from mouthbank import MouthBank
+from avatars.facemask import lower_face_mask, parsing_mode_for
+from avatars.idleloop import IdleAnimator, loop_poses
+from avatars.livetalking import numbered_images, read_images
+from lite.mouthbank import MouthBank
 
 logger = logging.getLogger("genavatar")
 
@@ -235,7 +235,7 @@ def face_geometry(frames: list[np.ndarray], landmarks: np.ndarray, options: Prep
 
 def face_parser_for(models_dir: Path):
     """BiSeNet when models/face-parse-bisent/79999_iter.pth is present, else None (landmark masks)."""
-    from faceparse import FaceParseError, load_face_parser, parser_weights
+    from avatars.faceparse import FaceParseError, load_face_parser, parser_weights
 
     if not parser_weights(models_dir).is_file():
         logger.info("no face-parsing weights in %s: blend masks come from the landmarks",

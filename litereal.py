@@ -19,13 +19,13 @@ import threading
 
 import numpy as np
 
-from avatar import Avatar
+from avatars.store import Avatar
 from basereal import BaseReal, EngineConfig, FrameWork
-from lipshape import MouthShaper
-from mouthbank import MouthBank, MouthRetriever
-from mouthwarp import MouthRig
-from visemeaudio import MODEL_PATH, VisemeNetwork, audio_estimator
-from visemes import SHAPES, MouthShape, Viseme
+from lite.lipshape import MouthShaper
+from lite.mouthbank import MouthBank, MouthRetriever
+from lite.mouthwarp import MouthRig
+from lite.visemeaudio import MODEL_PATH, VisemeNetwork, audio_estimator
+from speech.visemes import SHAPES, MouthShape, Viseme
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class LiteReal(BaseReal):
         network = VisemeNetwork(MODEL_PATH) if MODEL_PATH.is_file() else None  # a few kB, read per session
         if network is None:
             logger.warning("%s is missing: audio without phoneme labels is shaped by band-energy rules; "
-                           "run `python training/train_visemes.py` to rebuild it", MODEL_PATH)
+                           "run `python -m tools.train_visemes` to rebuild it", MODEL_PATH)
         self.shaper = MouthShaper(audio_estimator(network), config.fps)
         avatar_mouths(avatar)  # read here (off the event loop), not on the first spoken frame
         self._retrieval: tuple[Avatar | None, MouthRetriever | None] = (None, None)  # compose thread only

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import openai
 
-from sentences import DEFAULT_MIN_COMMA_CHARS, SentenceAggregator, join_sentences
+from speech.sentences import DEFAULT_MIN_COMMA_CHARS, SentenceAggregator, join_sentences
 
 logger = logging.getLogger(__name__)
 

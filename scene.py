@@ -21,7 +21,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from avatar import Avatar
+from avatars.store import Avatar
 from media import CHUNK_SAMPLES
 
 DEFAULT_FADE_FRAMES = 5

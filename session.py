@@ -21,7 +21,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from basereal import BaseReal
 from llm import Conversation, LLMClient, LLMError
 from media import SpeechEvent
-from speechbudget import SpeechBudget
+from speech.budget import SpeechBudget
 from ttsreal import QueueFull, TTSWorker
 from tts.base import TTSBackend
 from webrtc import HumanPlayer

@@ -24,12 +24,12 @@ import numpy as np
 
 from basereal import BaseReal
 from media import CHUNK_SAMPLES, SAMPLE_RATE, AudioChunk, SpeechEvent
-from speechbudget import SpeechBudget
-from textproc import clean_for_speech, split_sentences
+from speech.budget import SpeechBudget
+from speech.textproc import clean_for_speech, split_sentences
 from tts.base import TTSBackend, TTSError
 from tts.cloning import SERVICES, ServiceSettings
 from tts.reference import VoiceReference
-from visemes import LabelledAudio, Viseme, downsample_codes
+from speech.visemes import LabelledAudio, Viseme, downsample_codes
 
 logger = logging.getLogger(__name__)
 

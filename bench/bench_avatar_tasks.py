@@ -1,6 +1,6 @@
 """Avatar task throughput over HTTP (LiveTalking-parity issue).
 
-    python bench/bench_avatar_tasks.py --tasks 3
+    python -m bench.bench_avatar_tasks --tasks 3
 
 Submits --tasks photo tasks (the astronaut at 512 px, a 4 s idle loop) and --tasks
 video tasks (a 2 s 512 px clip) to an in-process server at once, polls them like
@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
+import aiohttp
 
-from bench.common import start_server  # noqa: E402
-from tests.test_avatar_tasks import astronaut_jpeg, astronaut_mp4  # noqa: E402
+from bench.common import start_server
+from tests.test_avatar_tasks import astronaut_jpeg, astronaut_mp4
 
 PHOTO_SIDE = 512
 VIDEO_SECONDS = 2.0
@@ -71,8 +69,8 @@ def landmark_pass(data_dir: Path, avatar_id: str) -> None:
 
     import cv2
 
-    from avatar import AvatarStore, load_avatar
-    from ltavatar import with_landmarks
+    from avatars.store import AvatarStore, load_avatar
+    from avatars.livetalking import with_landmarks
 
     source = load_avatar(data_dir / "avatars" / avatar_id)
     folder = data_dir / "avatars" / "lt_bench"

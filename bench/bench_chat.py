@@ -5,7 +5,7 @@ fast hosted model); the real openai client, sentence aggregation, espeak, the
 engine and WebRTC do the rest. The floor (the server handing a voiced chunk to
 aiortc -> the listener receiving it) is measured on the same frames.
 
-    python bench/bench_chat.py --trials 20
+    python -m bench.bench_chat --trials 20
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import logging
 
 import aiohttp
 
-from common import speech_bench_parser, start_server, summary_ms
+from bench.common import speech_bench_parser, start_server, summary_ms
 
-import app as server_app  # noqa: E402
-from bench_latency import record_handover  # noqa: E402
-from tests.llm_server import FakeLLMServer, Script  # noqa: E402
-from tests.rtc_client import ReceiverClient  # noqa: E402
-from tests.speech_helpers import wait_voiced  # noqa: E402
+import app as server_app
+from bench_latency import record_handover
+from tests.llm_server import FakeLLMServer, Script
+from tests.rtc_client import ReceiverClient
+from tests.speech_helpers import wait_voiced
 
 REPLY = ["Sure", ",", " here", " is", " my", " answer", ".", " It", " has", " a", " second", " sentence", " too", "."]
 

@@ -1,7 +1,7 @@
 """The hardening issue's reproductions against a real server process: its RSS and open files
 before and after each attack, then connect/close cycles (threads, fds, RSS at 0/25/50/100).
 
-    python bench/bench_hardening.py [--cycles 100]
+    python -m bench.bench_hardening [--cycles 100]
 
 Loopback only; every loop is bounded. Prints a markdown table for BENCHMARKS.md.
 """
@@ -16,15 +16,15 @@ from pathlib import Path
 
 import aiohttp
 
-from common import loopback_only
+from bench.common import loopback_only
 
-from genavatar import write_avatar  # noqa: E402
-from tests.attacks import (  # noqa: E402
+from genavatar import write_avatar
+from tests.attacks import (
     Attacker, ScriptedSpeechServer, json_head, multipart_upload, raw_request, silent_flac, wav_declaring,
 )
-from tests.conftest import TEST_AVATAR_ID, synthetic_frames  # noqa: E402
-from tests.rtc_client import ReceiverClient  # noqa: E402
-from tests.worker_process import WorkerProcess  # noqa: E402
+from tests.conftest import TEST_AVATAR_ID, synthetic_frames
+from tests.rtc_client import ReceiverClient
+from tests.worker_process import WorkerProcess
 
 
 async def attacks(attacker: Attacker, sid: str, speech: ScriptedSpeechServer, port: int):

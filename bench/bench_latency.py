@@ -7,7 +7,7 @@ voiced chunk to aiortc (encode, send, the listener's jitter buffer and decode)
 to the listener receiving it, measured on the same chunks. Engine latency is
 then (a) - floor: text -> TTS -> engine -> the wire.
 
-    python bench/bench_latency.py --trials 20 [--avatar default] [--model lite]
+    python -m bench.bench_latency --trials 20 [--avatar default] [--model lite]
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import time
 import aiohttp
 import numpy as np
 
-from common import speech_bench_parser, ROOT, start_server, summary_ms
+from bench.common import speech_bench_parser, ROOT, start_server, summary_ms
 
-import app as server_app  # noqa: E402
-from tests.rtc_client import ReceiverClient  # noqa: E402
-from tests.speech_helpers import VOICED_LEVEL, is_voiced, wait_voiced  # noqa: E402
+import app as server_app
+from tests.rtc_client import ReceiverClient
+from tests.speech_helpers import VOICED_LEVEL, is_voiced, wait_voiced
 
 SENTENCES = ["Hello, how are you today?", "The weather is lovely this morning.", "Let me tell you a story."]
 LONG_TEXT = "This is a long answer that goes on for a while so that we can interrupt it in the middle. " * 4

@@ -13,7 +13,7 @@
 (e) ASR real-time factor (tiny.en, this machine), and the delay user_end -> transcript when
     N sessions finish an utterance at the same moment.
 
-    python bench/bench_listen.py --trials 8 [--avatar default] [--sessions 1 2 4]
+    python -m bench.bench_listen --trials 8 [--avatar default] [--sessions 1 2 4]
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ import time
 import aiohttp
 import numpy as np
 
-from common import ROOT, speech_bench_parser, start_server, summary_ms
+from bench.common import ROOT, speech_bench_parser, start_server, summary_ms
 
-import app as server_app  # noqa: E402
-from listen.service import LISTEN_KEY  # noqa: E402
-from media import CHUNK_SAMPLES, AudioChunk  # noqa: E402
-from tests.llm_server import FakeLLMServer, Script  # noqa: E402
-from tests.rtc_client import ReceiverClient  # noqa: E402
-from tests.speech_helpers import channel_events, is_voiced, wait_voiced  # noqa: E402
-from tests.speech_sender import SpeechTrack, speak  # noqa: E402
+import app as server_app
+from listen.service import LISTEN_KEY
+from media import CHUNK_SAMPLES, AudioChunk
+from tests.llm_server import FakeLLMServer, Script
+from tests.rtc_client import ReceiverClient
+from tests.speech_helpers import channel_events, is_voiced, wait_voiced
+from tests.speech_sender import SpeechTrack, speak
 
 SENTENCES = ["Please tell me the weather for tomorrow morning.", "I would like to visit the museum on Sunday.",
              "The train leaves the station at seven o'clock."]

@@ -1,6 +1,6 @@
 """Lite engine benchmarks (CPU only, each run bounded to a few seconds).
 
-    python bench/bench_lite.py            # all; results go to bench/RESULTS-lite.md by hand
+    python -m bench.bench_lite            # all; results go to bench/RESULTS-lite.md by hand
 
 1. genavatar: frames/s for a video (face detection + landmarks + masks + PNG writes)
 2. lite compose: ms per spoken frame at the default avatar size (512x512) and at 720p,
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import threading
 import time
@@ -23,20 +22,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiortc.codecs.vpx import Vp8Encoder  # noqa: E402
+from aiortc.codecs.vpx import Vp8Encoder
 
-from avatar import load_avatar  # noqa: E402
-from basereal import EngineConfig, to_video_frame  # noqa: E402
-from genavatar import PrepareOptions, build_avatar, default_photo  # noqa: E402
-from basereal import FrameWork  # noqa: E402
-from litereal import LiteReal, avatar_rigs  # noqa: E402
-from lipshape import MouthShaper  # noqa: E402
-from media import AudioChunk  # noqa: E402
-from render_sentence import TAIL_FRAMES, run_engine, speech_chunks, synthesize_labelled  # noqa: E402
-from visemeaudio import MODEL_PATH, AudioVisemes, VisemeNetwork  # noqa: E402
-from visemes import LabelledAudio, MouthShape  # noqa: E402
+from avatars.store import load_avatar
+from basereal import EngineConfig, to_video_frame
+from genavatar import PrepareOptions, build_avatar, default_photo
+from basereal import FrameWork
+from litereal import LiteReal, avatar_rigs
+from lite.lipshape import MouthShaper
+from media import AudioChunk
+from tools.render_sentence import TAIL_FRAMES, run_engine, speech_chunks, synthesize_labelled
+from lite.visemeaudio import MODEL_PATH, AudioVisemes, VisemeNetwork
+from speech.visemes import LabelledAudio, MouthShape
 
 FPS = 25
 

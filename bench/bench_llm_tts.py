@@ -4,27 +4,25 @@ The services pace their output like a real one (tokens every 20 ms; MP3/PCM in
 pieces), so the figures show what the client side adds: how soon the first
 sentence / first audio is available compared with waiting for the whole reply.
 
-    python bench/bench_llm_tts.py
+    python -m bench.bench_llm_tts
 """
 
 from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import edge_tts.communicate  # noqa: E402
+import edge_tts.communicate
 
-from llm import Conversation, LLMClient, LLMSettings  # noqa: E402
-from sentences import SentenceAggregator  # noqa: E402
-from tests.llm_server import MODEL, FakeLLMServer, Script  # noqa: E402
-from tests.tts_servers import EDGE_RATE, PCM_RATE, FakeEdgeService, FakeSpeechServer, encode_mp3, pcm_s16, sine  # noqa: E402
-from tts.edge import EdgeTTS  # noqa: E402
-from tts.openai_speech import OpenAISpeechTTS  # noqa: E402
+from llm import Conversation, LLMClient, LLMSettings
+from speech.sentences import SentenceAggregator
+from tests.llm_server import MODEL, FakeLLMServer, Script
+from tests.tts_servers import EDGE_RATE, PCM_RATE, FakeEdgeService, FakeSpeechServer, encode_mp3, pcm_s16, sine
+from tts.edge import EdgeTTS
+from tts.openai_speech import OpenAISpeechTTS
 
 RUNS = 5
 TOKEN_DELAY_S = 0.02

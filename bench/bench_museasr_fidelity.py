@@ -11,7 +11,7 @@ compared per voiced frame (relative L2 error, median and p95) with:
 Random weights say nothing about lip-sync quality; they show how far each
 design's input is from what the model was trained on.
 
-    python bench/bench_museasr_fidelity.py
+    python -m bench.bench_museasr_fidelity
 """
 
 from __future__ import annotations
@@ -21,17 +21,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from media import CHUNK_SAMPLES, AudioChunk  # noqa: E402
-from museasr import MuseASR, batch_features, edge_indices, encode_windows, frame_indices, padded, slice_features  # noqa: E402,E501
-from musetalk.loader import MuseTalkModels  # noqa: E402
-from musetalk.unet import PositionalEncoding  # noqa: E402
-from musetalk.whisper import EncoderDims, LogMel, WhisperEncoder  # noqa: E402
+from media import CHUNK_SAMPLES, AudioChunk
+from museasr import MuseASR, batch_features, edge_indices, encode_windows, frame_indices, padded, slice_features,E501
+from musetalk.loader import MuseTalkModels
+from musetalk.unet import PositionalEncoding
+from musetalk.whisper import EncoderDims, LogMel, WhisperEncoder
 
 TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs."
 SHORT_CONTEXT = 10  # chunks each side in the former design

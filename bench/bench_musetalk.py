@@ -12,11 +12,11 @@ audio, their output drained at 25 fps like the wire: aggregate and
 per-session voiced fps, first voiced frame after the audio arrived, late
 frames, GPU memory per session. No WebRTC (VP8 encoding is CPU work).
 
-    python bench/bench_musetalk.py --device cpu --batch-sizes 1 4 --iters 2 --warmup 1   # CPU, part 1
-    python bench/bench_musetalk.py --device cpu --whisper-only --threads 1 --batch-sizes 1 8 32 --iters 5
-    python bench/bench_musetalk.py --gpu-suite          # one command, CUDA: every GPU figure of BENCHMARKS.md
-    python bench/bench_musetalk.py --device cuda --musetalk-compile reduce-overhead --sessions 1 2 4 8 16
-    python bench/bench_musetalk.py --smoke --sessions 1 2   # tiny models: checks the code path, numbers meaningless
+    python -m bench.bench_musetalk --device cpu --batch-sizes 1 4 --iters 2 --warmup 1   # CPU, part 1
+    python -m bench.bench_musetalk --device cpu --whisper-only --threads 1 --batch-sizes 1 8 32 --iters 5
+    python -m bench.bench_musetalk --gpu-suite          # one command, CUDA: every GPU figure of BENCHMARKS.md
+    python -m bench.bench_musetalk --device cuda --musetalk-compile reduce-overhead --sessions 1 2 4 8 16
+    python -m bench.bench_musetalk --smoke --sessions 1 2   # tiny models: checks the code path, numbers meaningless
 
 Anchors: MuseTalk reports 30 fps on a V100 (fp16, ~32 ms/frame); LiveTalking
 reports 72 fps for musetalk on an RTX 4090.
@@ -37,21 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from diffusers import AutoencoderKL  # noqa: E402
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
 
-from media import CHUNK_SAMPLES, AudioChunk  # noqa: E402
-from museasr import AudioWindow, encode_windows  # noqa: E402
-from musetalk.accel import accelerate  # noqa: E402
-from musetalk.loader import MuseTalkModels, place  # noqa: E402
-from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, add_arguments  # noqa: E402
-from musetalk.unet import OFFICIAL_UNET_CONFIG, PositionalEncoding, build_unet  # noqa: E402
-from musetalk.vae import OFFICIAL_VAE_CONFIG, decode_to_bgr  # noqa: E402
-from musetalk.whisper import EncoderDims, LogMel, WhisperEncoder  # noqa: E402
+from media import CHUNK_SAMPLES, AudioChunk
+from museasr import AudioWindow, encode_windows
+from musetalk.accel import accelerate
+from musetalk.loader import MuseTalkModels, place
+from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, add_arguments
+from musetalk.unet import OFFICIAL_UNET_CONFIG, PositionalEncoding, build_unet
+from musetalk.vae import OFFICIAL_VAE_CONFIG, decode_to_bgr
+from musetalk.whisper import EncoderDims, LogMel, WhisperEncoder
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SMOKE_UNET = {**OFFICIAL_UNET_CONFIG, "block_out_channels": [32, 64], "layers_per_block": 1, "sample_size": 32,
@@ -132,7 +130,7 @@ class SessionResult:
 
 def synthetic_avatar(folder: Path, frames: int = 8, size: int = 512):
     """An avatar folder (face data + random latents) in the real format, read back by load_avatar."""
-    from avatar import load_avatar
+    from avatars.store import load_avatar
     from genavatar import FaceData, write_avatar
 
     rng = np.random.default_rng(1)

@@ -6,7 +6,7 @@ server's `start` event (sent when the first voiced chunk is handed to the
 transport, read over SSE) to the first loud audio frame decoded by a viewer
 behind the media server; the same measure on a direct WebRTC peer is the floor.
 
-    python bench/bench_ops.py --trials 8 --seconds 10
+    python -m bench.bench_ops --trials 8 --seconds 10
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ import aiohttp
 import av
 import numpy as np
 
-from common import ROOT, loopback_only, summary_ms
+from bench.common import ROOT, loopback_only, summary_ms
 from bench_sessions import cpu_seconds
 
-from tests.conftest import free_port  # noqa: E402
-from tests.nginx_process import NginxProcess  # noqa: E402
-from tests.rtc_client import ReceiverClient  # noqa: E402
-from tests.worker_process import WorkerProcess  # noqa: E402
-from tests.test_broadcast import rtmp_config  # noqa: E402
-from tests.turn_server import Coturn  # noqa: E402
-from tests.whip_server import TOKEN, WhipEndpoint  # noqa: E402
+from tests.conftest import free_port
+from tests.nginx_process import NginxProcess
+from tests.rtc_client import ReceiverClient
+from tests.worker_process import WorkerProcess
+from tests.test_broadcast import rtmp_config
+from tests.turn_server import Coturn
+from tests.whip_server import TOKEN, WhipEndpoint
 
 SPEECH = "Testing one two three."
 LOUD_PEAK = 1000  # int16 peak of a frame that carries speech

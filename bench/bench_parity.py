@@ -1,7 +1,7 @@
 """Costs of the LiveTalking-parity features: crossfade per frame, and recording a session.
 
-    python bench/bench_parity.py crossfade             # per-frame costs, in this process
-    python bench/bench_parity.py record --sessions 1 4 --seconds 10
+    python -m bench.bench_parity crossfade             # per-frame costs, in this process
+    python -m bench.bench_parity record --sessions 1 4 --seconds 10
 
 `record` runs the server as its own process (its CPU measured from /proc, as in
 bench_sessions.py) with N idle sessions received by loopback listeners, first
@@ -20,12 +20,12 @@ import time
 import aiohttp
 import numpy as np
 
-from common import ROOT, loopback_only
+from bench.common import ROOT, loopback_only
 
-from bench_sessions import cpu_seconds  # noqa: E402
-from tests.server_process import wait_up  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.rtc_client import ReceiverClient  # noqa: E402
+from bench_sessions import cpu_seconds
+from tests.server_process import wait_up
+from tests.conftest import free_port
+from tests.rtc_client import ReceiverClient
 
 
 def median_us(fn, repeat: int) -> float:

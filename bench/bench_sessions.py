@@ -3,7 +3,7 @@
 The server runs as its own process (so its CPU is measured alone, VP8/Opus
 encoding included); N aiortc clients in this process receive the streams.
 
-    python bench/bench_sessions.py --sessions 1 2 4 8 --seconds 10 [--speak]
+    python -m bench.bench_sessions --sessions 1 2 4 8 --seconds 10 [--speak]
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import time
 import aiohttp
 import numpy as np
 
-from common import ROOT, loopback_only, percentile
+from bench.common import ROOT, loopback_only, percentile
 
-from tests.conftest import free_port  # noqa: E402
-from tests.rtc_client import ReceiverClient  # noqa: E402
-from tests.server_process import wait_up  # noqa: E402
+from tests.conftest import free_port
+from tests.rtc_client import ReceiverClient
+from tests.server_process import wait_up
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 SPEECH = "I am talking so that the benchmark measures a speaking session, and I keep going for a while. " * 3

@@ -1,8 +1,8 @@
 """Issue #13's mouth measures, with dlib on frames the lite engine renders.
 
-    python bench/bench_visemes.py                      # espeak phonemes, the bundled astronaut
-    python bench/bench_visemes.py --audio-only         # the audio-only network instead
-    python bench/bench_visemes.py --avatar data/avatars/me
+    python -m bench.bench_visemes                      # espeak phonemes, the bundled astronaut
+    python -m bench.bench_visemes --audio-only         # the audio-only network instead
+    python -m bench.bench_visemes --avatar data/avatars/me
 
 Rounding (mouth width on "who, moon, blue" over "see, keep, tea"), the inner-lip gap at each
 closure of "mama mama mama mama" and the smallest of "lala lala lala lala" (over the largest),
@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from avatar import load_avatar  # noqa: E402
-from basereal import EngineConfig  # noqa: E402
-from facegeom import FaceLandmarker  # noqa: E402
-from genavatar import PrepareOptions, build_avatar, default_photo  # noqa: E402
-from litereal import LiteReal  # noqa: E402
-from media import CHUNK_SAMPLES  # noqa: E402
-from render_sentence import run_engine, synthesize_labelled  # noqa: E402
+from avatars.store import load_avatar
+from basereal import EngineConfig
+from avatars.facegeom import FaceLandmarker
+from genavatar import PrepareOptions, build_avatar, default_photo
+from litereal import LiteReal
+from media import CHUNK_SAMPLES
+from tools.render_sentence import run_engine, synthesize_labelled
 
 SENTENCE = "The quick brown fox jumps over the lazy dog. Please call me back tomorrow morning."
 LOUD_RMS = 0.02

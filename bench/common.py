@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import statistics
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import aioice.ice  # noqa: E402
+import aioice.ice
 
 
 def loopback_only() -> None:

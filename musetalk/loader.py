@@ -30,7 +30,7 @@ VAE_CONFIG = "config.json"
 VAE_WEIGHTS = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.safetensors")
 WHISPER_DIR = "whisper"
 FEATURE_LAYERS = 5  # whisper-tiny: embedding + 4 blocks
-HINT = "run `python download_models.py` or use --model lite"
+HINT = "run `python -m tools.download_models` or use --model lite"
 
 
 class WeightsError(Exception):
@@ -162,7 +162,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # truncated zip, pickle errors, foreign formats
         raise WeightsError(
             f"cannot read {path} ({type(exc).__name__}): the file is corrupt or incomplete: "
-            f"run `python download_models.py` again (it resumes) or use --model lite"
+            f"run `python -m tools.download_models` again (it resumes) or use --model lite"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a state dict of tensors: {HINT}")

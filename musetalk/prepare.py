@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from avatar import AvatarError, load_avatar
+from avatars.store import AvatarError, load_avatar
 from musetalk.loader import MuseTalkModels, WeightsError, load_models
 from musetalk.vae import CROP_SIZE, LATENT_SIZE, encode_for_unet
 

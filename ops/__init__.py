@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from httpapi import error
 from listen.service import LISTEN_KEY
-from security import public
+from server.security import public
 from ops import broadcast
 from ops.broadcast import BROADCAST_KEY, Broadcast, SessionBuilder, check_arguments
 from ops.drain import Drainer, serve

@@ -94,7 +94,7 @@ ASTRONAUT_LOOP_SECONDS = 2.0
 
 @pytest.fixture(scope="session")
 def landmarker():
-    from facegeom import FaceLandmarker
+    from avatars.facegeom import FaceLandmarker
 
     return FaceLandmarker()
 
@@ -102,7 +102,7 @@ def landmarker():
 @pytest.fixture(scope="session")
 def astronaut_build(tmp_path_factory, landmarker):
     """The bundled photo prepared at full size (512 px, a 2 s idle loop): (report, avatar)."""
-    from avatar import load_avatar
+    from avatars.store import load_avatar
     from genavatar import PrepareOptions, build_avatar, default_photo
 
     folder = tmp_path_factory.mktemp("astro") / "astro"

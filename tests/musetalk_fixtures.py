@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from avatar import CROP_BOXES_FILE, FACE_BOXES_FILE, LANDMARKS_FILE, MASKS_DIR, mask_path
+from avatars.store import CROP_BOXES_FILE, FACE_BOXES_FILE, LANDMARKS_FILE, MASKS_DIR, mask_path
 from genavatar import write_avatar
 from musetalk.unet import OFFICIAL_UNET_CONFIG, build_unet
 from musetalk.vae import OFFICIAL_VAE_CONFIG
@@ -178,7 +178,7 @@ def write_tiny_face_parser(models_dir: Path, label: int | None = None, seed: int
     (its last ConvBNReLU outputs a constant 1, and only that class's weights are
     positive): the mask pipeline then has a known answer. Otherwise random.
     """
-    from faceparse import BACKBONE_WEIGHTS, PARSER_DIR, PARSER_WEIGHTS, BiSeNet
+    from avatars.faceparse import BACKBONE_WEIGHTS, PARSER_DIR, PARSER_WEIGHTS, BiSeNet
 
     folder = models_dir / PARSER_DIR
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-import actions
+from stage import actions
 from tests.clip_helpers import BLUE, GREEN, RED, make_action_set, near
 from tests.conftest import TEST_AVATAR_SIZE, server_args, start_server
 from tests.rtc_client import ReceiverClient
@@ -187,7 +187,7 @@ def clip_frames_out(engine, count: int, timeout: float = 20.0) -> list[np.ndarra
 
 @pytest.mark.parametrize("lipsync", [True, False])
 def test_a_prepared_avatar_as_a_clip_is_lip_synced_by_the_lite_engine(data_dir, lipsync):
-    from avatar import AvatarStore
+    from avatars.store import AvatarStore
     from basereal import EngineConfig
     from litereal import LiteReal
     from scene import fit_frame
@@ -231,7 +231,7 @@ def test_a_prepared_avatar_as_a_clip_is_lip_synced_by_the_lite_engine(data_dir, 
 def test_musetalk_lip_syncs_a_clip_with_latents_and_shows_one_without_as_recorded(tmp_path_factory):
     import wave
 
-    from avatar import load_avatar
+    from avatars.store import load_avatar
     from basereal import EngineConfig
     from musereal import MuseReal, MuseTalkRuntime
     from musetalk.loader import load_models

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-import avatartasks
+from server import avatartasks
 from genavatar import default_photo
 from tests.conftest import server_args, start_server
 from tests.rtc_client import ReceiverClient
@@ -139,7 +139,7 @@ async def test_video_task_and_upload_limits(task_server, http):
     ({"avatar_id": "ok", "notifyurl": "http://169.254.169.254/"}, 400, "notifyurl is not supported"),
     ({"avatar_id": "ok", "bbox_shift": "lots"}, 400, "'bbox_shift' must be a number"),
     ({"avatar_id": "ok", "loop_seconds": "1000"}, 400, "'loop_seconds' must be between"),
-    ({"avatar_id": "ok", "model": "musetalk"}, 422, "download_models.py"),
+    ({"avatar_id": "ok", "model": "musetalk"}, 422, "tools.download_models"),
     ({"avatar_id": "testface"}, 409, "already exists"),
 ])
 async def test_bad_task_requests_are_refused(task_server, http, fields, status, words):

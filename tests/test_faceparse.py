@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from faceparse import BiSeNet, FaceParseError, load_face_parser, parser_weights
-from facemask import SKIN
+from avatars.faceparse import BiSeNet, FaceParseError, load_face_parser, parser_weights
+from avatars.facemask import SKIN
 from tests.musetalk_fixtures import TINY_PARSER_WIDTH, write_tiny_face_parser
 
 # Written out from face-parsing.PyTorch's module names (the layout of 79999_iter.pth), not derived from our model.
@@ -69,7 +69,7 @@ def test_a_known_parser_drives_the_mask(tmp_path, landmarker):
     fallback = build_avatar(tmp_path / "landmarks", PrepareOptions(loop_seconds=0.04, models_dir=tmp_path / "none",
                                                                    version="v1"),
                             image=default_photo(), source="astronaut", landmarker=landmarker)
-    from avatar import load_avatar
+    from avatars.store import load_avatar
 
     parsed, drawn = load_avatar(report.folder), load_avatar(fallback.folder)
     meta = json.loads((report.folder / "avatar.json").read_text())
@@ -98,8 +98,8 @@ def test_bad_checkpoints_say_what_to_do(tmp_path):
 
 
 def test_download_plan_fetches_the_face_parsing_files(tmp_path):
-    import download_models
-    from faceparse import BACKBONE_WEIGHTS, PARSER_DIR
+    from tools import download_models
+    from avatars.faceparse import BACKBONE_WEIGHTS, PARSER_DIR
 
     for version in ("v15", "v1"):
         planned = {item.path(tmp_path) for item in download_models.plan(version)}

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import genavatar
-from avatar import AvatarError, load_avatar
-from facegeom import FaceError, crop_box, face_box
+from avatars.store import AvatarError, load_avatar
+from avatars.facegeom import FaceError, crop_box, face_box
 from genavatar import PrepareOptions, build_avatar, default_photo
 
 from tests.conftest import ASTRONAUT_LOOP_SECONDS as LOOP_SECONDS

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from avatar import load_avatar
+from avatars.store import load_avatar
 from basereal import EngineConfig, ping_pong_index, to_video_frame
 from litereal import LiteReal
 from media import CHUNK_SAMPLES, AudioChunk
-from render_sentence import TAIL_FRAMES, run_engine, synthesize_labelled
+from tools.render_sentence import TAIL_FRAMES, run_engine, synthesize_labelled
 from tests.conftest import PHOTO_AVATAR_ID, TEST_AVATAR_ID
 from tests.rtc_client import ReceiverClient
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import genavatar
-import safepickle
-from avatar import AvatarError, AvatarStore, load_avatar
+from avatars import safepickle
+from avatars.store import AvatarError, AvatarStore, load_avatar
 from basereal import EngineConfig, FrameWork
 from litereal import LiteReal
-from ltavatar import LANDMARKS_CACHE, MUSETALK, WAV2LIP, livetalking_kind
+from avatars.livetalking import LANDMARKS_CACHE, MUSETALK, WAV2LIP, livetalking_kind
 from media import CHUNK_SAMPLES, AudioChunk
 from musereal import MuseReal, MuseTalkRuntime
 from musetalk.loader import load_models
@@ -194,8 +194,7 @@ def test_lite_computes_landmarks_once_and_caches_them(lt_env, monkeypatch):
     avatar = AvatarStore(data / "avatars").get(LT_WAV2LIP, landmarks=True)
     assert (folder / LANDMARKS_CACHE).is_file()
     assert np.abs(avatar.landmarks - source.landmarks).max() < 4.0  # dlib on the same frames
-    import facegeom
-
+    from avatars import facegeom
     def no_dlib(*_args, **_kwargs):
         raise AssertionError("landmarks were computed again instead of read from the cache")
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar import load_avatar
+from avatars.store import load_avatar
 from basereal import EngineConfig, ping_pong_index
 from genavatar import PrepareOptions, build_avatar
 from litereal import LiteReal
-from mouthbank import MOUTHS_FILE, MouthBank, MouthRetriever
-from render_sentence import TAIL_FRAMES, run_engine, synthesize_labelled
+from lite.mouthbank import MOUTHS_FILE, MouthBank, MouthRetriever
+from tools.render_sentence import TAIL_FRAMES, run_engine, synthesize_labelled
 from tests.test_lite import same_picture
 from tests.test_visemes import CLOSURES, FRAME_SAMPLES, frame_codes, runs
-from visemes import MouthShape, Viseme
+from speech.visemes import MouthShape, Viseme
 
 SPOKEN = "Who would move the blue moon? She sees me keep the tea. Mama made five warm pies, oh wow."
 

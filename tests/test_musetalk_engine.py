@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import genavatar
-from avatar import AvatarError, load_avatar
+from avatars.store import AvatarError, load_avatar
 from basereal import EngineConfig, FrameWork
 from media import CHUNK_SAMPLES, AudioChunk
 from museasr import MuseASR
@@ -307,7 +307,7 @@ def test_genavatar_musetalk_without_weights_says_what_to_run(tmp_path, caplog):
     argv = ["--default", "--avatar_id", "astro", "--model", "musetalk", "--loop_seconds", "0.2",
             "--data-dir", str(tmp_path), "--models-dir", str(tmp_path / "empty")]
     assert genavatar.main(argv) == 2
-    assert "download_models.py" in caplog.text
+    assert "tools.download_models" in caplog.text
     assert not (tmp_path / "avatars" / "astro").exists()  # nothing half-made goes live
 
 

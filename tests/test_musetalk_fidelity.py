@@ -87,7 +87,7 @@ def test_blend_mask_fades_to_half_at_the_face_box(astronaut_face, version):
 def test_mask_is_clipped_to_the_face_box_before_the_blur():
     """Parsing that calls the whole crop skin (what BiSeNet does on a big face): the mask still
     fades inside the face box instead of ending at full strength on its edge."""
-    from facemask import SKIN, PARSE_SIZE, blend_mask, region_from_labels
+    from avatars.facemask import SKIN, PARSE_SIZE, blend_mask, region_from_labels
 
     crop = np.array([0, 0, 300, 300])
     box = np.array([60, 40, 240, 260])
@@ -97,7 +97,7 @@ def test_mask_is_clipped_to_the_face_box_before_the_blur():
 
 
 def test_v1_and_v15_geometry_differ_as_in_musetalk(astronaut_face):
-    from facemask import LOWER_LIP, SKIN, parsing_mode_for, region_from_labels
+    from avatars.facemask import LOWER_LIP, SKIN, parsing_mode_for, region_from_labels
     from genavatar import PrepareOptions, face_geometry
 
     assert (parsing_mode_for("v1"), parsing_mode_for("v15")) == ("raw", "jaw")

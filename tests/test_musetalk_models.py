@@ -90,7 +90,7 @@ def test_missing_file_is_named(models_copy, relative):
         load_models(models_copy, "v15", device="cpu")
     message = str(info.value)
     folder, name = relative.split("/")
-    assert folder in message and "download_models.py" in message and "--model lite" in message
+    assert folder in message and "tools.download_models" in message and "--model lite" in message
     if folder != "musetalkV15" and folder != "sd-vae":
         assert name in message
 
@@ -111,7 +111,7 @@ def test_corrupt_file_is_named(models_copy, relative):
     version = "v1" if relative.endswith("tiny.pt") else "v15"
     with pytest.raises(WeightsError) as info:
         load_models(models_copy, version, device="cpu")
-    assert str(path.parent) in str(info.value) and "download_models.py" in str(info.value)
+    assert str(path.parent) in str(info.value) and "tools.download_models" in str(info.value)
 
 
 def test_wrong_unet_checkpoint_is_named(models_copy):
@@ -238,8 +238,7 @@ def test_mel_front_end():
 
 @pytest.mark.parametrize("version", ["v15", "v1"])
 def test_download_plan_writes_what_the_loader_reads(version, tmp_path):
-    import download_models
-
+    from tools import download_models
     planned = {item.path(tmp_path) for item in download_models.plan(version)}
     assert set(required_files(tmp_path, version)) <= planned
 

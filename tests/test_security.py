@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from security import AccessPolicy, RedactingAccessLogger
+from server.security import AccessPolicy, RedactingAccessLogger
 from tests.conftest import server_args, start_server
 from tests.rtc_client import ReceiverClient
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, keep_offers_on_loopback

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sentences import ASCII_ENDS, CLOSERS, HARD_ENDS, SentenceAggregator, join_sentences, speech_length
+from speech.sentences import ASCII_ENDS, CLOSERS, HARD_ENDS, SentenceAggregator, join_sentences, speech_length
 
 TRAILING = "".join(CLOSERS | HARD_ENDS | ASCII_ENDS)
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from basereal import EngineConfig
-from lipshape import MouthShaper
+from lite.lipshape import MouthShaper
 from litereal import LiteReal
 from media import CHUNK_SAMPLES, AudioChunk
-from render_sentence import TAIL_FRAMES, run_engine, speech_chunks, synthesize_labelled
+from tools.render_sentence import TAIL_FRAMES, run_engine, speech_chunks, synthesize_labelled
 from ttsreal import TTSWorker
-from visemeaudio import SpectralVisemes
-from visemes import CODE_SAMPLES, Viseme, classes_of_phoneme
+from lite.visemeaudio import SpectralVisemes
+from speech.visemes import CODE_SAMPLES, Viseme, classes_of_phoneme
 
 FRAME_SAMPLES = 2 * CHUNK_SAMPLES  # 25 fps
 ROUNDED_WORDS, SPREAD_WORDS = "who, moon, blue", "see, keep, tea"
@@ -180,8 +180,8 @@ def test_lips_press_shut_at_each_m_and_not_at_each_l(astronaut, landmarker, labe
 
 def test_the_shipped_network_reads_visemes_from_an_unseen_voice():
     """Held-out sentences (never trained on) in a voice the network never heard."""
-    from training.train_visemes import HELD_OUT_VOICE, SENTENCES, utterance_frames
-    from visemeaudio import MODEL_PATH, VisemeNetwork
+    from tools.train_visemes import HELD_OUT_VOICE, SENTENCES, utterance_frames
+    from lite.visemeaudio import MODEL_PATH, VisemeNetwork
 
     network = VisemeNetwork(MODEL_PATH)
     held_out = SENTENCES.read_text().splitlines()[-4:]
@@ -200,7 +200,7 @@ def test_brows_and_head_move_with_emphasis_and_rest_in_silence(astronaut):
     import cv2
 
     from litereal import avatar_rigs
-    from visemes import MouthShape
+    from speech.visemes import MouthShape
 
     track = []
     audio = synthesize_labelled("Stop! That is absolutely AMAZING!", "en-us")

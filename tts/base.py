@@ -9,7 +9,7 @@ import av
 import numpy as np
 
 from media import SAMPLE_RATE
-from visemes import LabelledAudio
+from speech.visemes import LabelledAudio
 
 
 class TTSError(Exception):

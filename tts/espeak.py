@@ -24,7 +24,7 @@ import numpy as np
 
 from media import SAMPLE_RATE
 from tts.base import Resampler, TTSBackend, TTSError
-from visemes import LabelledAudio, label_samples
+from speech.visemes import LabelledAudio, label_samples
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ frame's two (the lips move before the sound they shape), with the cepstral
 mean and the speech level tracked per session (so a voice or a microphone is
 normalised away as it is heard), fed to a small two-layer network.
 
-The network is trained here (training/train_visemes.py) on espeak-ng speech
+The network is trained here (tools/train_visemes.py) on espeak-ng speech
 labelled by espeak's own phoneme events, in several voices and rates; its
 weights ship as assets/viseme_mlp.npz (a few kB of numpy arrays, no torch at
 run time). Without that file, `SpectralVisemes` guesses from band energies.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from media import CHUNK_SAMPLES, SAMPLE_RATE
-from visemes import VISEME_COUNT, Viseme
+from speech.visemes import VISEME_COUNT, Viseme
 
 MODEL_PATH = Path(__file__).resolve().parent / "assets" / "viseme_mlp.npz"
 WINDOW = 512  # 32 ms analysis window centred on each 20 ms chunk

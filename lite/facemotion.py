@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facegeom import LEFT_EYE, RIGHT_EYE, face_axes, smoothstep
+from avatars.facegeom import LEFT_EYE, RIGHT_EYE, face_axes, smoothstep
 
 BROW_LIFT = 0.045  # at full emphasis, in eye distances
 BROWS = ((17, 18, 19, 20, 21), (22, 23, 24, 25, 26))

@@ -1,10 +1,10 @@
 """Train the audio-only viseme network (visemeaudio.py) on espeak-labelled speech.
 
-    python training/train_visemes.py                     # writes assets/viseme_mlp.npz
-    python training/train_visemes.py --out /tmp/m.npz --epochs 5
+    python -m tools.train_visemes                     # writes assets/viseme_mlp.npz
+    python -m tools.train_visemes --out /tmp/m.npz --epochs 5
 
 Data recipe (everything is generated here, offline): every sentence of
-training/viseme_sentences.txt is spoken by espeak-ng in each of VOICES at
+tools/viseme_sentences.txt is spoken by espeak-ng in each of VOICES at
 each of RATES words per minute. espeak's phoneme events label every sample
 with its viseme (visemes.label_samples), so each 40 ms video frame gets the
 share of each viseme in it as a soft target. Features are computed exactly as
@@ -26,16 +26,15 @@ import numpy as np
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from lipshape import viseme_weights  # noqa: E402
-from render_sentence import synthesize_labelled  # noqa: E402
-from visemeaudio import FEATURES, MODEL_PATH, CepstralStream  # noqa: E402
-from visemes import VISEME_COUNT, Viseme  # noqa: E402
+from lite.lipshape import viseme_weights
+from tools.render_sentence import synthesize_labelled
+from lite.visemeaudio import FEATURES, MODEL_PATH, CepstralStream
+from speech.visemes import VISEME_COUNT, Viseme
 
 logger = logging.getLogger("train_visemes")
 
-SENTENCES = ROOT / "training" / "viseme_sentences.txt"
+SENTENCES = Path(__file__).resolve().parent / "viseme_sentences.txt"
 VOICES = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us+f2", "en+m3", "en-us+f4", "en+f1",
           "en-us+m5", "en+f5")
 HELD_OUT_VOICE = "en-us+f3"

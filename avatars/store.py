@@ -94,7 +94,7 @@ class Avatar:
 
 def is_avatar_folder(folder: Path) -> bool:
     """A folder genavatar.py wrote, or one in LiveTalking's layout (their index file not a symlink)."""
-    from ltavatar import COORDS_FILE, livetalking_kind
+    from avatars.livetalking import COORDS_FILE, livetalking_kind
 
     meta = folder / METADATA_FILE
     if meta.is_file():
@@ -106,7 +106,7 @@ def load_avatar(folder: Path) -> Avatar:
     """Read an avatar folder written by genavatar.py or LiveTalking (blocking: call off the event loop)."""
     meta_file = folder / METADATA_FILE
     if not meta_file.is_file():
-        from ltavatar import livetalking_kind, load_livetalking
+        from avatars.livetalking import livetalking_kind, load_livetalking
 
         if livetalking_kind(folder) is not None:
             return load_livetalking(folder)
@@ -203,7 +203,7 @@ class AvatarStore:
                 raise AvatarError(f"unknown avatar {avatar_id!r} (available: {known})")
             avatar = load_avatar(folder)
             if landmarks and avatar.landmarks is None and str(avatar.metadata.get("format", "")).startswith("livetalking"):
-                from ltavatar import with_landmarks
+                from avatars.livetalking import with_landmarks
 
                 avatar = with_landmarks(avatar)
             with self._lock:

@@ -13,7 +13,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from avatar import AvatarError, AvatarStore, check_avatar_id
+from avatars.store import AvatarError, AvatarStore, check_avatar_id
 from httpapi import BadRequest, ok, read_json
 from session import Session
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import safepickle
-from avatar import Avatar, AvatarError
+from avatars import safepickle
+from avatars.store import Avatar, AvatarError
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def with_landmarks(avatar: Avatar, landmarker=None) -> Avatar:
     cache = folder / LANDMARKS_CACHE
     landmarks = _cached_landmarks(cache, fingerprint, avatar.frame_count)
     if landmarks is None:
-        from facegeom import FaceLandmarker
+        from avatars.facegeom import FaceLandmarker
 
         logger.info("avatar %s: finding face landmarks in %d frames (once; cached in %s)",
                     avatar.avatar_id, avatar.frame_count, cache.name)

@@ -31,7 +31,7 @@ import cv2
 from aiohttp import web
 
 import genavatar
-from avatar import AvatarError, AvatarStore, check_avatar_id
+from avatars.store import AvatarError, AvatarStore, check_avatar_id
 from httpapi import BadRequest, ok
 
 logger = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ class AvatarTaskManager:
 
     def _build(self, task: AvatarTask, task_input: TaskInput) -> genavatar.PrepareReport:
         if self._landmarker is None:
-            from facegeom import FaceLandmarker
+            from avatars.facegeom import FaceLandmarker
 
             self._landmarker = FaceLandmarker()
         out_dir = self.avatars.root / task.avatar_id
@@ -343,7 +343,7 @@ async def create_task(request: web.Request) -> web.Response:
             from engines import resolve_model
 
             if resolve_model("auto", manager.models_dir) != "musetalk":
-                raise BadRequest("model musetalk needs the MuseTalk weights: run `python download_models.py` "
+                raise BadRequest("model musetalk needs the MuseTalk weights: run `python -m tools.download_models` "
                                  "on the server, or use model lite", status=422)
         overwrite = fields.get("overwrite", "").lower() in ("1", "true", "yes")
         if manager.busy_with(avatar_id):

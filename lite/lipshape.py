@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from media import AudioChunk
-from visemes import SHAPE_TABLE, VISEME_COUNT, MouthShape, Viseme
+from speech.visemes import SHAPE_TABLE, VISEME_COUNT, MouthShape, Viseme
 
 SPEECH_RANGE_DB = 26.0  # loudness below (speech level - this) keeps the mouth closed
 INITIAL_LEVEL_DB = -18.0

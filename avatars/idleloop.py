@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from facegeom import JAW, face_axes, smoothstep
+from avatars.facegeom import JAW, face_axes, smoothstep
 
 HEAD_SHIFT_RATIO = 0.012  # head sway amplitude as a fraction of the face width
 HEAD_ROLL_DEG = 0.9

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facemask import PARSE_SIZE
+from avatars.facemask import PARSE_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def load_face_parser(models_dir: Path, device: str | torch.device = "cpu") -> Fa
     path = parser_weights(models_dir)
     if not path.is_file():
         return None
-    hint = "run `python download_models.py` again, or delete the file to use landmark masks"
+    hint = "run `python -m tools.download_models` again, or delete the file to use landmark masks"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or foreign files raise several types

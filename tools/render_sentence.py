@@ -1,7 +1,7 @@
 """Render a sentence with the lite engine to an mp4 (with sound) and a contact sheet.
 
     python genavatar.py --default
-    python render_sentence.py --text "Hello, I am a talking avatar." --out out/sentence.mp4
+    python -m tools.render_sentence --text "Hello, I am a talking avatar." --out out/sentence.mp4
 
 The engine runs exactly as in a live session (its render and compose
 threads, the same A/V bundles the WebRTC tracks would send); only the wire is
@@ -21,14 +21,14 @@ import av
 import cv2
 import numpy as np
 
-from avatar import AvatarError, load_avatar
+from avatars.store import AvatarError, load_avatar
 from basereal import BaseReal, EngineConfig
 from media import CHUNK_SAMPLES, SAMPLE_RATE, AudioChunk, AVBundle
-from visemes import LabelledAudio, Viseme, downsample_codes
+from speech.visemes import LabelledAudio, Viseme, downsample_codes
 
 logger = logging.getLogger("render_sentence")
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 TAIL_FRAMES = 12  # silence after the sentence, so the mouth is seen to close
 BUNDLE_TIMEOUT_S = 5.0
 FEED_AHEAD_FRAMES = 4

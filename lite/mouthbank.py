@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facegeom import LEFT_EYE, NOSE_TIP, RIGHT_EYE
+from avatars.facegeom import LEFT_EYE, NOSE_TIP, RIGHT_EYE
 
 logger = logging.getLogger(__name__)
 

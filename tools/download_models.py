@@ -1,8 +1,8 @@
 """Fetch MuseTalk's weights into models/ in the layout musetalk/loader.py reads.
 
-    python download_models.py                 # v1.5 (default): ~3.9 GB
-    python download_models.py --version v1    # v1.0 UNet + openai whisper tiny.pt
-    HF_ENDPOINT=https://hf-mirror.com python download_models.py   # through a mirror
+    python -m tools.download_models                 # v1.5 (default): ~3.9 GB
+    python -m tools.download_models --version v1    # v1.0 UNet + openai whisper tiny.pt
+    HF_ENDPOINT=https://hf-mirror.com python -m tools.download_models   # through a mirror
 
 Files come from the Hugging Face hub with huggingface_hub (progress bars,
 interrupted downloads resume where they stopped, HF_ENDPOINT picks a mirror).
@@ -27,12 +27,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from faceparse import BACKBONE_WEIGHTS, PARSER_DIR, PARSER_WEIGHTS
+from avatars.faceparse import BACKBONE_WEIGHTS, PARSER_DIR, PARSER_WEIGHTS
 from musetalk.loader import VAE_DIR, WHISPER_DIR
 
 logger = logging.getLogger("download_models")
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 MUSETALK_REPO = "TMElyralab/MuseTalk"
 VAE_REPO = "stabilityai/sd-vae-ft-mse"
 WHISPER_REPO = "openai/whisper-tiny"

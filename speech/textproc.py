@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from sentences import SentenceAggregator
+from speech.sentences import SentenceAggregator
 
 _CODE_BLOCK = re.compile(r"```.*?```", re.S)
 _INLINE_CODE = re.compile(r"`([^`]*)`")

@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 from aiohttp import web
 
-from audiofile import AudioDecodeError, decode_audio
-from avatar import METADATA_FILE, AvatarError, load_avatar
+from speech.audiofile import AudioDecodeError, decode_audio
+from avatars.store import METADATA_FILE, AvatarError, load_avatar
 from basereal import BaseReal
 from httpapi import BadRequest, ok, read_json
 from scene import DEFAULT_FADE_FRAMES, Clip

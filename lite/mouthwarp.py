@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 
 from blending import BlendPlan, paste_back
-from facemotion import FaceMotion
-from facegeom import JAW, MOUTH_LEFT, MOUTH_RIGHT, NOSE_TIP, CHIN, face_axes, smoothstep, to_face_coords
-from visemes import MouthShape
+from lite.facemotion import FaceMotion
+from avatars.facegeom import JAW, MOUTH_LEFT, MOUTH_RIGHT, NOSE_TIP, CHIN, face_axes, smoothstep, to_face_coords
+from speech.visemes import MouthShape
 
 JAW_DROP = 0.34  # jaw opening at jaw=1, in mouth half-widths
 LIP_PART = 0.22  # extra lip parting at lips=1

@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from httpapi import BadRequest
-from security import public
+from server.security import public
 
 
 def locate(root: Path, name: str) -> Path | None:
