@@ -29,7 +29,7 @@ import av
 import cv2
 import numpy as np
 
-from avatars.store import Avatar
+from avatars.format import Avatar
 from media import CHUNK_SAMPLES, AudioChunk, AVBundle, chunks_per_frame, float_to_s16
 from scene import Layer, Scene, fit_frame
 

@@ -7,6 +7,7 @@ parse failure (bad syntax, absurd nesting, a 5,000-digit number) is a 400.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -119,3 +120,16 @@ async def error_middleware(request: web.Request, handler):
     except Exception:
         logger.exception("%s %s failed", request.method, request.path)
         return error(500, "internal server error (see the server log)")
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of the flags that are durations."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--body-timeout", dest="body_timeout", type=positive_seconds, default=BODY_READ_TIMEOUT_S,
+                        metavar="SECONDS", help="a request body (JSON) must arrive within this time (408 otherwise)")

@@ -19,7 +19,7 @@ import threading
 
 import numpy as np
 
-from avatars.store import Avatar
+from avatars.format import Avatar
 from basereal import BaseReal, EngineConfig, FrameWork
 from lite.lipshape import MouthShaper
 from lite.mouthbank import MouthBank, MouthRetriever

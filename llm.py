@@ -12,6 +12,7 @@ All methods run on the event loop; one reply at a time per conversation.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import enum
@@ -344,3 +345,18 @@ class Conversation:
                 turn.interrupted = True
         for reader in self._readers:
             reader.cancel()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--llm-base-url", dest="llm_base_url", default=None,
+                        help="OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM, DashScope...); key from "
+                             "OPENAI_API_KEY or DASHSCOPE_API_KEY")
+    parser.add_argument("--llm-model", dest="llm_model", default=None)
+    parser.add_argument("--llm-system-prompt", dest="llm_system_prompt", default=None,
+                        help="system prompt text, or a path to a .txt/.md file holding it")
+
+
+def settings_from_args(args: argparse.Namespace) -> LLMSettings:
+    settings = LLMSettings.from_args(args.llm_base_url, args.llm_model, args.llm_system_prompt)
+    logger.info("chat: %s", settings.problem() or f"{settings.model} at {settings.base_url}")
+    return settings

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avatars.store import Avatar, AvatarError
+from avatars.format import Avatar, AvatarError
 from basereal import BaseReal, EngineConfig, FrameWork
 from blending import BlendPlan, paste_back
 from museasr import MuseASR, edge_mode_for

@@ -21,7 +21,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from avatars.store import Avatar
+from avatars.format import Avatar, read_only
 from media import CHUNK_SAMPLES
 
 DEFAULT_FADE_FRAMES = 5
@@ -85,7 +85,7 @@ class Clip:
         with self._lock:
             scaled = self._scaled.get(size)
             if scaled is None:
-                scaled = tuple(_read_only(fit_frame(f, size).copy()) for f in self.frames)
+                scaled = tuple(read_only(fit_frame(f, size).copy()) for f in self.frames)
                 self._scaled[size] = scaled
             return scaled
 
@@ -104,10 +104,6 @@ class Clip:
             out[:piece.size] = piece
         return out.reshape(chunks_per_frame, CHUNK_SAMPLES)
 
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    array.setflags(write=False)
-    return array
 
 
 def loop_index(step: int, count: int) -> int:

@@ -27,7 +27,7 @@ from tts.base import TTSBackend
 from webrtc import HumanPlayer
 
 if TYPE_CHECKING:
-    from ops.metrics import SessionProbe
+    from observers import SessionObserver
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Session:
         llm: LLMClient,
         budget: SpeechBudget | None = None,
         client: str = "unknown",
-        probe: "SessionProbe | None" = None,
+        probe: "SessionObserver | None" = None,
     ):
         self.id = session_id
         self.tag = session_id[:8]  # what the log shows: enough to follow a session, not to drive it

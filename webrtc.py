@@ -25,7 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from media import CHUNK_SAMPLES, SAMPLE_RATE, VIDEO_CLOCK_RATE, AVBundle, SpeechEvent, chunks_per_frame
 
 if TYPE_CHECKING:
-    from ops.metrics import SessionProbe
+    from observers import SessionObserver
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class PlayerStreamTrack(MediaStreamTrack):
             frame.pts = index * (VIDEO_CLOCK_RATE // player.clock.fps)
             frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
             if player.probe is not None:
-                player.probe.video_sent(bundle, player.stats)
+                player.probe.video_sent(bundle, player.stats.late_ticks)
         else:
             per_tick = player.chunks_per_frame
             index = await self._wait_for(self._next, per_tick)
@@ -221,7 +221,7 @@ class HumanPlayer:
         current_epoch: Callable[[], int],
         filler: Callable[[av.VideoFrame | None], AVBundle],
         on_playout: Callable[[SpeechEvent], None] | None = None,
-        probe: "SessionProbe | None" = None,
+        probe: "SessionObserver | None" = None,
     ):
         self.probe = probe  # times the stages that end on the wire (metrics)
         self.clock = SessionClock(fps)

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from avatars.store import AvatarError
+from avatars.format import AvatarError
 
 logger = logging.getLogger(__name__)
 

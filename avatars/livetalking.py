@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 
 from avatars import safepickle
-from avatars.store import Avatar, AvatarError
+from avatars.format import Avatar, AvatarError, read_only
+from avatars.tracking import face_geometry, track_faces
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +128,6 @@ def fit_mask(mask: np.ndarray, crop: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _read_only(array: np.ndarray) -> np.ndarray:
-    array.setflags(write=False)
-    return array
-
-
 def load_livetalking(folder: Path) -> Avatar:
     """Read a LiveTalking avatar folder (blocking: call off the event loop)."""
     kind = livetalking_kind(folder)
@@ -152,15 +148,15 @@ def load_livetalking(folder: Path) -> Avatar:
         mask_images = read_images(numbered_images(folder / MASK_DIR), cv2.IMREAD_GRAYSCALE)
         if len(mask_images) != count:
             raise AvatarError(f"{folder / MASK_DIR} has {len(mask_images)} masks for {count} frames")
-        masks = tuple(_read_only(fit_mask(mask, crop)) for mask, crop in zip(mask_images, crop_boxes))
-        crop_boxes = _read_only(crop_boxes)
+        masks = tuple(read_only(fit_mask(mask, crop)) for mask, crop in zip(mask_images, crop_boxes))
+        crop_boxes = read_only(crop_boxes)
     height, width = frames[0].shape[:2]
     metadata = {**read_info(folder), "format": kind, "frame_count": count, "width": width, "height": height,
                 "fps": 25, "faceless_frames": missing.tolist(), "has_face_data": kind == MUSETALK}
     logger.info("loaded LiveTalking %s avatar %s: %d frames %dx%d", kind.split("-")[1], folder.name, count,
                 width, height)
-    return Avatar(avatar_id=folder.name, folder=folder, metadata=metadata, frames=_read_only(np.stack(frames)),
-                  face_boxes=_read_only(boxes), crop_boxes=crop_boxes, masks=masks)
+    return Avatar(avatar_id=folder.name, folder=folder, metadata=metadata, frames=read_only(np.stack(frames)),
+                  face_boxes=read_only(boxes), crop_boxes=crop_boxes, masks=masks)
 
 
 def _fingerprint(folder: Path) -> str:
@@ -200,8 +196,6 @@ def with_landmarks(avatar: Avatar, landmarker=None) -> Avatar:
     Landmarks are computed once with dlib (progress shown) and cached in
     <folder>/lite_landmarks.npz, keyed by the frame files; later loads read the cache.
     """
-    from genavatar import PrepareOptions, face_geometry, track_faces
-
     folder = avatar.folder
     fingerprint = _fingerprint(folder)
     cache = folder / LANDMARKS_CACHE
@@ -213,7 +207,7 @@ def with_landmarks(avatar: Avatar, landmarker=None) -> Avatar:
                     avatar.avatar_id, avatar.frame_count, cache.name)
         landmarks, _ = track_faces(list(avatar.frames), landmarker or FaceLandmarker(), str(folder))
         _save_landmarks(cache, fingerprint, landmarks)
-    face = face_geometry(list(avatar.frames), landmarks, PrepareOptions())
+    face = face_geometry(list(avatar.frames), landmarks)
     return Avatar(avatar_id=avatar.avatar_id, folder=folder, metadata={**avatar.metadata, "has_face_data": True},
-                  frames=avatar.frames, landmarks=_read_only(face.landmarks), face_boxes=_read_only(face.face_boxes),
-                  crop_boxes=_read_only(face.crop_boxes), masks=tuple(_read_only(m) for m in face.masks))
+                  frames=avatar.frames, landmarks=read_only(face.landmarks), face_boxes=read_only(face.face_boxes),
+                  crop_boxes=read_only(face.crop_boxes), masks=tuple(read_only(m) for m in face.masks))

@@ -18,7 +18,7 @@ import aiohttp
 
 from bench.common import loopback_only
 
-from genavatar import write_avatar
+from avatars.prepare import write_avatar
 from tests.attacks import (
     Attacker, ScriptedSpeechServer, json_head, multipart_upload, raw_request, silent_flac, wav_declaring,
 )

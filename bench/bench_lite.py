@@ -27,7 +27,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 
 from avatars.store import load_avatar
 from basereal import EngineConfig, to_video_frame
-from genavatar import PrepareOptions, build_avatar, default_photo
+from avatars.prepare import PrepareOptions, build_avatar, default_photo
 from basereal import FrameWork
 from litereal import LiteReal, avatar_rigs
 from lite.lipshape import MouthShaper

@@ -131,7 +131,8 @@ class SessionResult:
 def synthetic_avatar(folder: Path, frames: int = 8, size: int = 512):
     """An avatar folder (face data + random latents) in the real format, read back by load_avatar."""
     from avatars.store import load_avatar
-    from genavatar import FaceData, write_avatar
+    from avatars.tracking import FaceData
+    from avatars.prepare import write_avatar
 
     rng = np.random.default_rng(1)
     images = [rng.integers(60, 200, (size, size, 3), dtype=np.uint8) for _ in range(frames)]

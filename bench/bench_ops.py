@@ -237,9 +237,9 @@ async def relay_client(http, url: str, turn_url: str | None) -> ReceiverClient:
     """A listener whose offer carries only relay candidates when `turn_url` is given."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    import app as server_app
+    from server.offer import parse_ice_server
 
-    servers = [server_app.parse_ice_server(turn_url)] if turn_url else []
+    servers = [parse_ice_server(turn_url)] if turn_url else []
     client = ReceiverClient(url, keep_video=False, pc=RTCPeerConnection(RTCConfiguration(iceServers=servers)))
     client.pc.addTransceiver("video", direction="recvonly")
     client.pc.addTransceiver("audio", direction="recvonly")

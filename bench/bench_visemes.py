@@ -22,7 +22,7 @@ import numpy as np
 from avatars.store import load_avatar
 from basereal import EngineConfig
 from avatars.facegeom import FaceLandmarker
-from genavatar import PrepareOptions, build_avatar, default_photo
+from avatars.prepare import PrepareOptions, build_avatar, default_photo
 from litereal import LiteReal
 from media import CHUNK_SAMPLES
 from tools.render_sentence import run_engine, synthesize_labelled

@@ -8,6 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 import aioice.ice
+from aiohttp import web
 
 
 def loopback_only() -> None:
@@ -34,10 +35,10 @@ async def start_server(*flags: str):
 
     loopback_only()
     application = server_app.create_app(server_app.build_parser().parse_args(list(flags)))
-    runner = server_app.web.AppRunner(application)
+    runner = web.AppRunner(application)
     await runner.setup()
     port = free_port()
-    await server_app.web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     return application, runner, f"http://127.0.0.1:{port}"
 
 

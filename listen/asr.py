@@ -19,7 +19,6 @@ import time
 import wave
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np

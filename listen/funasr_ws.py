@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from aiohttp import WSMsgType, web
@@ -22,7 +22,7 @@ from listen.settings import MAX_UTTERANCE_S
 from media import SAMPLE_RATE
 
 if TYPE_CHECKING:
-    from listen.service import ListenService
+    from listen.asr import ASRWorker
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def text_field(config: dict, key: str, default: str) -> str:
     return value[:64] if isinstance(value, str) else default
 
 
-async def transcribe(service: "ListenService", audio: np.ndarray) -> str:
+async def transcribe(asr_worker: Callable[[], "ASRWorker"], audio: np.ndarray) -> str:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[str] = loop.create_future()
 
@@ -68,12 +68,12 @@ async def transcribe(service: "ListenService", audio: np.ndarray) -> str:
         else:
             done.set_result(result)
 
-    service.asr_worker().submit(audio, lambda text: loop.call_soon_threadsafe(settle, text, False),
+    asr_worker().submit(audio, lambda text: loop.call_soon_threadsafe(settle, text, False),
                                 lambda message: loop.call_soon_threadsafe(settle, message, True))
     return await asyncio.wait_for(done, TRANSCRIBE_TIMEOUT_S)
 
 
-async def funasr_socket(request: web.Request, service: "ListenService") -> web.WebSocketResponse:
+async def funasr_socket(request: web.Request, asr_worker: Callable[[], "ASRWorker"]) -> web.WebSocketResponse:
     socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=HEARTBEAT_S)
     await socket.prepare(request)
     utterance: Utterance | None = None
@@ -101,15 +101,15 @@ async def funasr_socket(request: web.Request, service: "ListenService") -> web.W
         audio = finished.audio()
         if audio.size:
             try:
-                reply["text"] = await transcribe(service, audio)
+                reply["text"] = await transcribe(asr_worker, audio)
             except (ASRBusy, RuntimeError, asyncio.TimeoutError) as exc:
                 reply["error"] = str(exc) or "speech recognition timed out"
         await socket.send_json(reply)
     return socket
 
 
-def register(app: web.Application, service: "ListenService") -> None:
+def register(app: web.Application, asr_worker: Callable[[], "ASRWorker"]) -> None:
     async def handler(request: web.Request) -> web.WebSocketResponse:
-        return await funasr_socket(request, service)
+        return await funasr_socket(request, asr_worker)
 
     app.router.add_get("/api/asr", handler)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -29,10 +29,23 @@ from listen.vad import VADStream
 from ttsreal import QueueFull
 
 if TYPE_CHECKING:
-    from listen.service import ListenService
+    from listen.asr import ASRWorker
+    from listen.settings import ListenSettings
+    from listen.vad import SileroModel
     from session import Session
 
 logger = logging.getLogger(__name__)
+
+class ListenResources(Protocol):
+    """What a session's listening needs from the process (listen.service.ListenService provides it)."""
+
+    settings: "ListenSettings"
+    chat_problem: Callable[[], str | None]
+
+    async def vad_model(self) -> "SileroModel": ...
+
+    def asr_worker(self) -> "ASRWorker": ...
+
 
 TURN_MODES = ("chat", "echo")  # the modes that detect turns and answer them
 
@@ -53,7 +66,7 @@ class Speculation:
 class SessionListening:
     """Everything one session does with the user's media; `close()` releases it."""
 
-    def __init__(self, service: "ListenService", session: "Session", mode: str):
+    def __init__(self, service: "ListenResources", session: "Session", mode: str):
         self.service = service
         self.session = session
         self.mode = mode

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any, Callable
 from aiohttp import web
 
 from httpapi import BadRequest, ok, read_json
-from listen import funasr_ws
+from listen.funasr_ws import register as register_funasr_socket
 from listen.asr import ASRWorker, create_backend
 from listen.router import SessionListening
 from listen.settings import LISTEN_MODES, ListenConfigError, ListenSettings
 from listen.vad import SileroModel
 
 if TYPE_CHECKING:
+    from server.context import ServerContext
     from session import Session
 
 logger = logging.getLogger(__name__)
@@ -79,13 +80,14 @@ class ListenService:
 LISTEN_KEY = web.AppKey("listen", ListenService)
 
 
-def register(app: web.Application, settings: ListenSettings, chat_problem: Callable[[], str | None],
-             session_from: Callable[[dict], "Session"]) -> ListenService:
-    """Create the server's ListenService and its routes; `session_from` resolves a body's sessionid."""
+def register(app: web.Application, ctx: "ServerContext") -> None:
+    """Create the server's ListenService (from the flags) and its routes."""
+    settings = ListenSettings.from_args(ctx.args)
     problem = settings.problem()
     if problem:
         raise ListenConfigError(problem)
-    service = ListenService(settings, chat_problem)
+    service = ListenService(settings, ctx.llm.settings.problem)
+    session_from = ctx.session_from
     app[LISTEN_KEY] = service
 
     async def switch_mode(request: web.Request) -> web.Response:
@@ -109,10 +111,9 @@ def register(app: web.Application, settings: ListenSettings, chat_problem: Calla
         await service.close()
 
     app.router.add_post("/listen", switch_mode)
-    funasr_ws.register(app, service)
+    register_funasr_socket(app, service.asr_worker)
     app.on_startup.append(preload)
     app.on_cleanup.append(shutdown)
-    return service
 
 
 def attach(app: web.Application, session: "Session", mode: str) -> SessionListening:

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from avatars.store import AvatarError, load_avatar
+from avatars.format import AvatarError
+
+from avatars.store import load_avatar
 from musetalk.loader import MuseTalkModels, WeightsError, load_models
 from musetalk.vae import CROP_SIZE, LATENT_SIZE, encode_for_unet
 

@@ -18,13 +18,14 @@ from httpapi import error
 from listen.service import LISTEN_KEY
 from server.security import public
 from ops import broadcast
-from ops.broadcast import BROADCAST_KEY, Broadcast, SessionBuilder, check_arguments
+from ops.broadcast import BROADCAST_KEY, Broadcast, check_arguments
 from ops.drain import Drainer, serve
 from ops.health import LIFECYCLE_KEY, Lifecycle, drain_middleware, health_routes
 from ops.metrics import bearer_matches, route_name
+from server.offer import build_session
 
 if TYPE_CHECKING:
-    from app import ServerContext
+    from server.context import ServerContext
 
 __all__ = ["add_arguments", "check_arguments", "register", "run"]
 
@@ -49,8 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     broadcast.add_arguments(group)
 
 
-def register(app: web.Application, ctx: "ServerContext",
-             build_session: SessionBuilder) -> None:
+def register(app: web.Application, ctx: "ServerContext") -> None:
     """/metrics, /healthz, /readyz, the middlewares that count responses and refuse offers while draining,
     and the pushed session of --transport rtmp/whip."""
     lifecycle = Lifecycle()

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 if TYPE_CHECKING:
-    from app import ServerContext
+    from server.context import ServerContext
     from session import Session
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ def push_session_id(text: str) -> str:
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--transport", choices=TRANSPORTS, default="webrtc",
+                       help="rtmp/whip: also push one session (id --push-session-id) to --push-url")
     group.add_argument("--push-url", dest="push_url", default=None,
                        help="where --transport rtmp/whip pushes: rtmp://HOST/APP/STREAM or http(s)://HOST/.../whip")
     group.add_argument("--push-session-id", dest="push_session_id", type=push_session_id,

@@ -23,7 +23,6 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:  # imported for type hints only: app imports this module
     from media import AVBundle
     from session import Session
-    from webrtc import StreamStats
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class SessionProbe:
+class SessionProbe:  # an observers.SessionObserver
     """Watches one session's wire to time the stages that end there.
 
     Called on the event loop only (track recv(), HTTP handlers, event hub).
@@ -130,11 +129,11 @@ class SessionProbe:
         if self._in_speech:
             self._interrupt = (time.perf_counter(), epoch)
 
-    def video_sent(self, bundle: "AVBundle", stats: "StreamStats") -> None:
+    def video_sent(self, bundle: "AVBundle", late_ticks: int) -> None:
         self._metrics.frames_sent.inc()
-        if stats.late_ticks > self._late_seen:
-            self._metrics.late_ticks.inc(stats.late_ticks - self._late_seen)
-            self._late_seen = stats.late_ticks
+        if late_ticks > self._late_seen:
+            self._metrics.late_ticks.inc(late_ticks - self._late_seen)
+            self._late_seen = late_ticks
         self._in_speech = bundle.speech
         if bundle.speech and self._text_at is not None:
             self._metrics.text_to_voice.observe(time.perf_counter() - self._text_at)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from httpapi import ok
-from session import SessionRegistry
+if TYPE_CHECKING:
+    from server.context import ServerContext
 
 SECRET_WORDS = ("token", "key", "secret", "password", "credential")
 REDACTED = "***"
@@ -40,8 +42,9 @@ def public_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def register_routes(app: web.Application, args: argparse.Namespace, sessions: SessionRegistry) -> None:
-    if not getattr(args, "auth_token", None):
+def register(app: web.Application, ctx: "ServerContext") -> None:
+    args, sessions = ctx.args, ctx.sessions
+    if not args.auth_token:
         return
 
     async def admin_config(_request: web.Request) -> web.Response:

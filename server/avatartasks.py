@@ -25,14 +25,20 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import cv2
 from aiohttp import web
 
-import genavatar
-from avatars.store import AvatarError, AvatarStore, check_avatar_id
+from avatars import prepare as preparation
+from avatars.format import AvatarError, check_avatar_id
+from avatars.store import AvatarStore
+from avatars.tracking import Progress
 from httpapi import BadRequest, ok
+
+if TYPE_CHECKING:
+    from server.context import ServerContext
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +89,7 @@ class AvatarTask:
 @dataclass(frozen=True)
 class TaskInput:
     upload: Path
-    options: genavatar.PrepareOptions
+    options: preparation.PrepareOptions
     overwrite: bool
 
 
@@ -204,7 +210,7 @@ class AvatarTaskManager:
                 task.message, task.progress = message, 100.0
         logger.info("avatar task %s (%s): %s: %s", task.task_id, task.avatar_id, status, message)
 
-    def _build(self, task: AvatarTask, task_input: TaskInput) -> genavatar.PrepareReport:
+    def _build(self, task: AvatarTask, task_input: TaskInput) -> preparation.PrepareReport:
         if self._landmarker is None:
             from avatars.facegeom import FaceLandmarker
 
@@ -218,15 +224,15 @@ class AvatarTaskManager:
                 raise AvatarError("the server is shutting down: submit the task again")
             task.progress = percent
 
-        progress = genavatar.Progress(report)
+        progress = Progress(report)
         options = task_input.options
         source = f"upload ({task.kind})"
         if task.kind == "photo":
-            image = genavatar.read_image(task_input.upload)
-            return genavatar.build_avatar(out_dir, options, image=image, source=source,
+            image = preparation.read_image(task_input.upload)
+            return preparation.build_avatar(out_dir, options, image=image, source=source,
                                           landmarker=self._landmarker, progress=progress)
-        frames = genavatar.read_video(task_input.upload, options.fps, options.max_frames)
-        return genavatar.build_avatar(out_dir, options, frames=frames, source=source, landmarker=self._landmarker,
+        frames = preparation.read_video(task_input.upload, options.fps, options.max_frames)
+        return preparation.build_avatar(out_dir, options, frames=frames, source=source, landmarker=self._landmarker,
                                       progress=progress)
 
 
@@ -303,7 +309,7 @@ async def read_upload(request: web.Request, dest_dir: Path, limit_bytes: int) ->
     return fields, saved, suffix
 
 
-def parse_options(fields: dict[str, str], models_dir: Path, fps: int) -> tuple[str, genavatar.PrepareOptions]:
+def parse_options(fields: dict[str, str], models_dir: Path, fps: int) -> tuple[str, preparation.PrepareOptions]:
     model = MODEL_ALIASES.get(fields.get("model", "lite") or "lite")
     if model is None:
         raise BadRequest(f"'model' must be one of {', '.join(MODEL_ALIASES)}")
@@ -321,7 +327,7 @@ def parse_options(fields: dict[str, str], models_dir: Path, fps: int) -> tuple[s
         if not low <= value <= high:
             raise BadRequest(f"'{name}' must be between {low} and {high}")
         values[name] = value
-    return model, genavatar.PrepareOptions(model=model, models_dir=models_dir, fps=fps, **values)
+    return model, preparation.PrepareOptions(model=model, models_dir=models_dir, fps=fps, **values)
 
 
 def manager_of(request: web.Request) -> AvatarTaskManager:
@@ -361,7 +367,7 @@ async def create_task(request: web.Request) -> web.Response:
                     raise BadRequest(f"video is {seconds:.1f} s long, over the {limits.avatar_max_seconds:g} s "
                                      f"limit: trim it", status=413)
                 cap = int(limits.avatar_max_seconds * limits.fps)
-                options = genavatar.PrepareOptions(**{**asdict(options), "max_frames": min(options.max_frames or cap, cap)})
+                options = preparation.PrepareOptions(**{**asdict(options), "max_frames": min(options.max_frames or cap, cap)})
         except AvatarError as exc:
             raise BadRequest(str(exc), status=415) from None
         task = AvatarTask(task_id=uuid.uuid4().hex[:16], avatar_id=avatar_id, model=model, kind=kind)
@@ -416,9 +422,10 @@ async def preview(request: web.Request) -> web.Response:
                         headers={"X-Frame-Count": str(count), "Cache-Control": "max-age=60"})
 
 
-def setup(app: web.Application, args: argparse.Namespace, avatars: AvatarStore) -> None:
+def register(app: web.Application, ctx: "ServerContext") -> None:
     """Add the avatar task routes and run the worker with the app."""
-    manager = AvatarTaskManager(avatars, args.data_dir, args.models_dir)
+    args = ctx.args
+    manager = AvatarTaskManager(ctx.avatars, args.data_dir, args.models_dir)
     app[MANAGER_KEY] = manager
     app[LIMITS_KEY] = args
     app.router.add_post("/api/avatar/task", create_task)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
 from httpapi import BadRequest
 from session import Session, TooManySubscribers
+
+if TYPE_CHECKING:
+    from server.context import ServerContext
 
 KEEPALIVE_S = 15.0
 POLL_S = 0.5  # how often an idle stream checks that its listener is still there
@@ -68,9 +71,16 @@ async def stream_events(request: web.Request, session: Session,
     return response
 
 
-def register_routes(app: web.Application, session_from: Callable[[dict], Session]) -> None:
+def register(app: web.Application, ctx: "ServerContext") -> None:
+    async def events(request: web.Request) -> web.StreamResponse:
+        """Server-sent events of one session: speech start/end at playout, errors, close."""
+        session = ctx.session_from({"sessionid": request.query.get("sessionid")})
+        return await stream_events(request, session, lambda event: event)
+
     async def sse(request: web.Request) -> web.StreamResponse:
-        session = session_from({"sessionid": request.query.get("sessionid")})
+        """The same events shaped as LiveTalking's /sse sends them."""
+        session = ctx.session_from({"sessionid": request.query.get("sessionid")})
         return await stream_events(request, session, livetalking_event)
 
+    app.router.add_get("/events", events)
     app.router.add_get("/sse", sse)

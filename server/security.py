@@ -10,6 +10,8 @@ open cannot drive a server on their machine.
 
 from __future__ import annotations
 
+import argparse
+import os
 import hashlib
 import hmac
 import ipaddress
@@ -133,3 +135,11 @@ class RedactingAccessLogger(AbstractAccessLogger):
                      for key, value in request.query.items()]
             path = f"{path}?{'&'.join(pairs)}"
         self.logger.info('%s "%s %s" %d %.3fs', request.remote, request.method, path[:300], response.status, time)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--auth-token", dest="auth_token", default=os.environ.get(AUTH_TOKEN_ENV),
+                        help=f"require 'Authorization: Bearer TOKEN' on the API (default: ${AUTH_TOKEN_ENV}); "
+                             "the page takes it from its URL: /#token=TOKEN")
+    parser.add_argument("--allow-origin", dest="allow_origins", action="append", default=[], metavar="ORIGIN",
+                        help="let pages from this origin call the API (CORS), repeatable; '*' allows any")

@@ -13,8 +13,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from httpapi import BadRequest
+from httpapi import BadRequest, ok
+from server.context import ServerContext, context_of
 from server.security import public
+
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 
 
 def locate(root: Path, name: str) -> Path | None:
@@ -23,8 +26,32 @@ def locate(root: Path, name: str) -> Path | None:
     return path if path.is_relative_to(root) and path.is_file() else None
 
 
-def register_routes(app: web.Application, web_dir: Path) -> None:
-    root = web_dir.resolve()
+@public
+async def client_config(request: web.Request) -> web.Response:
+    """What the page needs to connect: ICE servers and which engine runs."""
+    ctx = context_of(request)
+    ice = [{"urls": s.urls, **({"username": s.username, "credential": s.credential} if s.username else {})}
+           for s in ctx.args.ice_servers]
+    chat_problem = ctx.llm.settings.problem()
+    return ok(iceServers=ice, model=ctx.engines.model, fps=ctx.args.fps, auth=ctx.access.auth_token is not None,
+              avatar=ctx.args.avatar_id, avatars=ctx.avatars.available(),
+              chat=chat_problem is None, chat_problem=chat_problem)
+
+
+@public
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
+def register(app: web.Application, ctx: ServerContext) -> None:
+    """The page at /, /config, web/ at /web/<name> and at /<name> (a catch-all, registered last)."""
+    app.router.add_get("/", index)
+    app.router.add_get("/config", client_config)
+    app.router.add_static("/web", WEB_DIR)
+
+
+def register_catch_all(app: web.Application) -> None:
+    root = WEB_DIR.resolve()
 
     @public  # pages and scripts carry no secrets; the API calls they make need the token
     async def web_file(request: web.Request) -> web.FileResponse:

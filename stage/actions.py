@@ -18,17 +18,21 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from aiohttp import web
 
 from speech.audiofile import AudioDecodeError, decode_audio
-from avatars.store import METADATA_FILE, AvatarError, load_avatar
+from avatars.format import METADATA_FILE, AvatarError
+from avatars.store import load_avatar
 from basereal import BaseReal
 from httpapi import BadRequest, ok, read_json
 from scene import DEFAULT_FADE_FRAMES, Clip
+
+if TYPE_CHECKING:
+    from server.context import ServerContext
 
 logger = logging.getLogger(__name__)
 
@@ -252,8 +256,9 @@ async def offer_actions(request: web.Request, body: dict) -> dict[int, Clip] | N
         raise BadRequest(str(exc)) from None
 
 
-def register_routes(app: web.Application, args: argparse.Namespace, session_from: Callable[[dict], Any]) -> None:
+def register(app: web.Application, ctx: "ServerContext") -> None:
     """Load --customvideo_config (raises ActionConfigError) and add /set_audiotype."""
+    args = ctx.args
     library = ClipLibrary(args.data_dir, max(0, args.action_crossfade))
     if args.customvideo_config is not None:
         try:
@@ -266,7 +271,7 @@ def register_routes(app: web.Application, args: argparse.Namespace, session_from
     async def set_audiotype(request: web.Request) -> web.Response:
         """Play action `audiotype` to its end (1 or 0: back to idle now)."""
         body = await read_json(request)
-        session = session_from(body)
+        session = ctx.session_from(body)
         audiotype = body.get("audiotype")
         if isinstance(audiotype, str) and audiotype.isdecimal() and len(audiotype) <= 7:
             audiotype = int(audiotype)  # a number typed into a form may arrive as a string

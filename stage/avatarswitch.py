@@ -9,19 +9,22 @@ new avatar is scaled into it, letterboxed), so nothing is renegotiated.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from avatars.store import AvatarError, AvatarStore, check_avatar_id
+from avatars.format import AvatarError, check_avatar_id
 from httpapi import BadRequest, ok, read_json
-from session import Session
+if TYPE_CHECKING:
+    from server.context import ServerContext
 
 
-def register_routes(app: web.Application, avatars: AvatarStore, session_from: Callable[[dict], Session]) -> None:
+def register(app: web.Application, ctx: "ServerContext") -> None:
+    avatars = ctx.avatars
+
     async def set_avatar(request: web.Request) -> web.Response:
         body = await read_json(request)
-        session = session_from(body)
+        session = ctx.session_from(body)
         avatar_id = body.get("avatar")
         try:
             check_avatar_id(avatar_id)

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import av
 import numpy as np
@@ -28,6 +28,9 @@ from aiohttp import web
 
 from httpapi import BadRequest, ok, read_json
 from media import CHUNK_SAMPLES, SAMPLE_RATE, AVBundle
+
+if TYPE_CHECKING:
+    from server.context import ServerContext
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +244,9 @@ class Recordings:
 RECORDINGS_KEY = web.AppKey("recordings", Recordings)
 
 
-def register_routes(app: web.Application, args: argparse.Namespace, session_from: Callable[[dict], Any]) -> None:
+def register(app: web.Application, ctx: "ServerContext") -> None:
     """Add POST /record and GET /record/{sessionid}."""
+    args = ctx.args
     recordings = Recordings(Path(args.data_dir) / RECORD_DIR, args.record_max_seconds,
                             int(args.record_max_mb * 1024 * 1024))
     app[RECORDINGS_KEY] = recordings
@@ -250,7 +254,7 @@ def register_routes(app: web.Application, args: argparse.Namespace, session_from
     async def record(request: web.Request) -> web.Response:
         """`type: start_record` starts; `end_record` stops and waits for a playable file."""
         body = await read_json(request)
-        session = session_from(body)
+        session = ctx.session_from(body)
         kind = body.get("type")
         loop = asyncio.get_running_loop()
         if kind == "start_record":

@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 
 import app as server_app
-from genavatar import PrepareOptions, build_avatar, default_photo, write_avatar
+from avatars.prepare import PrepareOptions, build_avatar, default_photo, write_avatar
+from server.context import ServerContext
 
 TEST_AVATAR_ID = "testface"
 TEST_AVATAR_SIZE = 160
@@ -69,7 +70,7 @@ class RunningServer:
         self.url = url
 
     @property
-    def context(self) -> server_app.ServerContext:
+    def context(self) -> ServerContext:
         return self.app[server_app.CONTEXT_KEY]
 
 
@@ -103,7 +104,7 @@ def landmarker():
 def astronaut_build(tmp_path_factory, landmarker):
     """The bundled photo prepared at full size (512 px, a 2 s idle loop): (report, avatar)."""
     from avatars.store import load_avatar
-    from genavatar import PrepareOptions, build_avatar, default_photo
+    from avatars.prepare import PrepareOptions, build_avatar, default_photo
 
     folder = tmp_path_factory.mktemp("astro") / "astro"
     report = build_avatar(folder, PrepareOptions(loop_seconds=ASTRONAUT_LOOP_SECONDS), image=default_photo(),

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from avatars.store import CROP_BOXES_FILE, FACE_BOXES_FILE, LANDMARKS_FILE, MASKS_DIR, mask_path
-from genavatar import write_avatar
+from avatars.format import CROP_BOXES_FILE, FACE_BOXES_FILE, LANDMARKS_FILE, MASKS_DIR, mask_path
+from avatars.prepare import write_avatar
 from musetalk.unet import OFFICIAL_UNET_CONFIG, build_unet
 from musetalk.vae import OFFICIAL_VAE_CONFIG
 from musetalk.whisper import EncoderDims, WhisperEncoder, encoder_to_hf_keys

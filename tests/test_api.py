@@ -81,7 +81,7 @@ def test_ice_server_flags_parse_stun_and_turn_with_credentials():
 
     import pytest
 
-    from app import parse_ice_server
+    from server.offer import parse_ice_server
 
     stun = parse_ice_server("stun:stun.example.org:3478")
     assert stun.urls == "stun:stun.example.org:3478" and stun.username is None

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from server import avatartasks
-from genavatar import default_photo
+from avatars.prepare import default_photo
 from tests.conftest import server_args, start_server
 from tests.rtc_client import ReceiverClient
 

@@ -60,7 +60,7 @@ def test_tiny_checkpoint_loads_and_labels_a_crop(tmp_path):
 def test_a_known_parser_drives_the_mask(tmp_path, landmarker):
     """A parser that calls everything skin: the mask is the face box below the upper boundary, feathered;
     the landmark mask (the fallback) is narrower. The avatar records which one it used."""
-    from genavatar import PrepareOptions, build_avatar, default_photo
+    from avatars.prepare import PrepareOptions, build_avatar, default_photo
 
     write_tiny_face_parser(tmp_path / "models", label=SKIN)
     options = PrepareOptions(loop_seconds=0.04, models_dir=tmp_path / "models", version="v1")
@@ -88,7 +88,7 @@ def test_bad_checkpoints_say_what_to_do(tmp_path):
     path = write_tiny_face_parser(tmp_path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(FaceParseError, match=r"79999_iter\.pth.*download_models\.py"):
+    with pytest.raises(FaceParseError, match=r"79999_iter\.pth.*tools\.download_models"):
         load_face_parser(tmp_path)
     state = BiSeNet(TINY_PARSER_WIDTH).state_dict()
     del state["ffm.conv1.weight"]

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import genavatar
-from avatars.store import AvatarError, load_avatar
+from avatars.format import AvatarError
+from avatars.store import load_avatar
 from avatars.facegeom import FaceError, crop_box, face_box
-from genavatar import PrepareOptions, build_avatar, default_photo
+from avatars.prepare import PrepareOptions, build_avatar, default_photo
 
 from tests.conftest import ASTRONAUT_LOOP_SECONDS as LOOP_SECONDS
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -180,7 +181,9 @@ def test_flags_that_cannot_work_are_refused_with_the_flag_named():
     assert "--vad-threshold" in ListenSettings(vad_threshold=1.5).problem()
     assert "--vad-end-silence-ms" in ListenSettings(end_silence_ms=10).problem()
     with pytest.raises(ListenConfigError, match="--asr-base-url"):
-        register(web.Application(), ListenSettings.from_args(args), lambda: None, lambda body: None)
+        ctx = SimpleNamespace(args=args, llm=SimpleNamespace(settings=SimpleNamespace(problem=lambda: None)),
+                              session_from=lambda body: None)
+        register(web.Application(), ctx)
     defaults = ListenSettings.from_args(server_app.build_parser().parse_args([]))
     assert defaults.problem() is None and defaults.end_silence_ms <= 500 and defaults.barge_in
 

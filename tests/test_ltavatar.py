@@ -14,7 +14,8 @@ import torch
 
 import genavatar
 from avatars import safepickle
-from avatars.store import AvatarError, AvatarStore, load_avatar
+from avatars.format import AvatarError
+from avatars.store import AvatarStore, load_avatar
 from basereal import EngineConfig, FrameWork
 from litereal import LiteReal
 from avatars.livetalking import LANDMARKS_CACHE, MUSETALK, WAV2LIP, livetalking_kind

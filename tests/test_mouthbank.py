@@ -13,7 +13,7 @@ import pytest
 
 from avatars.store import load_avatar
 from basereal import EngineConfig, ping_pong_index
-from genavatar import PrepareOptions, build_avatar
+from avatars.prepare import PrepareOptions, build_avatar
 from litereal import LiteReal
 from lite.mouthbank import MOUTHS_FILE, MouthBank, MouthRetriever
 from tools.render_sentence import TAIL_FRAMES, run_engine, synthesize_labelled

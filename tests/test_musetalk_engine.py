@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import genavatar
-from avatars.store import AvatarError, load_avatar
+from avatars.format import AvatarError
+from avatars.store import load_avatar
 from basereal import EngineConfig, FrameWork
 from media import CHUNK_SAMPLES, AudioChunk
 from museasr import MuseASR

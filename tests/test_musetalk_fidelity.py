@@ -62,7 +62,7 @@ def _border(mask: np.ndarray, box: np.ndarray, crop: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def astronaut_face(landmarker):
-    from genavatar import default_photo, even_size
+    from avatars.prepare import default_photo, even_size
 
     image = even_size(default_photo())
     return image, landmarker.landmarks(image)
@@ -70,10 +70,10 @@ def astronaut_face(landmarker):
 
 @pytest.mark.parametrize("version", ["v15", "v1"])
 def test_blend_mask_fades_to_half_at_the_face_box(astronaut_face, version):
-    from genavatar import PrepareOptions, face_geometry
+    from avatars.tracking import face_geometry
 
     image, landmarks = astronaut_face
-    face = face_geometry([image], landmarks[None], PrepareOptions(version=version))
+    face = face_geometry([image], landmarks[None], version)
     box, crop, mask = face.face_boxes[0], face.crop_boxes[0], face.masks[0]
     assert _border(mask, box, crop).max() <= 0.55
     local = landmarks - crop[:2]
@@ -98,13 +98,13 @@ def test_mask_is_clipped_to_the_face_box_before_the_blur():
 
 def test_v1_and_v15_geometry_differ_as_in_musetalk(astronaut_face):
     from avatars.facemask import LOWER_LIP, SKIN, parsing_mode_for, region_from_labels
-    from genavatar import PrepareOptions, face_geometry
+    from avatars.tracking import face_geometry
 
     assert (parsing_mode_for("v1"), parsing_mode_for("v15")) == ("raw", "jaw")
 
     image, landmarks = astronaut_face
-    v15 = face_geometry([image], landmarks[None], PrepareOptions(version="v15", extra_margin=10, bbox_shift=6))
-    v1 = face_geometry([image], landmarks[None], PrepareOptions(version="v1", extra_margin=10, bbox_shift=0))
+    v15 = face_geometry([image], landmarks[None], "v15", extra_margin=10, bbox_shift=6)
+    v1 = face_geometry([image], landmarks[None], "v1", extra_margin=10, bbox_shift=0)
     bottom = int(np.ceil(landmarks[:, 1].max()))
     assert v15.face_boxes[0][3] == bottom + 10  # extra_margin below the chin: v1.5 only
     assert v1.face_boxes[0][3] == bottom

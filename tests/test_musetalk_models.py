@@ -62,7 +62,7 @@ def test_v1_layout_loads_openai_tiny(weights):
 
 def test_auto_version_prefers_v15(weights, tmp_path):
     assert detect_version(weights) == "v15"
-    with pytest.raises(WeightsError, match=r"not found in .*musetalkV15.*download_models\.py.*--model lite"):
+    with pytest.raises(WeightsError, match=r"not found in .*musetalkV15.*tools\.download_models.*--model lite"):
         detect_version(tmp_path)
 
 
@@ -97,7 +97,7 @@ def test_missing_file_is_named(models_copy, relative):
 
 def test_missing_tiny_pt_is_named(models_copy):
     (models_copy / "whisper" / "tiny.pt").unlink()
-    with pytest.raises(WeightsError, match=r"tiny\.pt.*download_models\.py"):
+    with pytest.raises(WeightsError, match=r"tiny\.pt.*tools\.download_models"):
         load_models(models_copy, "v1", device="cpu")
 
 

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from genavatar import write_avatar
+from avatars.prepare import write_avatar
 from tests.clip_helpers import center_color, near
 from tests.conftest import PHOTO_AVATAR_ID, TEST_AVATAR_SIZE
 from tests.rtc_client import ReceiverClient

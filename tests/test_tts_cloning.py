@@ -247,8 +247,8 @@ async def test_server_clones_the_voices_clients_name(service, voices, data_dir, 
 
 
 def test_livetalking_flags_set_the_server_voice(data_dir, voices):
-    from app import tts_settings
-    from ttsreal import TTSFactory
+    from tts.factory import settings_from_args as tts_settings
+    from tts.factory import TTSFactory
 
     args = server_args(data_dir, "--tts", "sovits", "--TTS_SERVER", "http://127.0.0.1:9", "--REF_FILE",
                        "voices/me.wav", "--REF_TEXT", REF_TEXT)

@@ -21,7 +21,9 @@ import av
 import cv2
 import numpy as np
 
-from avatars.store import AvatarError, load_avatar
+from avatars.format import AvatarError
+
+from avatars.store import load_avatar
 from basereal import BaseReal, EngineConfig
 from media import CHUNK_SAMPLES, SAMPLE_RATE, AudioChunk, AVBundle
 from speech.visemes import LabelledAudio, Viseme, downsample_codes
