@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import av
 import cv2
@@ -31,7 +31,8 @@ import numpy as np
 
 from avatars.format import Avatar
 from media import CHUNK_SAMPLES, AudioChunk, AVBundle, chunks_per_frame, float_to_s16
-from scene import Layer, Scene, fit_frame
+from scene import Layer, Scene, fit_frame, loop_index
+from sync.queues import BoundedQueue
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,34 @@ class FrameWork:
         return any(chunk.speech for chunk in self.chunks)
 
 
-def ping_pong_index(step: int, count: int) -> int:
-    """Frame index that plays the avatar's frames forward then backward, seamlessly."""
-    if count <= 1:
-        return 0
-    period = 2 * count - 2
-    position = step % period
-    return position if position < count else period - position
+class EngineHooks(Protocol):
+    """The contract of a lip-sync engine: what a BaseReal subclass overrides (LiteReal, MuseReal).
+
+    BaseReal owns the threads, queues, epochs and pacing; an engine only says how
+    to turn speech into frames. Render-thread hooks run on the session's render
+    thread, `compose` on its compose thread; `prepare_avatar` and `can_lipsync` run
+    in an executor (they may block). None of them touches the event loop.
+    """
+
+    name: str  # "lite", "musetalk": shown on the page and in the metrics
+
+    def prepare_avatar(self, avatar: Avatar) -> None:
+        """Build what the engine needs for `avatar` (blocking; raises AvatarError if unusable)."""
+
+    def can_lipsync(self, avatar: Avatar) -> bool:
+        """Whether speech can be rendered on `avatar`'s frames (blocking: prepares it)."""
+
+    def use_avatar(self, avatar: Avatar) -> None:
+        """Render thread: `avatar` becomes the one speech is rendered on."""
+
+    def frames_per_step(self, speech_pending: bool) -> int:
+        """Render thread: how many frames to take at once (MuseReal batches)."""
+
+    def render_frames(self, work: list[FrameWork]) -> list[Any]:
+        """Render thread: per frame, the engine's result for speech frames (None means idle)."""
+
+    def compose(self, work: FrameWork, result: Any) -> np.ndarray:
+        """Compose thread: the full BGR frame for one video frame; the idle frame when result is None."""
 
 
 def to_video_frame(image_bgr: np.ndarray) -> av.VideoFrame:
@@ -79,7 +101,7 @@ def to_video_frame(image_bgr: np.ndarray) -> av.VideoFrame:
 
 
 class BaseReal:
-    """Streams the avatar's idle loop and whatever the engine renders for speech."""
+    """Streams the avatar's idle loop and whatever the engine renders for speech; engines override EngineHooks."""
 
     name = "idle"
 
@@ -88,9 +110,9 @@ class BaseReal:
         self.config = config
         self.session_id = session_id
         self.chunks_per_frame = chunks_per_frame(config.fps)
-        self.audio_in: queue.Queue[AudioChunk] = queue.Queue(maxsize=AUDIO_INPUT_CHUNKS)
-        self.rendered: queue.Queue[tuple[FrameWork, Any]] = queue.Queue(maxsize=config.lookahead_frames)
-        self.output: queue.Queue[AVBundle] = queue.Queue(maxsize=config.lookahead_frames)
+        self.audio_in: BoundedQueue[AudioChunk] = BoundedQueue(AUDIO_INPUT_CHUNKS)
+        self.rendered: BoundedQueue[tuple[FrameWork, Any]] = BoundedQueue(config.lookahead_frames)
+        self.output: BoundedQueue[AVBundle] = BoundedQueue(config.lookahead_frames)
         self._epoch = 0
         self._epoch_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -180,7 +202,7 @@ class BaseReal:
     def idle_video_frame(self, index: int) -> av.VideoFrame:
         return to_video_frame(fit_frame(self.avatar.frames[index], self.output_size))
 
-    # ---- engine hooks -----------------------------------------------------
+    # ---- engine hooks (EngineHooks) ------------------------------------------
     def frames_per_step(self, speech_pending: bool) -> int:
         """How many frames the render thread takes at once (MuseReal batches)."""
         return 1
@@ -203,13 +225,11 @@ class BaseReal:
         return run
 
     def _speech_pending(self) -> bool:
-        with self.audio_in.mutex:
-            return any(chunk.speech for chunk in self.audio_in.queue)
+        return self.audio_in.any(lambda chunk: chunk.speech)
 
     def peek_audio(self, count: int) -> list[AudioChunk]:
         """The next `count` chunks queued (lookahead for engines), without taking them."""
-        with self.audio_in.mutex:
-            return list(self.audio_in.queue)[:count]
+        return self.audio_in.peek(count)
 
     def _downstream_frames(self) -> int:
         return self.rendered.qsize() + self.output.qsize()
@@ -234,7 +254,7 @@ class BaseReal:
         avatar, self._next_avatar = self._next_avatar, None
         if avatar is None or avatar is self.avatar:
             return
-        held = fit_frame(self.avatar.frames[ping_pong_index(self._step, self.avatar.frame_count)], self.output_size)
+        held = fit_frame(self.avatar.frames[loop_index(self._step, self.avatar.frame_count)], self.output_size)
         self.use_avatar(avatar)
         self.scene.switch_avatar(held)
 
@@ -253,7 +273,7 @@ class BaseReal:
                 if chunk is None or chunk.epoch != epoch:
                     chunk = AudioChunk.silence(epoch)
                 chunks.append(chunk)
-            avatar, index = self.avatar, ping_pong_index(self._step, self.avatar.frame_count)
+            avatar, index = self.avatar, loop_index(self._step, self.avatar.frame_count)
             self._step += 1
             layer = self.scene.layer(any(chunk.speech for chunk in chunks),
                                      lambda a=avatar, i=index: fit_frame(a.frames[i], self.output_size))
@@ -283,13 +303,7 @@ class BaseReal:
     def _drop_queued_idle(self) -> None:
         """Speech is ready: idle bundles waiting ahead of it would only delay it."""
         for q in (self.rendered, self.output):
-            with q.mutex:
-                kept = [b for b in q.queue if _is_speech(b)]
-                dropped = len(q.queue) - len(kept)
-                q.queue.clear()
-                q.queue.extend(kept)
-                if dropped:
-                    q.not_full.notify_all()
+            q.remove_if(lambda item: not _is_speech(item))
 
     def _compose_loop(self) -> None:
         while not self._stopping.is_set():
@@ -328,7 +342,7 @@ def _is_speech(item: Any) -> bool:
     return work.speech or any(chunk.events for chunk in work.chunks)
 
 
-def _put_until(q: queue.Queue, item: Any, stopping: threading.Event) -> bool:
+def _put_until(q: BoundedQueue, item: Any, stopping: threading.Event) -> bool:
     while not stopping.is_set():
         try:
             q.put(item, timeout=0.05)
@@ -338,7 +352,5 @@ def _put_until(q: queue.Queue, item: Any, stopping: threading.Event) -> bool:
     return False
 
 
-def _drain(q: queue.Queue) -> None:
-    with q.mutex:
-        q.queue.clear()
-        q.not_full.notify_all()
+def _drain(q: BoundedQueue) -> None:
+    q.clear()

@@ -15,7 +15,6 @@ paste-back. A closed mouth is the idle frame itself, untouched.
 from __future__ import annotations
 
 import logging
-import threading
 
 import numpy as np
 
@@ -31,35 +30,27 @@ logger = logging.getLogger(__name__)
 
 MOUTHS_KEY = "lite.mouths"
 RIGS_KEY = "lite.rigs"
-RIGS_LOCK_KEY = "lite.rigs.lock"
 LOOKAHEAD_FRAMES = 1
 WIDEST, ROUNDEST, MOST_OPEN = SHAPES[Viseme.SPREAD], SHAPES[Viseme.ROUNDED], SHAPES[Viseme.OPEN]
 
 
 def avatar_rigs(avatar: Avatar) -> tuple[MouthRig, ...] | None:
-    """The avatar's per-frame rigs, built on first use and cached on the avatar."""
+    """The avatar's per-frame rigs, built on first use and cached on the avatar (sessions build once)."""
     if not avatar.has_face_data:
         return None
-    rigs = avatar.extras.get(RIGS_KEY)
-    if rigs is not None:
+
+    def build() -> tuple[MouthRig, ...]:
+        rigs = tuple(MouthRig(avatar.frames[i], avatar.landmarks[i], avatar.crop_boxes[i], avatar.masks[i])
+                     for i in range(avatar.frame_count))
+        logger.info("lite: rigged avatar %s (%d frames)", avatar.avatar_id, len(rigs))
         return rigs
-    with avatar.extras.setdefault(RIGS_LOCK_KEY, threading.Lock()):  # concurrent sessions build once
-        rigs = avatar.extras.get(RIGS_KEY)
-        if rigs is None:
-            rigs = tuple(MouthRig(avatar.frames[i], avatar.landmarks[i], avatar.crop_boxes[i], avatar.masks[i])
-                         for i in range(avatar.frame_count))
-            avatar.extras[RIGS_KEY] = rigs
-            logger.info("lite: rigged avatar %s (%d frames)", avatar.avatar_id, len(rigs))
-    return rigs
+
+    return avatar.derived.get(RIGS_KEY, build)
 
 
 def avatar_mouths(avatar: Avatar) -> MouthBank | None:
     """A video avatar's indexed real mouths (None for photos), read on first use and cached."""
-    if MOUTHS_KEY not in avatar.extras:
-        with avatar.extras.setdefault(RIGS_LOCK_KEY, threading.Lock()):
-            if MOUTHS_KEY not in avatar.extras:
-                avatar.extras[MOUTHS_KEY] = MouthBank.load(avatar.folder) if avatar.has_face_data else None
-    return avatar.extras[MOUTHS_KEY]
+    return avatar.derived.get(MOUTHS_KEY, lambda: MouthBank.load(avatar.folder) if avatar.has_face_data else None)
 
 
 class LiteReal(BaseReal):

@@ -23,11 +23,12 @@ from typing import Callable, Iterator
 import numpy as np
 
 from basereal import BaseReal
-from media import CHUNK_SAMPLES, SAMPLE_RATE, AudioChunk, SpeechEvent
+from media import CHUNK_SAMPLES, SAMPLE_RATE, AudioChunk, SpeechEvent, float_to_s16
 from speech.budget import SpeechBudget
 from speech.textproc import clean_for_speech, split_sentences
 from tts.base import TTSBackend, TTSError
 from speech.visemes import LabelledAudio, Viseme, downsample_codes
+from sync.queues import BoundedQueue
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class TTSWorker:
         self.budget = budget or SpeechBudget()
         self._on_error = on_error
         self._on_first_audio = on_first_audio  # (backend name, seconds to a sentence's first audio)
-        self._segments: queue.Queue[Segment] = queue.Queue(maxsize=SEGMENT_QUEUE_SIZE)
+        self._segments: BoundedQueue[Segment] = BoundedQueue(SEGMENT_QUEUE_SIZE)
         self._stopping = threading.Event()
         self._open: str | None = None  # utterance whose start went out and whose end has not
         self._open_chunks = 0
@@ -97,7 +98,7 @@ class TTSWorker:
         Raises SpeechBudgetFull when the session cannot hold that many more seconds.
         """
         if audio.dtype != np.int16:
-            audio = (np.clip(audio, -1.0, 1.0) * S16_MAX).astype(np.int16)
+            audio = float_to_s16(audio)
         utterance_id = uuid.uuid4().hex[:12]
         segment = Segment(utterance_id, label, self.engine.epoch, first=True, last=True, audio=audio)
         self.budget.reserve(segment.audio_seconds)
@@ -109,12 +110,8 @@ class TTSWorker:
         return utterance_id
 
     def _enqueue(self, segments: list[Segment]) -> None:
-        with self._segments.mutex:
-            room = self._segments.maxsize - len(self._segments.queue)
-        if len(segments) > room:
+        if not self._segments.put_all(segments):
             raise QueueFull(f"too much speech queued ({self._segments.maxsize} sentences): interrupt or wait")
-        for segment in segments:
-            self._segments.put_nowait(segment)
 
     @property
     def pending(self) -> int:
@@ -123,10 +120,7 @@ class TTSWorker:
 
     def clear(self) -> None:
         """Drop queued segments (an interrupt; the epoch bump cancels the one in progress)."""
-        with self._segments.mutex:
-            dropped = list(self._segments.queue)
-            self._segments.queue.clear()
-            self._segments.not_full.notify_all()
+        dropped = self._segments.clear()
         self.budget.release(sum(segment.audio_seconds for segment in dropped))
 
     def stop(self) -> None:
@@ -225,11 +219,7 @@ class TTSWorker:
 
     def _close_utterance(self, segment: Segment) -> None:
         """After a failure: skip the utterance's other sentences and end it if it had started."""
-        with self._segments.mutex:
-            kept = [s for s in self._segments.queue if s.utterance_id != segment.utterance_id]
-            skipped = [s for s in self._segments.queue if s.utterance_id == segment.utterance_id]
-            self._segments.queue.clear()
-            self._segments.queue.extend(kept)
+        skipped = self._segments.remove_if(lambda s: s.utterance_id == segment.utterance_id)
         self.budget.release(sum(s.audio_seconds for s in skipped))
         if self._open == segment.utterance_id and self._start is None:
             end = SpeechEvent("end", segment.utterance_id, segment.utterance_text)

@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sync.once import OnceCache
+
 logger = logging.getLogger(__name__)
 
 AVATAR_FORMAT_VERSION = 1
@@ -75,7 +77,7 @@ class Avatar:
     face_boxes: np.ndarray | None = None
     crop_boxes: np.ndarray | None = None
     masks: tuple[np.ndarray, ...] | None = None
-    extras: dict = field(default_factory=dict)
+    derived: OnceCache = field(default_factory=lambda: OnceCache(name="derived data"), compare=False, repr=False)
 
     @property
     def frame_count(self) -> int:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 from avatars.format import AVATAR_ID_PATTERN, METADATA_FILE, Avatar, AvatarError, check_avatar_id, read_avatar_folder
 from avatars.livetalking import COORDS_FILE, livetalking_kind, load_livetalking, with_landmarks
+from sync.once import OnceCache
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,7 @@ class AvatarStore:
 
     def __init__(self, root: Path, max_cached: int = 8):
         self.root = root
-        self.max_cached = max_cached
-        self._cache: dict[tuple[str, bool], Avatar] = {}
-        self._lock = threading.Lock()
-        self._loading: dict[tuple[str, bool], threading.Lock] = {}
+        self._cache: OnceCache[tuple[str, bool], Avatar] = OnceCache(max_cached, "avatar cache")
 
     def folder(self, avatar_id: str) -> Path | None:
         """The avatar's folder if it is a real folder inside the root (a symlink, or anything that
@@ -62,35 +59,20 @@ class AvatarStore:
 
     def forget(self, avatar_id: str) -> None:
         """Drop a cached avatar whose folder was rebuilt; sessions using it keep their copy."""
-        with self._lock:
-            for key in [k for k in self._cache if k[0] == avatar_id]:
-                del self._cache[key]
+        self._cache.forget(lambda key: key[0] == avatar_id)
 
     def get(self, avatar_id: str, landmarks: bool = False) -> Avatar:
         """The avatar, loaded once. `landmarks`: an engine needs 68 landmarks per frame, which a
         LiveTalking folder lacks; they are then computed once (slow, cached on disk)."""
         check_avatar_id(avatar_id)
-        key = (avatar_id, landmarks)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-            load_lock = self._loading.setdefault(key, threading.Lock())
-        with load_lock:
-            with self._lock:
-                if key in self._cache:
-                    return self._cache[key]
-            folder = self.folder(avatar_id)
-            if folder is None:
-                known = ", ".join(self.available()) or "none"
-                raise AvatarError(f"unknown avatar {avatar_id!r} (available: {known})")
-            avatar = load_avatar(folder)
-            if landmarks and avatar.landmarks is None and str(avatar.metadata.get("format", "")).startswith("livetalking"):
-                avatar = with_landmarks(avatar)
-            with self._lock:
-                if len(self._cache) >= self.max_cached:
-                    evicted = next(iter(self._cache))
-                    del self._cache[evicted]
-                    logger.info("avatar cache full: evicted %s", evicted[0])
-                self._cache[key] = avatar
-                self._loading.pop(key, None)
-            return avatar
+        return self._cache.get((avatar_id, landmarks), lambda: self._load(avatar_id, landmarks))
+
+    def _load(self, avatar_id: str, landmarks: bool) -> Avatar:
+        folder = self.folder(avatar_id)
+        if folder is None:
+            known = ", ".join(self.available()) or "none"
+            raise AvatarError(f"unknown avatar {avatar_id!r} (available: {known})")
+        avatar = load_avatar(folder)
+        if landmarks and avatar.landmarks is None and str(avatar.metadata.get("format", "")).startswith("livetalking"):
+            avatar = with_landmarks(avatar)
+        return avatar

@@ -19,9 +19,9 @@ from bench.common import speech_bench_parser, start_server, summary_ms
 
 import app as server_app
 from bench_latency import record_handover
-from tests.llm_server import FakeLLMServer, Script
-from tests.rtc_client import ReceiverClient
-from tests.speech_helpers import wait_voiced
+from tests.support.llm_server import FakeLLMServer, Script
+from tests.support.rtc_client import ReceiverClient
+from tests.support.speech_helpers import wait_voiced
 
 REPLY = ["Sure", ",", " here", " is", " my", " answer", ".", " It", " has", " a", " second", " sentence", " too", "."]
 

@@ -19,12 +19,12 @@ import aiohttp
 from bench.common import loopback_only
 
 from avatars.prepare import write_avatar
-from tests.attacks import (
+from tests.support.attacks import (
     Attacker, ScriptedSpeechServer, json_head, multipart_upload, raw_request, silent_flac, wav_declaring,
 )
 from tests.conftest import TEST_AVATAR_ID, synthetic_frames
-from tests.rtc_client import ReceiverClient
-from tests.worker_process import WorkerProcess
+from tests.support.rtc_client import ReceiverClient
+from tests.support.worker_process import WorkerProcess
 
 
 async def attacks(attacker: Attacker, sid: str, speech: ScriptedSpeechServer, port: int):

@@ -23,8 +23,8 @@ import numpy as np
 from bench.common import speech_bench_parser, ROOT, start_server, summary_ms
 
 import app as server_app
-from tests.rtc_client import ReceiverClient
-from tests.speech_helpers import VOICED_LEVEL, is_voiced, wait_voiced
+from tests.support.rtc_client import ReceiverClient
+from tests.support.speech_helpers import VOICED_LEVEL, is_voiced, wait_voiced
 
 SENTENCES = ["Hello, how are you today?", "The weather is lovely this morning.", "Let me tell you a story."]
 LONG_TEXT = "This is a long answer that goes on for a while so that we can interrupt it in the middle. " * 4

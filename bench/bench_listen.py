@@ -32,10 +32,10 @@ from bench.common import ROOT, speech_bench_parser, start_server, summary_ms
 import app as server_app
 from listen.service import LISTEN_KEY
 from media import CHUNK_SAMPLES, AudioChunk
-from tests.llm_server import FakeLLMServer, Script
-from tests.rtc_client import ReceiverClient
-from tests.speech_helpers import channel_events, is_voiced, wait_voiced
-from tests.speech_sender import SpeechTrack, speak
+from tests.support.llm_server import FakeLLMServer, Script
+from tests.support.rtc_client import ReceiverClient
+from tests.support.speech_helpers import channel_events, is_voiced, wait_voiced
+from tests.support.speech_sender import SpeechTrack, speak
 
 SENTENCES = ["Please tell me the weather for tomorrow morning.", "I would like to visit the museum on Sunday.",
              "The train leaves the station at seven o'clock."]

@@ -19,8 +19,8 @@ import edge_tts.communicate
 
 from llm import Conversation, LLMClient, LLMSettings
 from speech.sentences import SentenceAggregator
-from tests.llm_server import MODEL, FakeLLMServer, Script
-from tests.tts_servers import EDGE_RATE, PCM_RATE, FakeEdgeService, FakeSpeechServer, encode_mp3, pcm_s16, sine
+from tests.support.llm_server import MODEL, FakeLLMServer, Script
+from tests.support.tts_servers import EDGE_RATE, PCM_RATE, FakeEdgeService, FakeSpeechServer, encode_mp3, pcm_s16, sine
 from tts.edge import EdgeTTS
 from tts.openai_speech import OpenAISpeechTTS
 

@@ -27,12 +27,12 @@ from bench.common import ROOT, loopback_only, summary_ms
 from bench_sessions import cpu_seconds
 
 from tests.conftest import free_port
-from tests.nginx_process import NginxProcess
-from tests.rtc_client import ReceiverClient
-from tests.worker_process import WorkerProcess
+from tests.support.nginx_process import NginxProcess
+from tests.support.rtc_client import ReceiverClient
+from tests.support.worker_process import WorkerProcess
 from tests.test_broadcast import rtmp_config
-from tests.turn_server import Coturn
-from tests.whip_server import TOKEN, WhipEndpoint
+from tests.support.turn_server import Coturn
+from tests.support.whip_server import TOKEN, WhipEndpoint
 
 SPEECH = "Testing one two three."
 LOUD_PEAK = 1000  # int16 peak of a frame that carries speech

@@ -23,9 +23,9 @@ import numpy as np
 from bench.common import ROOT, loopback_only
 
 from bench_sessions import cpu_seconds
-from tests.server_process import wait_up
+from tests.support.server_process import wait_up
 from tests.conftest import free_port
-from tests.rtc_client import ReceiverClient
+from tests.support.rtc_client import ReceiverClient
 
 
 def median_us(fn, repeat: int) -> float:

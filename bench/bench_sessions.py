@@ -21,8 +21,8 @@ import numpy as np
 from bench.common import ROOT, loopback_only, percentile
 
 from tests.conftest import free_port
-from tests.rtc_client import ReceiverClient
-from tests.server_process import wait_up
+from tests.support.rtc_client import ReceiverClient
+from tests.support.server_process import wait_up
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 SPEECH = "I am talking so that the benchmark measures a speaking session, and I keep going for a while. " * 3

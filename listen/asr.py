@@ -24,10 +24,10 @@ from typing import Callable
 import numpy as np
 
 from listen.settings import ListenSettings
+from media import SAMPLE_RATE, float_to_s16
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 ASR_QUEUE_SIZE = 8
 JOIN_TIMEOUT_S = 2.0
 OPENAI_DEFAULT_MODEL = "whisper-1"
@@ -91,7 +91,7 @@ class WhisperASR(ASRBackend):
 
 
 def wav_bytes(audio: np.ndarray) -> bytes:
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    pcm = float_to_s16(audio).astype("<i2").tobytes()
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(1)

@@ -19,9 +19,11 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from media import SAMPLE_RATE
+from sync.queues import BoundedQueue
+
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 FRAME_BUFFER_SIZE = 50  # ~1 s of 20 ms frames waiting for the listener thread
 
 
@@ -29,7 +31,7 @@ class FrameBuffer:
     """Bounded hand-over from the loop to a thread; full means the oldest frame is dropped."""
 
     def __init__(self, maxsize: int = FRAME_BUFFER_SIZE):
-        self._queue: queue.Queue[av.AudioFrame] = queue.Queue(maxsize=maxsize)
+        self._queue: BoundedQueue[av.AudioFrame] = BoundedQueue(maxsize)
         self.dropped = 0
 
     def put(self, frame: av.AudioFrame) -> None:
@@ -51,8 +53,7 @@ class FrameBuffer:
             return None
 
     def clear(self) -> None:
-        with self._queue.mutex:
-            self._queue.queue.clear()
+        self._queue.clear()
 
     def __len__(self) -> int:
         return self._queue.qsize()

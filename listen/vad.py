@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from media import SAMPLE_RATE
+
 WINDOW_SAMPLES = 512  # Silero's window at 16 kHz: 32 ms
 WINDOW_MS = WINDOW_SAMPLES * 1000 // SAMPLE_RATE
 CONTEXT_SAMPLES = 64  # the tail of the previous window the model sees with each new one

@@ -14,8 +14,6 @@ import argparse
 import asyncio
 import json
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +28,7 @@ from avatars.store import load_avatar
 from basereal import BaseReal
 from httpapi import BadRequest, ok, read_json
 from scene import DEFAULT_FADE_FRAMES, Clip
+from sync.once import OnceCache
 
 if TYPE_CHECKING:
     from server.context import ServerContext
@@ -203,30 +202,11 @@ class ClipLibrary:
     def __init__(self, data_dir: Path, fade_frames: int, max_cached: int = MAX_CACHED_CLIPS):
         self.data_dir = data_dir
         self.fade_frames = fade_frames
-        self.max_cached = max_cached
         self.default: dict[int, Clip] = {}
-        self._cache: OrderedDict[tuple[Path, Path | None], Clip] = OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[tuple[Path, Path | None], threading.Lock] = {}
+        self._cache: OnceCache[tuple[Path, Path | None], Clip] = OnceCache(max_cached, "clip cache")
 
     def clip(self, spec: ActionSpec, field: str) -> Clip:
-        key = (spec.imgpath, spec.audiopath)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            load_lock = self._loading.setdefault(key, threading.Lock())
-        with load_lock:
-            with self._lock:
-                if key in self._cache:
-                    return self._cache[key]
-            clip = load_clip(spec, field)
-            with self._lock:
-                self._cache[key] = clip
-                while len(self._cache) > self.max_cached:
-                    self._cache.popitem(last=False)  # sessions holding it keep their reference
-                self._loading.pop(key, None)
-            return clip
+        return self._cache.get((spec.imgpath, spec.audiopath), lambda: load_clip(spec, field))
 
     def load(self, raw: Any, source: str) -> dict[int, Clip]:
         """Validate and load a whole config (blocking): audiotype -> clip."""

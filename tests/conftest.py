@@ -115,7 +115,7 @@ def astronaut_build(tmp_path_factory, landmarker):
 @pytest.fixture
 async def llm_server():
     """A scripted OpenAI-compatible chat server on 127.0.0.1."""
-    from tests.llm_server import FakeLLMServer
+    from tests.support.llm_server import FakeLLMServer
 
     server = FakeLLMServer()
     await server.start()
@@ -125,7 +125,7 @@ async def llm_server():
 
 async def connected_client(url: str, http):
     """A loopback receiver with a data channel, already receiving the stream."""
-    from tests.rtc_client import ReceiverClient
+    from tests.support.rtc_client import ReceiverClient
 
     receiver = ReceiverClient(url, keep_video=False)
     await receiver.connect(http, data_channel=True)

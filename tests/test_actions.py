@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from stage import actions
-from tests.clip_helpers import BLUE, GREEN, RED, make_action_set, near
+from tests.support.clip_helpers import BLUE, GREEN, RED, make_action_set, near
 from tests.conftest import TEST_AVATAR_SIZE, server_args, start_server
-from tests.rtc_client import ReceiverClient
+from tests.support.rtc_client import ReceiverClient
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_a_prepared_avatar_as_a_clip_is_lip_synced_by_the_lite_engine(data_dir, 
     from basereal import EngineConfig
     from litereal import LiteReal
     from scene import fit_frame
-    from tests.clip_helpers import write_tone
+    from tests.support.clip_helpers import write_tone
     from tests.conftest import PHOTO_AVATAR_ID, TEST_AVATAR_ID
 
     write_tone(data_dir / "customvideo" / "speak.wav", 1.0)
@@ -237,7 +237,7 @@ def test_musetalk_lip_syncs_a_clip_with_latents_and_shows_one_without_as_recorde
     from musetalk.loader import load_models
     from musetalk.prepare import add_musetalk_latents
     from musetalk.settings import MuseTalkSettings
-    from tests.musetalk_fixtures import spoken, write_face_avatar, write_tiny_weights
+    from tests.support.musetalk_fixtures import spoken, write_face_avatar, write_tiny_weights
 
     root = tmp_path_factory.mktemp("museclips")
     models = load_models(write_tiny_weights(root / "models"), device="cpu")

@@ -6,7 +6,7 @@ import asyncio
 
 from aiortc import RTCPeerConnection
 
-from tests.rtc_client import ReceiverClient
+from tests.support.rtc_client import ReceiverClient
 
 
 async def offer_sdp() -> tuple[RTCPeerConnection, str]:

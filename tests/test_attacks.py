@@ -20,7 +20,7 @@ import string
 import aiohttp
 import pytest
 
-from tests.attacks import (
+from tests.support.attacks import (
     Attacker,
     ScriptedSpeechServer,
     json_head,
@@ -34,8 +34,8 @@ from tests.attacks import (
 )
 from tests.conftest import TEST_AVATAR_ID
 from tests.test_api import offer_sdp
-from tests.rtc_client import ReceiverClient
-from tests.server_process import ServerProcess, copy_test_data
+from tests.support.rtc_client import ReceiverClient
+from tests.support.server_process import ServerProcess, copy_test_data
 
 RSS_BUDGET_MB = 150  # growth allowed over the whole suite (before the fixes: +1.5 GB from uploads alone)
 FD_SLACK = 6  # open files allowed above the baseline once the attack sessions are gone

@@ -17,7 +17,7 @@ import pytest
 from server import avatartasks
 from avatars.prepare import default_photo
 from tests.conftest import server_args, start_server
-from tests.rtc_client import ReceiverClient
+from tests.support.rtc_client import ReceiverClient
 
 PHOTO_SIDE = 256
 

@@ -11,10 +11,10 @@ import av
 import numpy as np
 import pytest
 
-from tests.binaries import require_file
+from tests.support.binaries import require_file
 from tests.conftest import PHOTO_AVATAR_ID, free_port, server_args, start_server
-from tests.nginx_process import NginxProcess
-from tests.speech_helpers import post
+from tests.support.nginx_process import NginxProcess
+from tests.support.speech_helpers import post
 
 RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
 PUSH_ID = "stage"
@@ -145,7 +145,7 @@ async def test_rtmp_push_is_watchable_in_sync_and_driven_by_its_fixed_id(data_di
 
 @pytest.fixture
 async def whip_endpoint():
-    from tests.whip_server import WhipEndpoint
+    from tests.support.whip_server import WhipEndpoint
 
     endpoint = WhipEndpoint()
     await endpoint.start()
@@ -162,7 +162,7 @@ async def wait_for(predicate, timeout: float = 20.0, what: str = "condition") ->
 
 
 async def test_whip_publishes_speaks_by_fixed_id_reconnects_and_deletes(data_dir, whip_endpoint, http):
-    from tests.whip_server import TOKEN
+    from tests.support.whip_server import TOKEN
 
     server = await start_server(server_args(data_dir, "--transport", "whip", "--push-url", whip_endpoint.url,
                                             "--push-token", TOKEN, "--push-session-id", PUSH_ID))

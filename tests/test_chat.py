@@ -8,9 +8,9 @@ import time
 import pytest
 
 from tests.conftest import connected_client, free_port, server_args, start_server
-from tests.llm_server import Script
-from tests.rtc_client import ReceiverClient
-from tests.speech_helpers import channel_events, post, wait_silent, wait_voiced
+from tests.support.llm_server import Script
+from tests.support.rtc_client import ReceiverClient
+from tests.support.speech_helpers import channel_events, post, wait_silent, wait_voiced
 
 REPLY = ["Sure. ", "The first ", "sentence is short. ", "The second one ", "takes a little longer. ", "Done!"]
 SENTENCES = ["Sure.", "The first sentence is short.", "The second one takes a little longer.", "Done!"]

@@ -9,10 +9,10 @@ import pytest
 
 from deploy.nginx_conf import main as nginx_conf
 from tests.conftest import free_port
-from tests.nginx_process import NginxProcess
-from tests.rtc_client import ReceiverClient
-from tests.worker_process import WorkerProcess
-from tests.speech_helpers import voiced_frames, wait_silent, wait_voiced
+from tests.support.nginx_process import NginxProcess
+from tests.support.rtc_client import ReceiverClient
+from tests.support.worker_process import WorkerProcess
+from tests.support.speech_helpers import voiced_frames, wait_silent, wait_voiced
 
 SESSIONS_PER_WORKER = 2
 

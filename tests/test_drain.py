@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.rtc_client import ReceiverClient
-from tests.worker_process import WorkerProcess
+from tests.support.rtc_client import ReceiverClient
+from tests.support.worker_process import WorkerProcess
 
 DRAIN_TIMEOUT_S = 4.0
 

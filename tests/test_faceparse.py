@@ -10,7 +10,7 @@ import torch
 
 from avatars.faceparse import BiSeNet, FaceParseError, load_face_parser, parser_weights
 from avatars.facemask import SKIN
-from tests.musetalk_fixtures import TINY_PARSER_WIDTH, write_tiny_face_parser
+from tests.support.musetalk_fixtures import TINY_PARSER_WIDTH, write_tiny_face_parser
 
 # Written out from face-parsing.PyTorch's module names (the layout of 79999_iter.pth), not derived from our model.
 OFFICIAL_KEYS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.speech_sender import speak, word_error_rate
+from tests.support.speech_sender import speak, word_error_rate
 
 SENTENCE = "I would like to visit the museum on Sunday."
 PIECE_SAMPLES = 960  # 60 ms, as the FunASR client sends

@@ -10,9 +10,9 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from listen.service import LISTEN_KEY
 from tests.conftest import server_args, start_server
-from tests.rtc_client import ReceiverClient
-from tests.speech_helpers import channel_events, post, wait_voiced
-from tests.speech_sender import SpeechTrack, speak, word_error_rate
+from tests.support.rtc_client import ReceiverClient
+from tests.support.speech_helpers import channel_events, post, wait_voiced
+from tests.support.speech_sender import SpeechTrack, speak, word_error_rate
 
 SENTENCES = [
     "Please tell me the weather for tomorrow morning.",
@@ -88,7 +88,7 @@ async def chat_listen_server(data_dir, llm_server):
 
 
 async def test_chat_sends_the_transcript_to_the_llm_with_history(chat_listen_server, llm_server, http):
-    from tests.llm_server import Script
+    from tests.support.llm_server import Script
 
     llm_server.queue(Script(deltas=["It will be sunny. ", "Take a hat."]), Script(deltas=["On Sunday it opens at ten."]))
     track = SpeechTrack()
@@ -285,7 +285,7 @@ async def test_camera_frame_goes_with_the_chat_turn_only_with_llm_vision(data_di
     import cv2
     import numpy as np
 
-    from tests.llm_server import Script
+    from tests.support.llm_server import Script
 
     flags = ["--llm-base-url", llm_server.base_url, "--llm-model", "test-model"] + (["--llm-vision"] if vision else [])
     running = await start_server(server_args(data_dir, *flags))

@@ -6,7 +6,7 @@ import wave
 
 import numpy as np
 
-from tests.speech_sender import speak, word_error_rate
+from tests.support.speech_sender import speak, word_error_rate
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT_DIR, keep_offers_on_loopback
 
 SENTENCE = "Please tell me the weather for tomorrow morning."

@@ -16,7 +16,7 @@ from listen.settings import ListenSettings
 from listen.turns import TurnDetector
 from listen.uplink import FrameBuffer, MonoResampler
 from listen.vad import WINDOW_MS, WINDOW_SAMPLES, SileroModel, VADStream
-from tests.speech_sender import speak, word_error_rate
+from tests.support.speech_sender import speak, word_error_rate
 
 WINDOW = np.zeros(WINDOW_SAMPLES, np.float32)
 

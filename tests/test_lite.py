@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from avatars.store import load_avatar
-from basereal import EngineConfig, ping_pong_index, to_video_frame
+from basereal import EngineConfig, to_video_frame
+from scene import loop_index
 from litereal import LiteReal
 from media import CHUNK_SAMPLES, AudioChunk
 from tools.render_sentence import TAIL_FRAMES, run_engine, synthesize_labelled
 from tests.conftest import PHOTO_AVATAR_ID, TEST_AVATAR_ID
-from tests.rtc_client import ReceiverClient
+from tests.support.rtc_client import ReceiverClient
 
 SENTENCE = "The quick brown fox jumps over the lazy dog. Please call me back tomorrow morning."
 MAX_LAG = 3
@@ -76,17 +77,17 @@ def test_silence_frames_are_the_idle_frames(astronaut, speech, rendered):
     assert len(rendered) == voiced + TAIL_FRAMES
     count = astronaut.frame_count
     loud = [k for k, b in enumerate(rendered[:voiced]) if np.abs(b.audio).max() > 3000]
-    changed = [k for k in loud if not same_picture(rendered[k].video, astronaut.frames[ping_pong_index(k, count)])]
+    changed = [k for k in loud if not same_picture(rendered[k].video, astronaut.frames[loop_index(k, count)])]
     assert len(changed) > 0.8 * len(loud)
     # Once the mouth has closed after the sentence, every frame is the idle frame, bit for bit.
     for k in range(voiced + 4, len(rendered)):
-        assert same_picture(rendered[k].video, astronaut.frames[ping_pong_index(k, count)]), k
+        assert same_picture(rendered[k].video, astronaut.frames[loop_index(k, count)]), k
 
 
 def test_pure_silence_is_the_idle_loop(astronaut):
     bundles = run_engine(LiteReal(astronaut, EngineConfig(), "quiet"), np.zeros(0, np.float32), tail_frames=8)
     for k, bundle in enumerate(bundles):
-        assert same_picture(bundle.video, astronaut.frames[ping_pong_index(k, astronaut.frame_count)])
+        assert same_picture(bundle.video, astronaut.frames[loop_index(k, astronaut.frame_count)])
 
 
 def test_avatar_without_face_data_streams_idle(data_dir, speech, caplog):
@@ -96,7 +97,7 @@ def test_avatar_without_face_data_streams_idle(data_dir, speech, caplog):
     assert "no face data" in caplog.text
     bundles = run_engine(engine, speech[: 16000], tail_frames=2)
     for k, bundle in enumerate(bundles):
-        assert same_picture(bundle.video, avatar.frames[ping_pong_index(k, avatar.frame_count)])
+        assert same_picture(bundle.video, avatar.frames[loop_index(k, avatar.frame_count)])
 
 
 def feed(engine, audio: np.ndarray) -> threading.Thread:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import server_args, start_server
-from tests.rtc_client import ReceiverClient
+from tests.support.rtc_client import ReceiverClient
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT_DIR, loopback_only
 
 IDLE_TIMEOUT = "2"

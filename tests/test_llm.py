@@ -17,7 +17,7 @@ from llm import (
     LLMErrorKind,
     LLMSettings,
 )
-from tests.llm_server import MODEL, Script
+from tests.support.llm_server import MODEL, Script
 
 TIMEOUT = 0.5  # seconds; the openai client must give up fast in tests
 WAIT = 5.0  # bound on every wait for the server

@@ -26,8 +26,8 @@ from musetalk.prepare import crop_face, load_latents
 from musetalk.settings import MuseTalkSettings
 from musetalk.vae import encode_for_unet
 from tests.conftest import PHOTO_AVATAR_ID, server_args, start_server
-from tests.musetalk_fixtures import spoken, write_tiny_weights
-from tests.rtc_client import ReceiverClient
+from tests.support.musetalk_fixtures import spoken, write_tiny_weights
+from tests.support.rtc_client import ReceiverClient
 
 LT_MUSE = "lt_muse"
 LT_WAV2LIP = "lt_w2l"

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import connected_client, free_port, server_args, start_server
-from tests.llm_server import Script
-from tests.speech_helpers import post, wait_silent, wait_voiced
+from tests.support.llm_server import Script
+from tests.support.speech_helpers import post, wait_silent, wait_voiced
 
 TOKEN = "scrape-secret"
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from avatars.store import load_avatar
-from basereal import EngineConfig, ping_pong_index
+from basereal import EngineConfig
+from scene import loop_index
 from avatars.prepare import PrepareOptions, build_avatar
 from litereal import LiteReal
 from lite.mouthbank import MOUTHS_FILE, MouthBank, MouthRetriever
@@ -82,7 +83,7 @@ def test_speech_shows_real_mouths_closed_at_each_m(video_avatar):
     # After the utterance the frames are the avatar's own, untouched.
     voiced = -(-len(audio.samples) // FRAME_SAMPLES)
     for k in range(voiced + 4, voiced + TAIL_FRAMES):
-        assert same_picture(bundles[k].video, video_avatar.frames[ping_pong_index(k, video_avatar.frame_count)]), k
+        assert same_picture(bundles[k].video, video_avatar.frames[loop_index(k, video_avatar.frame_count)]), k
 
 
 def test_shapes_the_video_never_showed_fall_back_to_the_warp(video_avatar):

@@ -24,7 +24,7 @@ from museasr import (WINDOW_CHUNKS, ZERO, BatchAudio, MuseASR, batch_features, e
                      feature_indices, slice_features)
 from musetalk.loader import load_models
 from musetalk.settings import right_context
-from tests.musetalk_fixtures import spoken, write_tiny_weights
+from tests.support.musetalk_fixtures import spoken, write_tiny_weights
 
 SR, N_FFT, HOP, N_MELS, N_SAMPLES = 16000, 400, 160, 80, 480000
 

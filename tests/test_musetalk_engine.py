@@ -23,8 +23,8 @@ from musetalk.prepare import LATENTS_FILE, add_musetalk_latents, load_latents
 from musetalk.settings import MuseTalkSettings
 from musetalk.worker import InferenceWorker, LipSyncRequest
 from tests.conftest import server_args, start_server
-from tests.musetalk_fixtures import MOUTH_REGION, spoken, write_face_avatar, write_tiny_weights
-from tests.rtc_client import ReceiverClient
+from tests.support.musetalk_fixtures import MOUTH_REGION, spoken, write_face_avatar, write_tiny_weights
+from tests.support.rtc_client import ReceiverClient
 
 AVATARS = {"museface": 90, "museface2": 200}  # avatar id -> background grey level
 SENTENCES = ("The quick brown fox jumps over the lazy dog.", "Pack my box with five dozen liquor jugs.")

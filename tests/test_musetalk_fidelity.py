@@ -10,7 +10,7 @@ import torch
 
 from musetalk.loader import load_vae, place
 from musetalk.vae import decode_to_bgr, scaling_factor
-from tests.musetalk_fixtures import write_tiny_weights
+from tests.support.musetalk_fixtures import write_tiny_weights
 
 CPU = torch.device("cpu")
 

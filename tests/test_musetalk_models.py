@@ -17,7 +17,7 @@ from musetalk.vae import decode_to_bgr, encode_for_unet
 from musetalk.whisper import (LogMel, hf_to_encoder_keys, load_hf_encoder, load_openai_encoder, mel_filters,
                               _hz_to_mel, _mel_to_hz)
 from musetalk.unet import OFFICIAL_UNET_CONFIG
-from tests.musetalk_fixtures import TINY_UNET_CONFIG, write_tiny_weights
+from tests.support.musetalk_fixtures import TINY_UNET_CONFIG, write_tiny_weights
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_required_files_cover_what_the_loader_reads(weights):
 
 def test_hf_and_openai_layouts_give_the_same_encoder(tmp_path):
     """One set of encoder weights written in both layouts loads to identical features."""
-    from tests.musetalk_fixtures import write_hf_whisper
+    from tests.support.musetalk_fixtures import write_hf_whisper
     from musetalk.whisper import EncoderDims, WhisperEncoder
 
     state = write_hf_whisper(tmp_path / "hf", seed=7)

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from basereal import ping_pong_index
+from scene import loop_index
 from media import CHUNK_SAMPLES, AVBundle, chunks_per_frame
 from webrtc import MediaSchedule, SessionClock, StreamStats
 
@@ -22,9 +22,9 @@ class ManualTime:
 
 
 def test_ping_pong_plays_forward_then_backward_without_repeating_ends():
-    assert [ping_pong_index(i, 4) for i in range(10)] == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
-    assert [ping_pong_index(i, 1) for i in range(3)] == [0, 0, 0]
-    assert [ping_pong_index(i, 2) for i in range(4)] == [0, 1, 0, 1]
+    assert [loop_index(i, 4) for i in range(10)] == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    assert [loop_index(i, 1) for i in range(3)] == [0, 0, 0]
+    assert [loop_index(i, 2) for i in range(4)] == [0, 1, 0, 1]
 
 
 def test_chunks_per_frame():

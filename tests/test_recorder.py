@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pytest
 
-from tests.clip_helpers import write_frames, write_tone
+from tests.support.clip_helpers import write_frames, write_tone
 from tests.conftest import TEST_AVATAR_SIZE, server_args, start_server
-from tests.rtc_client import ReceiverClient
+from tests.support.rtc_client import ReceiverClient
 from tests.test_actions import post, wait_until
 
 FLASH_FRAME = 10  # the sync clip turns white at frame 10 and its tone starts at 10 * 40 ms

@@ -10,7 +10,7 @@ import pytest
 
 from server.security import AccessPolicy, RedactingAccessLogger
 from tests.conftest import server_args, start_server
-from tests.rtc_client import ReceiverClient
+from tests.support.rtc_client import ReceiverClient
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, keep_offers_on_loopback
 
 TOKEN = "s3cret-token"

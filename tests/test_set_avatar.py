@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from avatars.prepare import write_avatar
-from tests.clip_helpers import center_color, near
+from tests.support.clip_helpers import center_color, near
 from tests.conftest import PHOTO_AVATAR_ID, TEST_AVATAR_SIZE
-from tests.rtc_client import ReceiverClient
+from tests.support.rtc_client import ReceiverClient
 from tests.test_actions import post, wait_until
 
 WIDE_ID = "widebox"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import connected_client
-from tests.speech_helpers import channel_events, post, voiced_frames, wait_silent, wait_voiced
+from tests.support.speech_helpers import channel_events, post, voiced_frames, wait_silent, wait_voiced
 from tts.espeak import EspeakLibrary, EspeakTTS
 
 SENTENCE = "The quick brown fox jumps over the lazy dog"

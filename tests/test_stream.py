@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from tests.rtc_client import ReceiverClient
+from tests.support.rtc_client import ReceiverClient
 
 AUDIO_48K_FRAME = 960  # aiortc's Opus decoder yields 20 ms at 48 kHz
 

@@ -12,8 +12,8 @@ import pytest
 
 from media import SAMPLE_RATE
 from tests.conftest import server_args, start_server
-from tests.tts_services import FakeCloningService, wav_header
-from tests.tts_servers import pcm_s16, sine
+from tests.support.tts_services import FakeCloningService, wav_header
+from tests.support.tts_servers import pcm_s16, sine
 from tts.base import TTSError
 from tts.cloning import BACKENDS, SERVICES, ServiceSettings
 from tts.httpaudio import PCMDecoder
@@ -207,7 +207,7 @@ def test_reference_paths_stay_inside_the_data_directory(voices, data_dir, tmp_pa
 
 async def test_server_clones_the_voices_clients_name(service, voices, data_dir, http):
     """--tts cosyvoice: /offer's refaudio/reftext become the session's voice; /human's tts dict overrides it."""
-    from tests.rtc_client import ReceiverClient
+    from tests.support.rtc_client import ReceiverClient
 
     fake = await service("cosyvoice", seconds=0.3)
     running = await start_server(server_args(data_dir, "--tts", "cosyvoice", "--tts-server", fake.url))

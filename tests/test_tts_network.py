@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from media import SAMPLE_RATE
-from tests.tts_servers import (
+from tests.support.tts_servers import (
     EDGE_RATE,
     PCM_RATE,
     FakeEdgeService,

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import server_args, start_server
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, inbound_stats, loopback_only
-from tests.turn_server import Coturn
+from tests.support.turn_server import Coturn
 
 
 @pytest.fixture

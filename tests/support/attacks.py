@@ -20,7 +20,7 @@ import av
 import numpy as np
 from aiohttp import web
 
-from tests.tts_servers import PCM_RATE, LocalServer, pcm_s16, sine
+from tests.support.tts_servers import PCM_RATE, LocalServer, pcm_s16, sine
 
 
 class Attacker:

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.binaries import require_binary
+from tests.support.binaries import require_binary
 from tests.conftest import free_port
 
 TURN_USER, TURN_SECRET = "avatar", "turn-secret"

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.binaries import require_binary
+from tests.support.binaries import require_binary
 
 START_TIMEOUT_S = 10.0
 

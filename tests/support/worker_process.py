@@ -14,7 +14,7 @@ import aiohttp
 
 from tests.conftest import TEST_AVATAR_ID, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0
 
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from tests.rtc_client import Received, ReceiverClient
+from tests.support.rtc_client import Received, ReceiverClient
 
 VOICED_LEVEL = 300  # int16 peak above which a received 20 ms frame counts as speech
 

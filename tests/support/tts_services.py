@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from tests.tts_servers import LocalServer, pcm_s16, pieces, sine
+from tests.support.tts_servers import LocalServer, pcm_s16, pieces, sine
 
 RATES = {"sovits": 32000, "cosyvoice": 22050, "fishtts": 44100, "xtts": 24000}
 REQUIRED = {
