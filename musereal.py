@@ -20,7 +20,8 @@ import torch
 from avatars.format import Avatar, AvatarError
 from basereal import BaseReal, EngineConfig, FrameWork
 from blending import BlendPlan, paste_back
-from museasr import MuseASR, edge_mode_for
+from museasr import MuseASR
+from musetalk.features import edge_mode_for
 from musetalk.accel import accelerate
 from musetalk.loader import MuseTalkModels, load_models
 from musetalk.prepare import load_latents

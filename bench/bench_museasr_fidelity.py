@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from media import CHUNK_SAMPLES, AudioChunk
-from museasr import MuseASR, batch_features, edge_indices, encode_windows, frame_indices, padded, slice_features  # noqa: E501
+from museasr import MuseASR
+from musetalk.features import batch_features, edge_indices, encode_windows, frame_indices, padded, slice_features
 from musetalk.loader import MuseTalkModels
 from musetalk.unet import PositionalEncoding
 from musetalk.whisper import EncoderDims, LogMel, WhisperEncoder

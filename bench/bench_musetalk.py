@@ -43,7 +43,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from media import CHUNK_SAMPLES, AudioChunk
-from museasr import AudioWindow, encode_windows
+from musetalk.features import AudioWindow, encode_windows
 from musetalk.accel import accelerate
 from musetalk.loader import MuseTalkModels, place
 from musetalk.settings import DEFAULT_CONTEXT_CHUNKS, MuseTalkSettings, add_arguments

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import av
 import cv2
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 MAX_SIDE = 512  # a vision LLM needs no more; keeps each chat request small
 JPEG_QUALITY = 80
 
 
 class LatestFrame:
-    """Consumes a remote video track (aiortc queues every frame until read) and keeps the last one."""
+    """The camera's sink (fed by an UplinkReader): keeps only the last video frame."""
 
-    def __init__(self, track: MediaStreamTrack, name: str):
-        self.track = track
+    def __init__(self) -> None:
         self.frame: av.VideoFrame | None = None
-        self.frames = 0
-        self._task = asyncio.create_task(self._run(), name=name)
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                frame = await self.track.recv()
-            except MediaStreamError:
-                return
-            self.frames += 1
-            if isinstance(frame, av.VideoFrame):
-                self.frame = frame
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+    def put(self, frame: av.AudioFrame | av.VideoFrame) -> None:
+        if isinstance(frame, av.VideoFrame):
+            self.frame = frame
 
 
 def jpeg_data_url(frame: av.VideoFrame, max_side: int = MAX_SIDE) -> str:

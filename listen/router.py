@@ -1,7 +1,7 @@
 """One session's listening, on the event loop: tracks in, turn events out, replies by mode.
 
 `SessionListening` receives the peer connection's remote tracks, starts the
-uplink reader and the listener thread for audio (and `LatestFrame` for video),
+uplink reader and the listener thread for audio (and an uplink reader into a `LatestFrame` for video),
 and routes what the listener finds: `user_start` (and barge-in), `user_end`,
 the utterance to the process's ASR worker, then the `transcript` event and the
 reply of the current mode (echo: speak it; chat: the LLM answers it).
@@ -74,6 +74,7 @@ class SessionListening:
         self.reader: UplinkReader | None = None
         self.listener: Listener | None = None
         self.camera: LatestFrame | None = None
+        self.camera_reader: UplinkReader | None = None
         self._starting: asyncio.Task | None = None
         self._speculation: Speculation | None = None
         self._vision: set[asyncio.Task] = set()  # camera frames being encoded for a chat turn
@@ -98,7 +99,8 @@ class SessionListening:
     def _on_track(self, track: MediaStreamTrack) -> None:
         tag = self.session.id[:8]
         if track.kind == "video" and self.camera is None:
-            self.camera = LatestFrame(track, name=f"camera-{tag}")
+            self.camera = LatestFrame()
+            self.camera_reader = UplinkReader(track, self.camera, name=f"camera-{tag}")
         elif track.kind == "audio" and self.reader is None:
             buffer = FrameBuffer()
 
@@ -255,7 +257,7 @@ class SessionListening:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        for part in (self.reader, self.camera):
+        for part in (self.reader, self.camera_reader):
             if part is not None:
                 await part.close()
         if self.listener is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-from typing import Callable
+from typing import Callable, Protocol
 
 import av
 import numpy as np
@@ -35,6 +35,8 @@ class FrameBuffer:
         self.dropped = 0
 
     def put(self, frame: av.AudioFrame) -> None:
+        if not isinstance(frame, av.AudioFrame):
+            return
         while True:
             try:
                 self._queue.put_nowait(frame)
@@ -63,13 +65,22 @@ class FrameBuffer:
         return self._queue.maxsize
 
 
-class UplinkReader:
-    """Awaits a remote track's frames on the loop and hands them to a buffer, nothing more."""
+class FrameSink(Protocol):
+    def put(self, frame: av.AudioFrame | av.VideoFrame) -> None: ...
 
-    def __init__(self, track: MediaStreamTrack, buffer: FrameBuffer, name: str,
+
+class UplinkReader:
+    """Awaits a remote track's frames on the loop and hands each to a sink, nothing more.
+
+    aiortc queues every decoded frame of a remote track until it is read, so every
+    track a session accepts has a reader: the microphone's sink is a FrameBuffer,
+    the camera's a LatestFrame.
+    """
+
+    def __init__(self, track: MediaStreamTrack, sink: FrameSink, name: str,
                  on_first_frame: Callable[[], None] = lambda: None):
         self.track = track
-        self.buffer = buffer
+        self.sink = sink
         self.frames = 0
         self._on_first_frame = on_first_frame  # a peer that only receives never gets this far
         self._task = asyncio.create_task(self._run(), name=name)
@@ -83,8 +94,7 @@ class UplinkReader:
             self.frames += 1
             if self.frames == 1:
                 self._on_first_frame()
-            if isinstance(frame, av.AudioFrame):
-                self.buffer.put(frame)
+            self.sink.put(frame)
 
     async def close(self) -> None:
         self._task.cancel()

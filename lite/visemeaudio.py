@@ -22,7 +22,7 @@ import numpy as np
 from media import CHUNK_SAMPLES, SAMPLE_RATE
 from speech.visemes import VISEME_COUNT, Viseme
 
-MODEL_PATH = Path(__file__).resolve().parent / "assets" / "viseme_mlp.npz"
+MODEL_PATH = Path(__file__).resolve().parents[1] / "assets" / "viseme_mlp.npz"
 WINDOW = 512  # 32 ms analysis window centred on each 20 ms chunk
 MEL_BANDS = 26
 CEPSTRA = 12  # c1..c12 (c0, the level, enters as the level above the speech floor)

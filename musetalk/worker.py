@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from museasr import BatchAudio, batch_features, encode_windows
+from musetalk.features import BatchAudio, batch_features, encode_windows
 from musetalk.accel import bucket
 from musetalk.loader import MuseTalkModels
 from musetalk.vae import decode_to_bgr

@@ -193,7 +193,7 @@ async def test_bad_uplinks_leave_the_session_speaking(listen_server, http, case)
         if case == "never-sends-rtp":
             assert listening.listener is None, "a listener thread was started for a peer that sends nothing"
         if listening.reader is not None:
-            assert len(listening.reader.buffer) <= listening.reader.buffer.maxsize
+            assert len(listening.reader.sink) <= listening.reader.sink.maxsize
         since = len(client.audio)
         status, _ = await post(http, f"{listen_server.url}/human", {"sessionid": client.sessionid, "text": "Still here."})
         assert status == 200
@@ -228,7 +228,7 @@ async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server
     try:
         listening = listen_server.app[LISTEN_KEY].sessions[client.sessionid]
         deadline = time.monotonic() + 10
-        while (listening.listener is None or len(listening.reader.buffer) > 2) and time.monotonic() < deadline:
+        while (listening.listener is None or len(listening.reader.sink) > 2) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # the listener has started and caught up with the uplink
         await asyncio.sleep(0.5)
         clip = speak("One two three four five six seven eight nine ten.")
@@ -296,8 +296,8 @@ async def test_camera_frame_goes_with_the_chat_turn_only_with_llm_vision(data_di
         await asyncio.sleep(0.5)
         track.play(speak(SENTENCES[0]))
         await wait_events(client, lambda e: e["type"] == "end", timeout=25)
-        camera = running.app[LISTEN_KEY].sessions[client.sessionid].camera
-        assert camera is not None and camera.frames > 3
+        reader = running.app[LISTEN_KEY].sessions[client.sessionid].camera_reader
+        assert reader is not None and reader.frames > 3
         content = llm_server.exchanges[0].body["messages"][-1]["content"]
         if not vision:
             assert isinstance(content, str)

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from media import CHUNK_SAMPLES, AudioChunk
-from museasr import (WINDOW_CHUNKS, ZERO, BatchAudio, MuseASR, batch_features, edge_indices, encode_windows,
-                     feature_indices, slice_features)
+from museasr import MuseASR
+from musetalk.features import (WINDOW_CHUNKS, ZERO, BatchAudio, batch_features, edge_indices, encode_windows,
+                               feature_indices, slice_features)
 from musetalk.loader import load_models
 from musetalk.settings import right_context
 from tests.support.musetalk_fixtures import spoken, write_tiny_weights
