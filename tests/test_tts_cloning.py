@@ -12,7 +12,7 @@ import pytest
 
 from media import SAMPLE_RATE
 from tests.conftest import server_args, start_server
-from tests.support.tts_services import FakeCloningService, wav_header
+from tests.support.tts_servers import FakeCloningService, wav_header
 from tests.support.tts_servers import pcm_s16, sine
 from tts.base import TTSError
 from tts.cloning import BACKENDS, SERVICES, ServiceSettings
