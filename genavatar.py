@@ -55,17 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--video", type=Path, help="a video file, or a folder of frames named 0.png, 1.png, ...")
     source.add_argument("--image", type=Path)
     source.add_argument("--default", action="store_true", help="build the default avatar from the bundled photo")
-    parser.add_argument("--avatar_id", default=DEFAULT_AVATAR_ID)
-    parser.add_argument("--bbox_shift", type=int, default=0,
+    parser.add_argument("--avatar-id", "--avatar_id", dest="avatar_id", default=DEFAULT_AVATAR_ID)
+    parser.add_argument("--bbox-shift", "--bbox_shift", dest="bbox_shift", type=int, default=0,
                         help="pixels added to the nose point that splits the face box (MuseTalk v1.0)")
-    parser.add_argument("--extra_margin", type=int, default=DEFAULT_EXTRA_MARGIN,
+    parser.add_argument("--extra-margin", "--extra_margin", dest="extra_margin", type=int, default=DEFAULT_EXTRA_MARGIN,
                         help="pixels added below the chin (MuseTalk v1.5)")
-    parser.add_argument("--musetalk_version", choices=GEOMETRY_VERSIONS, default="auto",
+    parser.add_argument("--musetalk-version", "--musetalk_version", dest="musetalk_version",
+                        choices=GEOMETRY_VERSIONS, default="auto",
                         help="face box and mask of MuseTalk v1.5 (margin, 'jaw' mask) or v1.0 ('raw' mask); "
                              "auto: the version of the weights in --models-dir, else v15")
     parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--max_frames", type=int, default=None)
-    parser.add_argument("--loop_seconds", type=float, default=PrepareOptions.loop_seconds,
+    parser.add_argument("--max-frames", "--max_frames", dest="max_frames", type=int, default=None)
+    parser.add_argument("--loop-seconds", "--loop_seconds", dest="loop_seconds",
+                        type=float, default=PrepareOptions.loop_seconds,
                         help="length of the idle loop made from a photo")
     parser.add_argument("--model", choices=MODELS, default="lite",
                         help="musetalk also precomputes its VAE latents (needs its weights)")

@@ -61,7 +61,8 @@ class ActionSpec:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--customvideo_config", dest="customvideo_config", type=Path, default=None,
+    parser.add_argument("--customvideo-config", "--customvideo_config", dest="customvideo_config",
+                        type=Path, default=None,
                         metavar="FILE", help="custom actions for every session: a JSON list of "
                         "{audiotype, imgpath, audiopath?} (paths inside the data folder; audiotype 1 = idle clip)")
     parser.add_argument("--action-crossfade", dest="action_crossfade", type=int, default=DEFAULT_FADE_FRAMES,

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text", default="Hello! I am a talking avatar. I can read any sentence you type, "
                                            "and my lips move with the sound.")
-    parser.add_argument("--avatar_id", default="default")
+    parser.add_argument("--avatar-id", "--avatar_id", dest="avatar_id", default="default")
     parser.add_argument("--voice", default="en-us")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "sentence.mp4")
     parser.add_argument("--sheet", type=Path, default=None, help="contact sheet PNG (default: next to --out)")
