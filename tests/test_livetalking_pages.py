@@ -16,6 +16,9 @@ import wave
 import aiohttp
 import numpy as np
 import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from httpapi import BadRequest
 
 from tests.conftest import server_args, start_server
 from tests.support.rtc_client import ReceiverClient
@@ -131,32 +134,61 @@ async def test_numbers_are_not_session_ids_unless_asked(server, http):
         await client.close()
 
 
-async def test_admin_routes_exist_only_with_a_token(data_dir, http):
+async def test_admin_routes_answer_this_machine_without_a_token_and_the_token_otherwise(data_dir, http):
+    """LiveTalking's admin.html sends no token: without --auth-token the routes answer local requests only."""
     plain = await start_server(server_args(data_dir))
+    client = ReceiverClient(plain.url)
     try:
-        for path in ("/api/admin/config", "/api/admin/sessions"):
-            async with http.get(plain.url + path) as response:
-                assert response.status == 404, path
+        await client.connect(http)
+        async with http.get(plain.url + "/api/admin/config") as response:  # 127.0.0.1 to 127.0.0.1: allowed
+            assert response.status == 200
+            config = (await response.json())["data"]["config"]
+        assert config["model"] == "lite" and config["avatar_id"] == "testface" and config["transport"] == "webrtc"
+        assert config["listenport"] == plain.context.args.listenport and config["REF_FILE"] == ""
+        async with http.get(plain.url + "/api/admin/sessions") as response:
+            sessions = (await response.json())["data"]["sessions"]
+        assert [s["sessionid"] for s in sessions] == [client.sessionid]
+        assert sessions[0]["avatar_id"] == "testface" and sessions[0]["model"] == "lite"
+        assert sessions[0]["transport"] == "webrtc" and sessions[0]["recording"] is False
+        for headers in ({"X-Forwarded-For": "203.0.113.7"}, {"X-Real-IP": "203.0.113.7"},
+                        {"Forwarded": "for=203.0.113.7"},  # relayed by a proxy on this machine
+                        {"Host": "rebound.example:8010"}):  # a DNS-rebinding page reaching 127.0.0.1
+            for path in ("/api/admin/config", "/api/admin/sessions"):
+                async with http.get(plain.url + path, headers=headers) as response:
+                    body = await response.json()
+                assert response.status == 403 and "--auth-token" in body["msg"], (headers, path)
+                assert client.sessionid not in json.dumps(body)
+        # a client on another machine: the same request, its remote address not loopback
+        for remote, status in (("203.0.113.7", 403), ("::ffff:10.0.0.2", 403), ("127.0.0.1", 200), ("::1", 200)):
+            request = make_mocked_request("GET", "/api/admin/sessions", headers={"Host": "127.0.0.1:8010"},
+                                          app=plain.app).clone(remote=remote)
+            match = await plain.app.router.resolve(request)
+            try:
+                answered = (await match.handler(request)).status
+            except BadRequest as exc:
+                answered = exc.status
+            assert answered == status, remote
     finally:
+        await client.close()
         await plain.runner.cleanup()
 
     guarded = await start_server(server_args(data_dir, "--auth-token", "admin-secret"))
     client = ReceiverClient(guarded.url)
     headers = {"Authorization": "Bearer admin-secret"}
     try:
-        for path in ("/api/admin/config", "/api/admin/sessions"):  # the token middleware guards them
+        for path in ("/api/admin/config", "/api/admin/sessions"):  # the token middleware guards them, local or not
             async with http.get(guarded.url + path) as response:
                 assert response.status == 401, path
         http.headers.update(headers)  # the receiver's /offer carries it
         await client.connect(http)
         async with http.get(guarded.url + "/api/admin/config", headers=headers) as response:
-            config = (await response.json())["data"]
+            config = (await response.json())["data"]["config"]
         assert config["auth_token"] == "***" and "admin-secret" not in json.dumps(config)
         assert config["max_session"] == guarded.context.args.max_session
-        async with http.get(guarded.url + "/api/admin/sessions", headers=headers) as response:
-            sessions = (await response.json())["data"]
+        async with http.get(guarded.url + "/api/admin/sessions", headers={**headers, "X-Forwarded-For": "1.2.3.4"}) \
+                as response:  # with the token, from anywhere
+            sessions = (await response.json())["data"]["sessions"]
         assert [s["sessionid"] for s in sessions] == [client.sessionid]
-        assert sessions[0]["avatar"] == "testface" and sessions[0]["engine"] == "lite"
     finally:
         await client.close()
         await guarded.runner.cleanup()
