@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import time
 import wave
 
 import aiohttp
+import av
 import numpy as np
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -269,3 +271,153 @@ async def test_a_livetalking_style_page_in_chromium_stays_connected_and_talks(lt
             assert lt_server.context.sessions.get(session.id) is session and not session.closed
         finally:
             await browser.close()
+
+
+# Written for these tests, not copied: the calls LiveTalking's avatar.html, admin.html and
+# webrtcapi-asr.html make, with the bodies they send and the fields of the answers they read.
+THEIR_TOOLS_PAGE = """<!doctype html><html><body>
+<form id="taskForm">
+  <select name="model"><option value="wav2lip">Wav2Lip</option><option value="musetalk">MuseTalk</option></select>
+  <input name="avatar_id"><input type="file" name="video_file" accept="video/*">
+  <input name="img_size" value="256"><input name="bbox_shift" value="0">
+  <input name="pads" value="0 10 0 0"><input name="face_det_batch_size" value="4">
+</form>
+<ul id="taskList"></ul><table id="configTable"></table><ul id="sessions"></ul><span id="sessionCount">0</span>
+<script>
+// avatar.html: submit the form as it is, list data.tasks with model_type, start_time, progress, error_msg
+async function submitTask() {
+  const response = await fetch('/api/avatar/task', {method: 'POST', body: new FormData(document.getElementById('taskForm'))});
+  return response.json();
+}
+async function refreshTasks() {
+  const result = await (await fetch('/api/avatar/tasks')).json();
+  if (result.code === 0) renderTasks(result.data.tasks);
+}
+function renderTasks(tasks) {
+  document.getElementById('taskList').replaceChildren(...tasks.map((task) => {
+    const item = document.createElement('li');
+    const date = new Date(task.start_time * 1000).toLocaleString();
+    item.textContent = `${task.task_id} ${task.model_type} ${task.avatar_id} ${task.status.toUpperCase()} ${date} ` +
+                       `${task.progress}%` + (task.error_msg ? ` error: ${task.error_msg}` : '');
+    item.dataset.status = task.status;
+    return item;
+  }));
+}
+// admin.html: data.config read by key, data.sessions listed
+const configLabels = ['model', 'avatar_id', 'tts', 'REF_FILE', 'transport', 'listenport', 'batch_size', 'fps', 'push_url'];
+async function fetchConfig() {
+  const result = await (await fetch('/api/admin/config')).json();
+  if (result.code !== 0) return;
+  const config = result.data.config;
+  document.getElementById('configTable').replaceChildren(...configLabels.filter((key) => config[key] !== undefined)
+    .map((key) => { const row = document.createElement('tr'); row.textContent = `${key}=${config[key]}`; return row; }));
+}
+async function fetchSessions() {
+  const result = await (await fetch('/api/admin/sessions')).json();
+  if (result.code !== 0) return;
+  document.getElementById('sessions').replaceChildren(...result.data.sessions.map((session) => {
+    const item = document.createElement('li');
+    item.textContent = `SID: ${session.sessionid} ${session.transport || 'default'} ${session.avatar_id} ` +
+                       `${session.model} ${session.speaking ? 'speaking' : 'silent'}${session.recording ? ' recording' : ''}`;
+    return item;
+  }));
+  document.getElementById('sessionCount').textContent = result.data.sessions.length;
+}
+// webrtcapi-asr.html: its record buttons post no sessionid and go by response.ok
+async function record(type) {
+  const response = await fetch('/record', {body: JSON.stringify({type: type}),
+                                           headers: {'Content-Type': 'application/json'}, method: 'POST'});
+  return {ok: response.ok, body: await response.json()};
+}
+</script></body></html>"""
+
+
+def faceless_mp4(seconds: float, side: int = 128, fps: int = 25) -> bytes:
+    """A clip of flat grey frames: readable, but no face to build an avatar from."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for _ in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(np.full((side, side, 3), 128, np.uint8), format="bgr24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()
+
+
+async def serve_on(page, url: str, name: str, html: str) -> None:
+    async def fulfil(route) -> None:
+        await route.fulfill(status=200, content_type="text/html", body=html)
+
+    await page.route(f"**/{name}", fulfil)
+    await page.goto(f"{url}/{name}")
+
+
+async def test_their_avatar_admin_and_record_calls_in_chromium(tmp_path, data_dir, http):
+    from playwright.async_api import async_playwright
+
+    from tests.test_avatar_tasks import astronaut_mp4
+
+    (tmp_path / "avatars").mkdir()
+    shutil.copytree(data_dir / "avatars" / "testface", tmp_path / "avatars" / "testface")
+    running = await start_server(server_args(tmp_path, "--numeric-session-ids", "--avatar-upload-mb", "2",
+                                             "--avatar-max-seconds", "1"))
+    client = ReceiverClient(running.url)
+    try:
+        await client.connect(http)
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                await serve_on(page, running.url, "their-tools.html", THEIR_TOOLS_PAGE)
+                for avatar_id, clip in (("lt_video", astronaut_mp4(0.4)), ("lt_faceless", faceless_mp4(0.4))):
+                    await page.fill("input[name=avatar_id]", avatar_id)
+                    await page.set_input_files("input[name=video_file]", files=[
+                        {"name": "clip.mp4", "mimeType": "video/mp4", "buffer": clip}])
+                    answer = await page.evaluate("submitTask()")
+                    assert answer["code"] == 0 and answer["data"]["task_id"], answer
+                deadline = time.monotonic() + 120
+                while True:  # avatar.html refreshes the list every 3 s; here as often as needed
+                    await page.evaluate("refreshTasks()")
+                    states = await page.eval_on_selector_all("#taskList li", "items => items.map(i => i.dataset.status)")
+                    if len(states) == 2 and all(s in ("completed", "failed") for s in states):
+                        break
+                    assert time.monotonic() < deadline, states
+                    await asyncio.sleep(0.5)
+                listed = await page.eval_on_selector_all("#taskList li", "items => items.map(i => i.textContent)")
+                done = next(text for text in listed if "lt_video" in text)
+                failed = next(text for text in listed if "lt_faceless" in text)
+                assert " lite lt_video COMPLETED " in done and "100%" in done and "Invalid Date" not in done, done
+                assert "error" not in done and "undefined" not in done, done
+                assert " FAILED " in failed and "error: " in failed and "undefined" not in failed, failed
+
+                await page.evaluate("fetchConfig()")
+                rows = await page.eval_on_selector_all("#configTable tr", "rows => rows.map(r => r.textContent)")
+                assert {"model=lite", "avatar_id=testface", "transport=webrtc", "REF_FILE=",
+                        f"listenport={running.context.args.listenport}"} <= set(rows), rows
+                await page.evaluate("fetchSessions()")
+                assert await page.text_content("#sessionCount") == "1"
+                assert await page.text_content("#sessions li") == f"SID: {client.sessionid} webrtc testface lite silent"
+
+                for kind in ("start_record", "end_record"):  # LiveTalking: HTTP 200, code -1, nothing recorded
+                    answer = await page.evaluate(f"record('{kind}')")
+                    assert answer["ok"] is True and answer["body"]["code"] == -1, answer
+                    assert answer["body"]["msg"].startswith("session not found"), answer
+                assert not (tmp_path / "record").exists()
+                await page.evaluate("fetchSessions()")
+                assert "recording" not in await page.text_content("#sessions li")
+            finally:
+                await browser.close()
+        status, body = await post(http, f"{running.url}/record", {"type": "start_record", "sessionid": client.sessionid})
+        assert status == 200 and body["code"] == 0, body  # a named session still records
+        async with http.get(f"{running.url}/api/admin/sessions") as response:
+            assert (await response.json())["data"]["sessions"][0]["recording"] is True
+        await asyncio.sleep(0.5)  # a few frames recorded
+        status, body = await post(http, f"{running.url}/record", {"type": "end_record", "sessionid": client.sessionid})
+        assert status == 200 and body["code"] == 0, body
+    finally:
+        await client.close()
+        await running.runner.cleanup()
