@@ -421,3 +421,123 @@ async def test_their_avatar_admin_and_record_calls_in_chromium(tmp_path, data_di
     finally:
         await client.close()
         await running.runner.cleanup()
+
+
+# Written for this test, not copied: the calls of LiveTalking's old push pages (rtcpushapi.html sends
+# {text, type} with no sessionid; rtmpapi.html sends sessionid '0') and of its ASR page (asr/main.js
+# with wsconnecter.js: FunASR's protocol on /api/asr, a final result forwarded to /human as chat
+# without a sessionid when its mode is "2pass-offline" or "offline", /is_speaking polled with sessionid 0).
+THEIR_PUSH_AND_ASR_PAGE = """<!doctype html><html><body><textarea id="varArea"></textarea>
+<script>
+const json = {'Content-Type': 'application/json'};
+async function oldPushEcho(text) {
+  return (await fetch('/human', {body: JSON.stringify({text: text, type: 'echo'}), headers: json, method: 'POST'})).json();
+}
+async function rtmpEcho(text) {
+  return (await fetch('/human', {body: JSON.stringify({text: text, type: 'echo', sessionid: '0'}), headers: json,
+                                 method: 'POST'})).json();
+}
+async function is_speaking() {
+  const response = await fetch('/is_speaking', {body: JSON.stringify({sessionid: 0}), headers: json, method: 'POST'});
+  return (await response.json()).data;
+}
+const results = [], forwarded = [];
+let socket = null, rec_text = '', offline_text = '';
+function getJsonMessage(event) {
+  const message = JSON.parse(event.data);
+  results.push(message);
+  const rectxt = '' + message.text;
+  if (message.mode == '2pass-offline' || message.mode == 'offline') {
+    offline_text = offline_text + rectxt.replace(/ +/g, '') + '\\n';
+    rec_text = offline_text;
+    fetch('/human', {body: JSON.stringify({text: rectxt.replace(/ +/g, ''), type: 'chat'}), headers: json,
+                     method: 'POST'}).then((r) => r.json()).then((body) => forwarded.push(body));
+  } else {
+    rec_text = rec_text + rectxt;
+  }
+  document.getElementById('varArea').value = rec_text;
+}
+function connectAsr(mode) {
+  return new Promise((opened, failed) => {
+    socket = new WebSocket(`ws://${location.host}/api/asr`);
+    socket.onmessage = getJsonMessage;
+    socket.onerror = failed;
+    socket.onopen = () => {
+      socket.send(JSON.stringify({chunk_size: [5, 10, 5], wav_name: 'h5', is_speaking: true, chunk_interval: 10,
+                                  itn: false, mode: mode}));
+      opened();
+    };
+  });
+}
+function speakInto(mode, base64) {  // the recorder's 960-sample pieces, then stop()
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  let samples = new Int16Array(bytes.buffer);
+  while (samples.length >= 960) {
+    socket.send(samples.slice(0, 960));
+    samples = samples.slice(960);
+  }
+  if (samples.length > 0) socket.send(samples);
+  socket.send(JSON.stringify({chunk_size: [5, 10, 5], wav_name: 'h5', is_speaking: false, chunk_interval: 10,
+                              mode: mode}));
+}
+</script></body></html>"""
+
+
+# A page the test fulfils has no address space Chromium can know (served by this server it is loopback),
+# so its WebSocket to 127.0.0.1 would trip Local Network Access checks: those are off for routed pages.
+ROUTED_PAGE_ARGS = [arg + ",LocalNetworkAccessChecks" if arg.startswith("--disable-features=") else arg
+                    for arg in CHROMIUM_ARGS]
+
+
+async def wait_until(page, expression: str, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await page.evaluate(expression):
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.2)
+
+
+async def test_their_push_pages_and_2pass_asr_page_in_chromium(data_dir, llm_server, http):
+    """--numeric-session-ids with a pushed session 0: no sessionid means it; a 2pass final reaches /human."""
+    import base64
+
+    from playwright.async_api import async_playwright
+
+    from tests.conftest import free_port
+    from tests.support.llm_server import Script
+    from tests.support.speech_sender import speak
+
+    running = await start_server(server_args(
+        data_dir, "--numeric-session-ids", "--transport", "rtmp", "--push-session-id", "0",
+        "--push-url", f"rtmp://127.0.0.1:{free_port()}/live/avatar",  # nobody listens: the session runs anyway
+        "--llm-base-url", llm_server.base_url, "--llm-model", "test-model"))
+    pushed = running.context.sessions.get("0")
+    assert pushed is not None and pushed.broadcast
+    pcm = (np.clip(speak("I would like to visit the museum."), -1, 1) * 32767).astype("<i2").tobytes()
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ROUTED_PAGE_ARGS)
+            try:
+                page = await browser.new_page()
+                await serve_on(page, running.url, "their-push.html", THEIR_PUSH_AND_ASR_PAGE)
+                for call in ("oldPushEcho", "rtmpEcho"):
+                    answer = await page.evaluate(f"{call}('Hello from the old push page.')")
+                    assert answer["code"] == 0, (call, answer)
+                    await wait_until(page, "is_speaking()", 15, f"{call}: the pushed session never spoke")
+                    assert pushed.speaking
+                    await post(http, f"{running.url}/interrupt_talk", {"sessionid": "0"})
+                    await wait_until(page, "is_speaking().then((s) => !s)", 5, "the interrupt was not heard")
+
+                llm_server.queue(Script(deltas=["The museum opens at nine."]))
+                await page.evaluate("connectAsr('2pass')")
+                await page.evaluate(f"speakInto('2pass', '{base64.b64encode(pcm).decode()}')")
+                await wait_until(page, "forwarded.length > 0", 60, "no result was forwarded to /human")
+                results = await page.evaluate("results")
+                assert [r["mode"] for r in results] == ["2pass-offline"] and results[0]["is_final"] is True, results
+                assert await page.evaluate("forwarded") == [{"code": 0, "msg": "ok", "data": {"chat": True}}]
+                heard = llm_server.exchanges[-1].body["messages"][-1]["content"]
+                assert "museum" in heard.lower() and " " not in heard, heard  # their page strips spaces
+                await wait_until(page, "is_speaking()", 15, "the pushed session never spoke the reply")
+            finally:
+                await browser.close()
+    finally:
+        await running.runner.cleanup()
