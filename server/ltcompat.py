@@ -47,15 +47,17 @@ def sessionid_as_text(body: dict, numeric: bool) -> dict:
 
 
 def with_push_session(body: dict, args: argparse.Namespace) -> dict:
-    """The body with a missing sessionid set to the pushed session's, in the old pages' mode."""
-    if body.get("sessionid") is not None or not args.numeric_session_ids or args.transport == "webrtc":
+    """The body with a missing sessionid set to the pushed session's, in the old pages' mode.
+
+    Only an absent key: a `null` (what JSON makes of parseInt's NaN) named a session and failed."""
+    if "sessionid" in body or not args.numeric_session_ids or args.transport == "webrtc":
         return body
     return {**body, "sessionid": args.push_session_id}
 
 
 def session_not_found(body: dict, args: argparse.Namespace) -> web.Response | None:
     """LiveTalking's answer to a body naming no session (HTTP 200, code -1), in the old pages' mode; else None."""
-    if body.get("sessionid") is not None or not args.numeric_session_ids:
+    if "sessionid" in body or not args.numeric_session_ids:
         return None
     return web.json_response({"code": -1, "msg": "session not found: this request names no 'sessionid' "
                                                  "(send the id /offer answered); nothing was done"})

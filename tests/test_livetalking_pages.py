@@ -512,6 +512,8 @@ async def test_their_push_pages_and_2pass_asr_page_in_chromium(data_dir, llm_ser
         "--llm-base-url", llm_server.base_url, "--llm-model", "test-model"))
     pushed = running.context.sessions.get("0")
     assert pushed is not None and pushed.broadcast
+    status, body = await post(http, f"{running.url}/human", {"text": "x", "type": "echo", "sessionid": None})
+    assert status == 400, body  # null is parseInt's NaN: a page that failed to name its session, not the pushed one
     pcm = (np.clip(speak("I would like to visit the museum."), -1, 1) * 32767).astype("<i2").tobytes()
     try:
         async with async_playwright() as pw:
