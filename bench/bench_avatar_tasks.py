@@ -55,8 +55,8 @@ async def wait_all(http, url: str, task_ids: list[str]) -> list[dict]:
 
 
 def report(kind: str, tasks: list[dict]) -> None:
-    work = [t["finished_at"] - t["started_at"] for t in tasks]
-    wall = [t["finished_at"] - t["created_at"] for t in tasks]
+    work = [t["end_time"] - t["running_since"] for t in tasks]
+    wall = [t["end_time"] - t["start_time"] for t in tasks]
     fps = [t["frames"] / w for t, w in zip(tasks, work)]
     print(f"{kind}: {len(tasks)} tasks of {tasks[0]['frames']} frames; in the worker p50 {statistics.median(work):.1f} s "
           f"({statistics.median(fps):.1f} frames/s); upload->completed p50 {statistics.median(wall):.1f} s, "

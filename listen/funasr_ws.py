@@ -5,6 +5,11 @@ LiveTalking's ASR page speaks it: a JSON message `{"is_speaking": true, "mode": 
 `{"is_speaking": false}` closes it; the server answers one final result per utterance,
 `{"mode", "wav_name", "text", "is_final": true}`. An utterance is capped at the ASR's
 30 s window (the rest is ignored), and the socket's messages are bounded in bytes.
+
+The reply's mode is FunASR's: a "2pass" client's final result is "2pass-offline" (its
+partials would be "2pass-online"); LiveTalking's ASR page forwards to /human only
+results whose mode is "2pass-offline" or "offline". Like LiveTalking's own /api/asr,
+no partial results are sent: the text comes once, when the utterance closes.
 """
 
 from __future__ import annotations
@@ -49,6 +54,14 @@ class Utterance:
     def audio(self) -> np.ndarray:
         usable = len(self._pcm) - len(self._pcm) % 2
         return np.frombuffer(bytes(self._pcm[:usable]), "<i2").astype(np.float32) / S16_SCALE
+
+
+TWO_PASS_MODES = {"2pass": "2pass-offline"}  # FunASR: a 2pass client's final result (its partials: "2pass-online")
+
+
+def final_mode(client_mode: str) -> str:
+    """The mode a final result carries, as FunASR's server names it for the mode the client asked for."""
+    return TWO_PASS_MODES.get(client_mode, client_mode)
 
 
 def text_field(config: dict, key: str, default: str) -> str:
@@ -97,7 +110,8 @@ async def funasr_socket(request: web.Request, asr_worker: Callable[[], "ASRWorke
         if utterance is None:
             continue
         finished, utterance = utterance, None
-        reply = {"mode": finished.mode, "wav_name": finished.wav_name, "is_final": True, "text": ""}
+        reply = {"mode": final_mode(finished.mode), "wav_name": finished.wav_name, "is_final": True,
+                 "text": ""}
         audio = finished.audio()
         if audio.size:
             try:

@@ -2,11 +2,13 @@
 
     POST   /api/avatar/task          multipart: file (or video_file), avatar_id, model lite|musetalk, options
     GET    /api/avatar/task/{id}     status pending|running|completed|failed|cancelled, progress 0-100
-    GET    /api/avatar/tasks         every task this process knows (newest first)
+    GET    /api/avatar/tasks         {tasks: [...]}: every task this process knows (newest first)
     DELETE /api/avatar/task/{id}     cancel a task that has not started
     GET    /api/avatar/preview/{avatar_id}?frame=N   one idle-loop frame as JPEG (the page animates them)
 
-LiveTalking's form fields are accepted; its `video_path` (any file on the server)
+A task answers with LiveTalking's field names (model_type, start_time, end_time,
+error_msg), so its avatar.html lists them. LiveTalking's form fields are accepted;
+its `video_path` (any file on the server)
 and `notifyurl` (a request to any host: SSRF) are refused: progress is polled.
 One worker thread prepares one avatar at a time; the queue is bounded, uploads
 are limited in bytes and seconds, and an upload lives in data/tmp/ only until
@@ -65,20 +67,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class AvatarTask:
-    """One preparation job; `asdict` of it is what the API answers."""
+    """One preparation job; `asdict` of it is what the API answers (LiveTalking's names where it has them).
+
+    start_time is when the task was queued and end_time when it ended (LiveTalking's meanings, Unix
+    seconds); running_since is when the worker took it up. error_msg is "" unless it failed.
+    """
 
     task_id: str
     avatar_id: str
-    model: str
+    model_type: str
     kind: str  # photo | video
     status: str = "pending"
     progress: float = 0.0
     message: str = "queued"
-    error: str | None = None
+    error_msg: str = ""
     frames: int | None = None
-    created_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
+    start_time: float = field(default_factory=time.time)
+    running_since: float | None = None
+    end_time: float | None = None
 
     def public(self) -> dict:
         data = asdict(self)
@@ -147,7 +153,7 @@ class AvatarTaskManager:
                 raise BadRequest(f"unknown task {task_id!r}", status=404)
             if task.status != "pending":
                 raise BadRequest(f"task {task_id} is {task.status}: only pending tasks can be deleted", status=409)
-            task.status, task.message, task.finished_at = "cancelled", "cancelled before it started", time.time()
+            task.status, task.message, task.end_time = "cancelled", "cancelled before it started", time.time()
             task_input = self._inputs.pop(task_id)
         task_input.upload.unlink(missing_ok=True)
         return task
@@ -161,11 +167,11 @@ class AvatarTaskManager:
 
     def listing(self) -> list[dict]:
         with self._lock:
-            return [t.public() for t in sorted(self.tasks.values(), key=lambda t: t.created_at, reverse=True)]
+            return [t.public() for t in sorted(self.tasks.values(), key=lambda t: t.start_time, reverse=True)]
 
     def _forget_old(self) -> None:
-        finished = [t for t in self.tasks.values() if t.finished_at is not None]
-        for task in sorted(finished, key=lambda t: t.finished_at)[: max(0, len(self.tasks) - MAX_REMEMBERED)]:
+        finished = [t for t in self.tasks.values() if t.end_time is not None]
+        for task in sorted(finished, key=lambda t: t.end_time)[: max(0, len(self.tasks) - MAX_REMEMBERED)]:
             del self.tasks[task.task_id]
 
     # ---- worker thread ----------------------------------------------------
@@ -179,7 +185,7 @@ class AvatarTaskManager:
                 task_input = self._inputs.pop(task_id, None)
                 if task is None or task_input is None or task.status != "pending":
                     continue
-                task.status, task.message, task.started_at = "running", "preparing", time.time()
+                task.status, task.message, task.running_since = "running", "preparing", time.time()
             try:
                 report = self._build(task, task_input)
             except (AvatarError, OSError, ValueError, av.error.FFmpegError) as exc:
@@ -202,9 +208,9 @@ class AvatarTaskManager:
 
     def _finish(self, task: AvatarTask, status: str, message: str) -> None:
         with self._lock:
-            task.status, task.finished_at = status, time.time()
+            task.status, task.end_time = status, time.time()
             if status == "failed":
-                task.error = message
+                task.error_msg = message
                 task.message = "failed"
             else:
                 task.message, task.progress = message, 100.0
@@ -370,7 +376,7 @@ async def create_task(request: web.Request) -> web.Response:
                 options = preparation.PrepareOptions(**{**asdict(options), "max_frames": min(options.max_frames or cap, cap)})
         except AvatarError as exc:
             raise BadRequest(str(exc), status=415) from None
-        task = AvatarTask(task_id=uuid.uuid4().hex[:16], avatar_id=avatar_id, model=model, kind=kind)
+        task = AvatarTask(task_id=uuid.uuid4().hex[:16], avatar_id=avatar_id, model_type=model, kind=kind)
         manager.submit(task, TaskInput(upload, options, overwrite))
     except BaseException:
         upload.unlink(missing_ok=True)
@@ -388,7 +394,8 @@ async def delete_task(request: web.Request) -> web.Response:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    return ok(data=manager_of(request).listing())
+    """`data: {tasks: [...]}`, as LiveTalking answers (its avatar.html reads data.tasks)."""
+    return ok(data={"tasks": manager_of(request).listing()})
 
 
 def preview_jpeg(avatars: AvatarStore, avatar_id: str, frame: int) -> tuple[bytes, int]:

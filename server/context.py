@@ -49,13 +49,18 @@ class ServerContext:
 
     def session_from(self, body: dict) -> "Session":
         """The live session a request body's `sessionid` names (404 otherwise); counts as activity."""
-        body = ltcompat.sessionid_as_text(body, self.args.numeric_session_ids)
+        body = ltcompat.with_push_session(ltcompat.sessionid_as_text(body, self.args.numeric_session_ids), self.args)
         session_id = require_str(body, "sessionid", max_len=64)
         session = self.sessions.get(session_id)
         if session is None:
             raise BadRequest(f"unknown sessionid {session_id!r}: post /offer first", status=404)
         session.touch()
         return session
+
+    def missing_session(self, body: dict) -> web.Response | None:
+        """LiveTalking's HTTP 200 "session not found" for a body naming no session, in the old pages' mode
+        (--numeric-session-ids, no pushed session to default to); None otherwise."""
+        return ltcompat.session_not_found(ltcompat.with_push_session(body, self.args), self.args)
 
 
 CONTEXT_KEY = web.AppKey("context", ServerContext)

@@ -51,6 +51,36 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")  # set by proxies: the request came from elsewhere
+
+
+def is_loopback_address(address: str | None) -> bool:
+    """True for 127.0.0.0/8, ::1 and ::ffff:127.x; False for names, empty or anything unparsable."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def is_local_request(request: web.BaseRequest) -> bool:
+    """Made on this machine, to a loopback name, and not relayed by a proxy.
+
+    All three are needed: a proxy on the same machine (nginx in deploy/) makes every
+    client's request come from 127.0.0.1, so a request carrying a forwarding header is
+    not local; a page on another site that rebinds its DNS name to 127.0.0.1 reaches us
+    from loopback but with its own name in Host, so Host must be a loopback name too.
+    """
+    if any(name in request.headers for name in FORWARDING_HEADERS):
+        return False
+    if not is_loopback_address(request.remote):
+        return False
+    hostname = urlsplit(f"//{request.host}").hostname or ""
+    return hostname == "localhost" or is_loopback_address(hostname)
+
+
 def normalise_origin(origin: str) -> str:
     if origin == ANY_ORIGIN:
         return origin

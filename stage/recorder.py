@@ -254,6 +254,9 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
     async def record(request: web.Request) -> web.Response:
         """`type: start_record` starts; `end_record` stops and waits for a playable file."""
         body = await read_json(request)
+        unnamed = ctx.missing_session(body)  # LiveTalking's webrtcapi-asr.html sends no sessionid
+        if unnamed is not None:
+            return unnamed
         session = ctx.session_from(body)
         kind = body.get("type")
         loop = asyncio.get_running_loop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import cv2
+import numpy as np
 import pytest
 
 from tests.conftest import server_args, start_server
@@ -41,6 +43,15 @@ async def test_avatar_page_prepares_previews_and_connects(task_server):
             await page.wait_for_function("document.getElementById('preview').naturalWidth > 0", timeout=20000)
             assert "page_astro" in await page.text_content("#tasks")
             await page.screenshot(path=str(SCREENSHOT_DIR / "avatar-page.png"))
+            grey = cv2.imencode(".jpg", np.full((128, 128, 3), 128, np.uint8))[1].tobytes()
+            await page.set_input_files("#file", files=[{"name": "grey.jpg", "mimeType": "image/jpeg", "buffer": grey}])
+            await page.fill("#avatar_id", "page_faceless")
+            await page.click("#start")
+            await page.wait_for_function("document.getElementById('status').textContent.includes('failed')",
+                                         timeout=60000)
+            assert await page.is_visible("#error") and await page.text_content("#error")  # the task's error_msg
+            await page.wait_for_function("document.getElementById('tasks').textContent.includes('page_faceless')")
+            await page.evaluate("preview('page_astro')")  # back to the completed one, and its "use" link
             await page.click("#use")
             await page.wait_for_url("**/?avatar=page_astro")
             await page.click("#connect")

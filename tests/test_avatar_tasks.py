@@ -94,7 +94,10 @@ async def test_photo_task_end_to_end_then_connect_with_the_avatar(task_server, h
     assert task["progress"] == 100 and task["frames"] == 10
     assert seen == sorted(seen) and any(0 < p < 100 for p in seen), seen  # progress moved forward in steps
     async with http.get(f"{url}/api/avatar/tasks") as response:
-        assert [t["task_id"] for t in (await response.json())["data"]] == [task["task_id"]]
+        listed = (await response.json())["data"]["tasks"]  # LiveTalking's shape: its avatar.html reads data.tasks
+    assert [t["task_id"] for t in listed] == [task["task_id"]]
+    assert listed[0]["model_type"] == "lite" and listed[0]["error_msg"] == ""
+    assert listed[0]["start_time"] <= listed[0]["running_since"] <= listed[0]["end_time"] <= time.time()
     async with http.get(f"{url}/config") as response:
         assert "astro_task" in (await response.json())["avatars"]
     async with http.get(f"{url}/api/avatar/preview/astro_task?frame=3") as response:

@@ -31,3 +31,16 @@ async def test_an_empty_utterance_answers_empty_text(server, http):
         await socket.send_json({"is_speaking": False})
         reply = await socket.receive_json(timeout=10)
     assert reply == {"mode": "offline", "wav_name": "x" * 64, "is_final": True, "text": ""}
+
+
+async def test_a_2pass_client_gets_its_final_result_as_2pass_offline(server, http):
+    """FunASR names a 2pass client's final result "2pass-offline"; LiveTalking's ASR page forwards only that
+    (or "offline") to /human. Other modes come back as they were asked."""
+    for asked, answered in (("2pass", "2pass-offline"), ("online", "online"), ("offline", "offline")):
+        async with http.ws_connect(f"{server.url}/api/asr") as socket:
+            await socket.send_json({"chunk_size": [5, 10, 5], "wav_name": "h5", "is_speaking": True,
+                                    "chunk_interval": 10, "itn": False, "mode": asked})
+            await socket.send_json({"chunk_size": [5, 10, 5], "wav_name": "h5", "is_speaking": False,
+                                    "chunk_interval": 10, "mode": asked})
+            reply = await socket.receive_json(timeout=10)
+        assert reply == {"mode": answered, "wav_name": "h5", "is_final": True, "text": ""}, asked

@@ -43,15 +43,15 @@ function showTask(task) {
   $("progress").value = task.progress;
   $("status").textContent = `${task.avatar_id}: ${task.status} ${Math.round(task.progress)}%`;
   $("status").className = "pill " + ({ completed: "ok", failed: "bad", cancelled: "bad" }[task.status] || "talk");
-  $("error").hidden = !task.error;
-  $("error").textContent = task.error || "";
+  $("error").hidden = !task.error_msg;
+  $("error").textContent = task.error_msg || "";
 }
 
 async function refreshList() {
-  const tasks = await api("/api/avatar/tasks").catch(() => []);
+  const tasks = await api("/api/avatar/tasks").then((data) => data.tasks).catch(() => []);
   $("tasks").replaceChildren(...tasks.map((task) => {
     const item = document.createElement("li");
-    item.textContent = `${task.avatar_id} (${task.kind}, ${task.model}): ${task.status} ${Math.round(task.progress)}%`;
+    item.textContent = `${task.avatar_id} (${task.kind}, ${task.model_type}): ${task.status} ${Math.round(task.progress)}%`;
     return item;
   }));
 }
@@ -86,7 +86,7 @@ async function follow(taskId) {
     const task = await api(`/api/avatar/task/${taskId}`);
     showTask(task);
     if (["completed", "failed", "cancelled"].includes(task.status)) {
-      log(`${task.avatar_id}: ${task.status}${task.error ? ` (${task.error})` : ` ${task.message}`}`,
+      log(`${task.avatar_id}: ${task.status}${task.error_msg ? ` (${task.error_msg})` : ` ${task.message}`}`,
         task.status === "completed" ? "" : "error");
       if (task.status === "completed") await preview(task.avatar_id);
       refreshList();
