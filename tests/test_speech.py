@@ -64,8 +64,13 @@ async def test_interrupt_silences_at_once_and_the_session_speaks_again(server, h
     assert status == 200 and body["code"] == 0
     interrupted_at = time.monotonic()
     await asyncio.sleep(2.0)
+    checked_at = time.monotonic()
     after = [f for f in client.audio if f.arrival > interrupted_at + 0.3]
-    assert len(after) > 60, "the stream stopped instead of sending silence"
+    # The stream goes on (a loaded machine may skip ticks ahead, so count arrivals, not frames):
+    # frames keep arriving until the end of the wait, without a long hole.
+    arrivals = [interrupted_at + 0.3] + [f.arrival for f in after]
+    assert checked_at - arrivals[-1] < 0.5, "the stream stopped instead of sending silence"
+    assert max(b - a for a, b in zip(arrivals, arrivals[1:])) < 0.8, "the stream paused after the interrupt"
     assert not voiced_frames(after), "speech of the interrupted utterance kept arriving"
     events = channel_events(client)
     assert events[-1]["type"] == "end" and events[-1]["interrupted"] is True
