@@ -18,11 +18,17 @@ import shutil
 import string
 
 import aiohttp
+import cv2
+import numpy as np
 import pytest
 
 from tests.support.attacks import (
     Attacker,
     ScriptedSpeechServer,
+    avatar_form,
+    black_clip,
+    bomb_png,
+    multipart_head,
     json_head,
     multipart_upload,
     raw_request,
@@ -32,6 +38,7 @@ from tests.support.attacks import (
     wait_until,
     wav_declaring,
 )
+from avatars.format import METADATA_FILE
 from tests.conftest import TEST_AVATAR_ID
 from tests.test_api import offer_sdp
 from tests.support.rtc_client import ReceiverClient
@@ -378,3 +385,106 @@ async def test_seeded_fuzz_of_every_endpoint_gets_no_5xx(target, http):
     status, _ = await attacker.post("/human", {"sessionid": victim.sessionid, "text": "Still here.", "interrupt": True})
     assert status == 200
     await victim.close()
+
+
+# ---- avatar uploads: judged by their declared size, bounded in number, time and decoded memory ----
+
+UPLOADS_AT_ONCE = 4
+UPLOAD_TIMEOUT_S = 3
+UPLOAD_PEAK_BUDGET_MB = 600  # four 20000x20000 PNGs at once and a 3 s 4K clip (before the fixes: +10.5 GB, +2 GB)
+BOMB_SIDE = 20000
+
+
+@pytest.fixture
+async def upload_target(attack_data, tmp_path, http):
+    shutil.copytree(attack_data / "avatars" / TEST_AVATAR_ID, attack_data / "avatars" / "victim.tmp")
+    server = ServerProcess(attack_data, tmp_path / "server.log", "--avatar-uploads", str(UPLOADS_AT_ONCE),
+                           "--avatar-upload-timeout", str(UPLOAD_TIMEOUT_S))
+    try:
+        await server.wait_ready(http)
+        yield server
+    finally:
+        server.stop()
+
+
+async def held_upload(port: int, hold_s: float) -> bytes:
+    """An upload whose head and first bytes arrive, then nothing: the raw answer (b'' if none in hold_s)."""
+    boundary = "HELD"
+    opening = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+               f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"\0" * 1024
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(multipart_head("/api/avatar/task", boundary, 1024 * 1024) + opening)
+        await writer.drain()
+        with contextlib.suppress(asyncio.TimeoutError):
+            return await asyncio.wait_for(reader.read(65536), hold_s)
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_avatar_upload_bombs(upload_target, attack_data, http):
+    target = upload_target
+    attacker = Attacker(http, target.url)
+    gc.collect()
+    base_rss = target.rss_mb()
+    report = [f"baseline rss {base_rss:.0f} MB, peak so far {target.peak_rss_mb():.0f} MB"]
+
+    # Four 20000x20000 PNGs (48 kB each) at once: refused from their header, nothing decoded.
+    bomb = bomb_png(BOMB_SIDE)
+    answers = await asyncio.gather(*(
+        attacker.call("POST", "/api/avatar/task", data=avatar_form(bomb, "bomb.png", avatar_id=f"bomb{index}"))
+        for index in range(4)))
+    for status, body, _ in answers:
+        assert status == 413 and "megapixel" in body["msg"], (status, body)
+    report.append(f"4 x {BOMB_SIDE}^2 PNG: peak +{target.peak_rss_mb() - base_rss:.0f} MB")
+
+    # A 3 s 4K clip (28 kB): accepted, its frames scaled as they are decoded.
+    status, body, _ = await attacker.call("POST", "/api/avatar/task",
+                                          data=avatar_form(black_clip(3.0), "uhd.mp4", avatar_id="uhd"))
+    assert status == 200, body
+    task_id = body["data"]["task_id"]
+
+    async def finished() -> bool:
+        _, answer, _ = await attacker.call("GET", f"/api/avatar/task/{task_id}")
+        return answer["data"]["status"] in ("completed", "failed")
+
+    await wait_until_async(finished, 120, "the 4K clip's task ending")
+    peak = target.peak_rss_mb() - base_rss
+    report.append(f"3 s 4K clip: peak +{peak:.0f} MB")
+    print("\n".join(report))
+    assert peak < UPLOAD_PEAK_BUDGET_MB, report
+
+    # Uploads in progress are capped (429), and an upload that stops arriving is ended (408).
+    held = [asyncio.create_task(held_upload(target.port, UPLOAD_TIMEOUT_S + 10)) for _ in range(UPLOADS_AT_ONCE)]
+    await asyncio.sleep(0.5)
+    status, body, _ = await attacker.call("POST", "/api/avatar/task",
+                                          data=avatar_form(bomb, "late.png", avatar_id="late"))
+    assert status == 429 and "try again" in body["msg"], (status, body)
+    for response in await asyncio.gather(*held):
+        assert status_of(response) == 408 and b"--avatar-upload-timeout" in response, response[:300]
+
+    # A failing task for `victim` leaves the avatar `victim.tmp` alone (work folders cannot be ids).
+    faceless = cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
+    status, body, _ = await attacker.call("POST", "/api/avatar/task",
+                                          data=avatar_form(faceless, "grey.png", avatar_id="victim"))
+    assert status == 200, body
+    task_id = body["data"]["task_id"]
+    await wait_until_async(finished, 60, "the faceless task ending")
+    _, answer, _ = await attacker.call("GET", f"/api/avatar/task/{task_id}")
+    assert answer["data"]["status"] == "failed", answer
+    assert (attack_data / "avatars" / "victim.tmp" / METADATA_FILE).is_file()
+    _, config, _ = await attacker.call("GET", "/config")
+    assert "victim.tmp" in config["avatars"], config
+    assert not [p.name for p in (attack_data / "avatars").iterdir() if p.name.startswith(".")]
+
+    # Answers name no server path.
+    status, body, _ = await attacker.call("POST", "/api/avatar/task",
+                                          data=avatar_form(b"not a video", "clip.mp4", avatar_id="broken"))
+    assert status == 415 and str(attack_data) not in body["msg"] and "tmp" not in body["msg"], body
+
+    assert target.alive()
+    assert attacker.server_errors == 0, attacker.statuses
+    log = target.log()
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
+
