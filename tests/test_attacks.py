@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fractions
 import gc
 import json
 import os
@@ -18,9 +19,12 @@ import shutil
 import string
 
 import aiohttp
+import av
 import cv2
 import numpy as np
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamTrack
 
 from tests.support.attacks import (
     Attacker,
@@ -43,6 +47,7 @@ from tests.conftest import TEST_AVATAR_ID
 from tests.test_api import offer_sdp
 from tests.support.rtc_client import ReceiverClient
 from tests.support.server_process import ServerProcess, copy_test_data
+from tests.support.speech_sender import SpeechTrack
 
 RSS_BUDGET_MB = 150  # growth allowed over the whole suite (before the fixes: +1.5 GB from uploads alone)
 FD_SLACK = 6  # open files allowed above the baseline once the attack sessions are gone
@@ -488,3 +493,71 @@ async def test_avatar_upload_bombs(upload_target, attack_data, http):
     log = target.log()
     assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
 
+
+# ---- remote tracks: one microphone and one camera, each read into a bounded buffer or never received ----
+
+TRACK_WATCH_S = 20.0
+TRACK_RSS_BUDGET_MB = 60  # over the watch (before the fixes: +13 MB/s with one extra camera and microphone)
+
+
+class NoiseCamera(MediaStreamTrack):
+    """A 640x480 camera at 25 fps filming noise (costly to encode and to decode)."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pts = 0
+        self._rng = np.random.default_rng(7)
+
+    async def recv(self) -> av.VideoFrame:
+        await asyncio.sleep(0.04)
+        image = self._rng.integers(0, 255, (480, 640, 3), np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts, frame.time_base = self._pts, fractions.Fraction(1, 90000)
+        self._pts += 3600
+        return frame
+
+
+def media_directions(sdp: str) -> list[tuple[str, str]]:
+    """(kind, direction) of each audio/video section of an SDP."""
+    out: list[tuple[str, str]] = []
+    for section in sdp.split("m=")[1:]:
+        kind = section.split(" ", 1)[0]
+        if kind in ("audio", "video"):
+            direction = next((d for d in ("sendrecv", "sendonly", "recvonly", "inactive") if f"a={d}" in section), "")
+            out.append((kind, direction))
+    return out
+
+
+async def test_extra_tracks_are_refused_and_an_unused_camera_is_not_received(target, http):
+    attacker = Attacker(http, target.url)
+    # An offer with a second camera and a second microphone: refused before anything is built.
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for track in (NoiseCamera(), NoiseCamera(), SpeechTrack(), SpeechTrack()):
+        pc.addTransceiver(track, direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    status, body = await attacker.post("/offer", {"sdp": pc.localDescription.sdp, "type": "offer"})
+    assert status == 400 and "more than 1 video section" in body["msg"], (status, body)
+    await pc.close()
+
+    # A camera and a microphone on a server without --llm-vision: the camera is not received (the answer
+    # says sendonly), the microphone is read into a bounded buffer; memory stays flat.
+    client = ReceiverClient(target.url, keep_video=False)
+    answer = await client.connect(http, uplink=SpeechTrack(), camera=NoiseCamera())
+    try:
+        assert media_directions(answer["sdp"]) == [("video", "sendonly"), ("audio", "sendrecv")], answer["sdp"]
+        await client.wait_for(video_frames=25)
+        await asyncio.sleep(2.0)  # the session's own start-up (engine, listener thread) is not growth
+        base_rss = target.rss_mb()
+        samples = []
+        for _ in range(int(TRACK_WATCH_S)):
+            await asyncio.sleep(1.0)
+            samples.append(target.rss_mb() - base_rss)
+        print(f"rss growth each second with a camera and a microphone: {[round(s) for s in samples]}")
+        assert samples[-1] < TRACK_RSS_BUDGET_MB, samples
+    finally:
+        await client.close()
+    assert attacker.server_errors == 0, attacker.statuses
+    log = target.log()
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
