@@ -561,3 +561,77 @@ async def test_extra_tracks_are_refused_and_an_unused_camera_is_not_received(tar
     assert attacker.server_errors == 0, attacker.statuses
     log = target.log()
     assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
+
+
+# ---- /record: empty recordings, recordings that must not replace each other, a total cap ----
+
+RECORD_KEEP_MB = 0.001  # smaller than any recording: only the newest is kept
+
+
+@pytest.fixture
+async def record_target(attack_data, tmp_path, http):
+    server = ServerProcess(attack_data, tmp_path / "server.log", "--record-keep-mb", str(RECORD_KEEP_MB))
+    try:
+        await server.wait_ready(http)
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_record_edge_cases(record_target, attack_data, http):
+    target = record_target
+    attacker = Attacker(http, target.url)
+    client = ReceiverClient(target.url, keep_video=False)
+    await client.connect(http)
+    await client.wait_for(video_frames=5)
+    sid = client.sessionid
+
+    async def record(kind: str) -> dict:
+        status, body = await attacker.post("/record", {"sessionid": sid, "type": kind})
+        assert status == 200, (kind, status, body)
+        return body["data"]
+
+    # Stopped at once, again and again: every answer clean, an empty one says no file was written.
+    empty = 0
+    for _ in range(20):
+        await record("start_record")
+        data = await record("end_record")
+        if data["frames"] == 0:
+            empty += 1
+            assert data["url"] is None and "no file" in data["msg"], data
+    print(f"{empty} of 20 immediate stops had no frame")
+
+    # Two recordings: each has its own file and URL; the size cap keeps only the newest.
+    urls = []
+    for _ in range(2):
+        await record("start_record")
+        await asyncio.sleep(1.0)
+        data = await record("end_record")
+        assert data["frames"] >= 10 and data["url"], data
+        urls.append(data["url"])
+    assert urls[0] != urls[1]
+    status, body, _ = await attacker.call("GET", urls[0])
+    assert status == 404 and "--record-keep-hours" in body["msg"], (status, body)
+    status, video, headers = await attacker.call("GET", urls[1])
+    assert status == 200 and headers["Content-Type"] == "video/mp4"
+    status, _, _ = await attacker.call("GET", f"/record/{sid}")  # the session's latest
+    assert status == 200
+    assert len(list((attack_data / "record").glob("*.mp4"))) == 1
+    assert not any(sid in p.name for p in (attack_data / "record").iterdir())
+
+    # A session closed right after its recording started: finished quietly.
+    other = ReceiverClient(target.url, keep_video=False)
+    await other.connect(http)
+    await other.wait_for(video_frames=2)
+    status, _ = await attacker.post("/record", {"sessionid": other.sessionid, "type": "start_record"})
+    assert status == 200
+    await other.close()
+    await asyncio.sleep(2.0)
+    await client.close()
+    await asyncio.sleep(1.0)
+
+    assert target.alive()
+    assert attacker.server_errors == 0, attacker.statuses
+    log = target.log()
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
+    assert str(attack_data) not in log
