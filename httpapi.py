@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -120,6 +121,31 @@ async def error_middleware(request: web.Request, handler):
     except Exception:
         logger.exception("%s %s failed", request.method, request.path)
         return error(500, "internal server error (see the server log)")
+
+
+STREAM_KEY_SCHEMES = ("rtmp", "rtmps", "srt")  # the last path segment of these URLs is a stream key
+REDACTED_PART = "***"
+
+
+def redact_url(url: str | None) -> str | None:
+    """A URL fit for a log line or an answer: no user:password@, no query string or fragment, and no
+    stream key (the last path segment of an rtmp/srt URL). Text that is not a URL comes back as it was."""
+    if not url or "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return REDACTED_PART
+    netloc = (f"{REDACTED_PART}@" if "@" in parts.netloc else "") + (f"[{host}]" if ":" in host else host)
+    if port is not None:
+        netloc += f":{port}"
+    path = parts.path
+    if parts.scheme.lower() in STREAM_KEY_SCHEMES and path.strip("/"):
+        path = path.rstrip("/").rsplit("/", 1)[0] + "/" + REDACTED_PART
+    query = REDACTED_PART if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
 def positive_seconds(text: str) -> float:

@@ -95,7 +95,7 @@ class SessionListening:
     # ---- control (event loop) ---------------------------------------------
     def set_mode(self, mode: str) -> None:
         if mode != self.mode:
-            logger.info("session %s: listen %s -> %s", self.session.id, self.mode, mode)
+            logger.info("session %s: listen %s -> %s", self.session.tag, self.mode, mode)
             self.mode = mode
             if self.listener is not None:
                 self.listener.reset()

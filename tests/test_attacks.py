@@ -43,7 +43,7 @@ from tests.support.attacks import (
     wav_declaring,
 )
 from avatars.format import METADATA_FILE
-from tests.conftest import TEST_AVATAR_ID
+from tests.conftest import TEST_AVATAR_ID, free_port
 from tests.test_api import offer_sdp
 from tests.support.rtc_client import ReceiverClient
 from tests.support.server_process import ServerProcess, copy_test_data
@@ -635,3 +635,53 @@ async def test_record_edge_cases(record_target, attack_data, http):
     log = target.log()
     assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
     assert str(attack_data) not in log
+
+
+# ---- secrets and ids: never in the log or in answers ----
+
+SECRET = "hunter2secret"
+TOKEN = "admin-token-for-the-test"
+
+
+@pytest.fixture
+async def secrets_target(attack_data, tmp_path, http):
+    dead_port = free_port()
+    server = ServerProcess(
+        attack_data, tmp_path / "server.log", "--auth-token", TOKEN,
+        "--llm-base-url", f"http://user:{SECRET}@127.0.0.1:{dead_port}/v1?api_key={SECRET}", "--llm-model", "m",
+        "--tts-proxy", f"http://proxyuser:{SECRET}@127.0.0.1:{dead_port}/",
+        "--transport", "rtmp", "--push-url", f"rtmp://127.0.0.1:{dead_port}/live/{SECRET}")
+    try:
+        await server.wait_ready(http)
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_secrets_and_session_ids_stay_out_of_logs_and_answers(secrets_target, http):
+    target = secrets_target
+    attacker = Attacker(http, target.url)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    status, body, _ = await attacker.call("GET", "/api/admin/config", headers=auth)
+    assert status == 200, body
+    config = json.dumps(body)
+    assert SECRET not in config, config
+    assert body["data"]["llm_base_url"].startswith("http://***@127.0.0.1:"), body["data"]["llm_base_url"]
+    assert body["data"]["push_url"].endswith("/live/***"), body["data"]["push_url"]
+
+    pc, sdp = await offer_sdp()
+    status, answer, _ = await attacker.call("POST", "/offer", json={"sdp": sdp, "type": "offer", "listen": "echo"},
+                                            headers=auth)
+    assert status == 200, answer
+    sid = answer["sessionid"]
+    for mode in ("off", "echo", "lips", "chat") * 5:
+        status, body, _ = await attacker.call("POST", "/listen", json={"sessionid": sid, "listen": mode},
+                                              headers=auth)
+        assert status == 200, body
+    await pc.close()
+    await asyncio.sleep(3.0)  # the rtmp pusher fails against the dead port and retries: its log lines too
+    log = target.log()
+    assert SECRET not in log, [line for line in log.splitlines() if SECRET in line]
+    assert sid not in log, [line for line in log.splitlines() if sid in line]
+    assert f"session {sid[:8]}: listen" in log
+    assert attacker.server_errors == 0, attacker.statuses
