@@ -107,13 +107,20 @@ def optional_bool(body: dict[str, Any], key: str, default: bool = False) -> bool
     return value
 
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request its client gave up on: counted, never as a 5xx
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler):
-    """Turn BadRequest into a clear 4xx and any other failure into a logged 500."""
+    """Turn BadRequest into a clear 4xx, a client hanging up into a quiet 499 (INFO, never a 5xx) and any
+    other failure into a logged 500."""
     try:
         return await handler(request)
     except BadRequest as exc:
         return error(exc.status, exc.msg)
+    except ConnectionResetError:  # the client hung up (aiohttp's ClientConnectionResetError is one too)
+        logger.info("%s %s: the client hung up", request.method, request.path)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except web.HTTPException as exc:
         if exc.status >= 400 and request.path not in ("/", "") and not request.path.startswith("/web"):
             return error(exc.status, exc.reason)

@@ -685,3 +685,56 @@ async def test_secrets_and_session_ids_stay_out_of_logs_and_answers(secrets_targ
     assert sid not in log, [line for line in log.splitlines() if sid in line]
     assert f"session {sid[:8]}: listen" in log
     assert attacker.server_errors == 0, attacker.statuses
+
+
+# ---- clients that hang up: not server errors ----
+
+
+def server_error_samples(exposition: str) -> list[str]:
+    """The /metrics lines that count 5xx answers or server errors."""
+    lines = [line for line in exposition.splitlines() if "_total{" in line and not line.endswith(" 0.0")]
+    return [line for line in lines if 'status="5' in line or 'kind="http_5' in line]
+
+
+async def test_clients_that_hang_up_are_not_server_errors(target, http):
+    attacker = Attacker(http, target.url)
+    # A FunASR socket closed while its utterance is being transcribed: the answer has nowhere to go.
+    pcm = (np.round(np.sin(np.arange(16000) / 16000 * 2 * np.pi * 220) * 8000)).astype("<i2").tobytes()
+    for _ in range(3):
+        socket = await http.ws_connect(f"{target.url}/api/asr")
+        await socket.send_str(json.dumps({"is_speaking": True, "mode": "offline", "wav_name": "w"}))
+        await socket.send_bytes(pcm)
+        await socket.send_str(json.dumps({"is_speaking": False}))
+        await socket.close()
+    # Uploads cut off half-way.
+    for path, filename in (("/humanaudio", "a.wav"), ("/api/avatar/task", "a.png")):
+        boundary = "CUT"
+        opening = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+                   f"\r\n").encode() + b"\0" * 4096
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+        writer.write(multipart_head(path, boundary, 1024 * 1024) + opening)
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.transport.abort()
+    # An event stream left mid-way.
+    client = ReceiverClient(target.url, keep_video=False)
+    await client.connect(http, data_channel=True)
+    await client.wait_for(video_frames=5)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await attacker.call("GET", f"/events?sessionid={client.sessionid}", timeout=aiohttp_timeout(0.5))
+    # A data channel whose transport is gone while the session still publishes events.
+    status, _ = await attacker.post("/human", {"sessionid": client.sessionid, "text": "Hello there. " * 4})
+    assert status == 200
+    await asyncio.sleep(0.5)
+    await client.pc.sctp.transport.stop()
+    for _ in range(3):
+        await attacker.post("/human", {"sessionid": client.sessionid, "text": "More.", "interrupt": True})
+    await asyncio.sleep(8.0)  # the recogniser loads and answers sockets that are gone
+    await client.close()
+    _, exposition, _ = await attacker.call("GET", "/metrics")
+    assert not server_error_samples(exposition), server_error_samples(exposition)
+    log = target.log()
+    assert "Task exception was never retrieved" not in log
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
+    assert " ERROR " not in log, [line for line in log.splitlines() if " ERROR " in line]
+    assert target.alive()
