@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_context(args: argparse.Namespace, engines: EngineFactory | None = None) -> ServerContext:
     """The process-wide state: avatars, the engine factory, sessions, TTS, the LLM client, access, metrics."""
-    avatars = AvatarStore(args.data_dir / "avatars")
+    avatars = AvatarStore(args.data_dir / "avatars", max_bytes=int(args.avatar_cache_mb * 2**20))
     if engines is None:
         config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
         musetalk = MuseTalkSettings(right_chunks=args.right_context, channels_last=args.musetalk_channels_last,

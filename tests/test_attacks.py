@@ -43,6 +43,7 @@ from tests.support.attacks import (
     wav_declaring,
 )
 from avatars.format import METADATA_FILE
+from avatars.prepare import write_avatar
 from tests.conftest import TEST_AVATAR_ID, free_port
 from tests.test_api import offer_sdp
 from tests.support.rtc_client import ReceiverClient
@@ -738,3 +739,54 @@ async def test_clients_that_hang_up_are_not_server_errors(target, http):
     assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
     assert " ERROR " not in log, [line for line in log.splitlines() if " ERROR " in line]
     assert target.alive()
+
+
+# ---- avatar switching: a cache bounded in bytes, switches rate-limited per session ----
+
+BIG_AVATARS = 6
+BIG_FRAMES = 60  # 60 x 640x480 BGR: 55 MB a loaded avatar
+AVATAR_CACHE_MB = 120
+SWITCH_INTERVAL_S = 0.3
+SWITCH_RSS_BUDGET_MB = 250  # six avatars all kept would add ~330 MB
+
+
+@pytest.fixture
+async def switch_target(attack_data, tmp_path, http):
+    for index in range(BIG_AVATARS):
+        frame = np.full((480, 640, 3), 40 * index, np.uint8)
+        write_avatar(attack_data / "avatars" / f"big{index}", [frame] * BIG_FRAMES, {"source": "flat", "fps": 25})
+    server = ServerProcess(attack_data, tmp_path / "server.log", "--avatar-cache-mb", str(AVATAR_CACHE_MB),
+                           "--set-avatar-interval", str(SWITCH_INTERVAL_S))
+    try:
+        await server.wait_ready(http)
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_avatar_switches_are_bounded_in_memory_and_rate(switch_target, http):
+    target = switch_target
+    attacker = Attacker(http, target.url)
+    client = ReceiverClient(target.url, keep_video=False)
+    await client.connect(http)
+    await client.wait_for(video_frames=5)
+    gc.collect()
+    base_rss = target.rss_mb()
+    status, _ = await attacker.post("/set_avatar", {"sessionid": client.sessionid, "avatar": "big0"})
+    assert status == 200
+    status, body = await attacker.post("/set_avatar", {"sessionid": client.sessionid, "avatar": "big1"})
+    assert status == 429 and "--set-avatar-interval" in body["msg"], (status, body)
+    growth = []
+    for round_ in range(2):
+        for index in range(BIG_AVATARS):
+            await asyncio.sleep(SWITCH_INTERVAL_S)
+            status, body = await attacker.post("/set_avatar", {"sessionid": client.sessionid,
+                                                               "avatar": f"big{index}"})
+            assert status == 200, body
+            growth.append(round(target.rss_mb() - base_rss))
+    await client.close()
+    print(f"rss growth after each switch: {growth}")
+    assert max(growth) < SWITCH_RSS_BUDGET_MB, growth
+    assert "avatar cache over" in target.log()
+    assert attacker.server_errors == 0, attacker.statuses
+    assert "Traceback" not in target.log()
