@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ctx.access.warn_if_exposed(args.host)
     logger.info("engine: %s; open http://%s:%d/", ctx.engines.model, args.host, args.listenport)
-    ops.run(app, ctx, access_log_class=RedactingAccessLogger)  # until SIGTERM/SIGINT, then drains for --drain-timeout
+    # keepalive_timeout is aiohttp's deadline for a connection waiting on a request head (slow headers) or idle
+    ops.run(app, ctx, access_log_class=RedactingAccessLogger,
+            keepalive_timeout=args.header_timeout)  # until SIGTERM/SIGINT, then drains for --drain-timeout
     return 0
 
 

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 256 * 1024
 BODY_READ_TIMEOUT_S = 10.0  # a client that trickles its body slower than this is cut off
+HEADER_TIMEOUT_S = 20.0  # a connection whose request head is not complete by then is closed (above aiohttp clients' 15 s idle reuse)
 JSON_CONTENT_TYPE = "application/json"
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)  # set from --body-timeout
 
@@ -166,3 +167,8 @@ def positive_seconds(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--body-timeout", dest="body_timeout", type=positive_seconds, default=BODY_READ_TIMEOUT_S,
                         metavar="SECONDS", help="a request body (JSON) must arrive within this time (408 otherwise)")
+    parser.add_argument("--header-timeout", dest="header_timeout", type=positive_seconds, default=HEADER_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="a connection must send a whole request head within this time, and may stay idle between "
+                             "requests this long (aiohttp's keepalive_timeout, which also closes a connection whose "
+                             "head is still arriving); slow-header clients are cut off")

@@ -790,3 +790,52 @@ async def test_avatar_switches_are_bounded_in_memory_and_rate(switch_target, htt
     assert "avatar cache over" in target.log()
     assert attacker.server_errors == 0, attacker.statuses
     assert "Traceback" not in target.log()
+
+
+# ---- slow headers: aiohttp's keepalive_timeout closes a connection whose request head has not arrived ----
+
+SLOW_CONNECTIONS = 50
+HEADER_TIMEOUT_S = 3
+
+
+@pytest.fixture
+async def header_target(attack_data, tmp_path, http):
+    server = ServerProcess(attack_data, tmp_path / "server.log", "--header-timeout", str(HEADER_TIMEOUT_S))
+    try:
+        await server.wait_ready(http)
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_slow_headers_are_cut_off(header_target, http):
+    target = header_target
+    head = b"GET /config HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+
+    async def dribble() -> float | None:
+        """Send the head a byte every 0.5 s; the seconds until the server closed the connection (None: never)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+        started = asyncio.get_running_loop().time()
+        try:
+            for byte in head:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    if await asyncio.wait_for(reader.read(1024), 0.5) == b"":
+                        return asyncio.get_running_loop().time() - started
+            return None
+        except ConnectionError:
+            return asyncio.get_running_loop().time() - started
+        finally:
+            writer.close()
+
+    base_fds = target.fds()
+    attack = [asyncio.create_task(dribble()) for _ in range(SLOW_CONNECTIONS)]
+    await asyncio.sleep(1.0)
+    async with http.get(f"{target.url}/config") as response:  # others are served meanwhile
+        assert response.status == 200
+    closed_after = await asyncio.wait_for(asyncio.gather(*attack), HEADER_TIMEOUT_S + 20)
+    print(f"slow-header connections closed after {min(closed_after or [0]):.1f}-{max(closed_after):.1f} s")
+    assert all(t is not None and t < HEADER_TIMEOUT_S + 2 for t in closed_after), closed_after
+    await wait_until(lambda: target.fds() <= base_fds + FD_SLACK, 5, "the server's sockets closed")
+    assert target.alive()
