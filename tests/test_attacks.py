@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import gc
 import json
 import os
@@ -19,12 +18,10 @@ import shutil
 import string
 
 import aiohttp
-import av
 import cv2
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
-from aiortc.mediastreams import MediaStreamTrack
 
 from tests.support.attacks import (
     Attacker,
@@ -32,6 +29,7 @@ from tests.support.attacks import (
     avatar_form,
     black_clip,
     bomb_png,
+    NoiseCamera,
     multipart_head,
     json_head,
     multipart_upload,
@@ -499,25 +497,6 @@ async def test_avatar_upload_bombs(upload_target, attack_data, http):
 
 TRACK_WATCH_S = 20.0
 TRACK_RSS_BUDGET_MB = 60  # over the watch (before the fixes: +13 MB/s with one extra camera and microphone)
-
-
-class NoiseCamera(MediaStreamTrack):
-    """A 640x480 camera at 25 fps filming noise (costly to encode and to decode)."""
-
-    kind = "video"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pts = 0
-        self._rng = np.random.default_rng(7)
-
-    async def recv(self) -> av.VideoFrame:
-        await asyncio.sleep(0.04)
-        image = self._rng.integers(0, 255, (480, 640, 3), np.uint8)
-        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-        frame.pts, frame.time_base = self._pts, fractions.Fraction(1, 90000)
-        self._pts += 3600
-        return frame
 
 
 def media_directions(sdp: str) -> list[tuple[str, str]]:

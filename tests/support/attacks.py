@@ -8,6 +8,7 @@ pieces; the hostile files are built here, in the shapes of the reproductions.
 from __future__ import annotations
 
 import asyncio
+import fractions
 import io
 import json
 import struct
@@ -20,6 +21,7 @@ import aiohttp
 import av
 import numpy as np
 from aiohttp import web
+from aiortc.mediastreams import MediaStreamTrack
 
 from tests.support.tts_servers import PCM_RATE, LocalServer, pcm_s16, sine
 
@@ -155,6 +157,25 @@ def avatar_form(data: bytes, filename: str, **fields: str) -> aiohttp.FormData:
 def multipart_head(path: str, boundary: str, length: int) -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}"
             f"\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+
+
+class NoiseCamera(MediaStreamTrack):
+    """A 640x480 camera at 25 fps filming noise (costly to encode and to decode)."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pts = 0
+        self._rng = np.random.default_rng(7)
+
+    async def recv(self) -> av.VideoFrame:
+        await asyncio.sleep(0.04)
+        image = self._rng.integers(0, 255, (480, 640, 3), np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts, frame.time_base = self._pts, fractions.Fraction(1, 90000)
+        self._pts += 3600
+        return frame
 
 
 class ScriptedSpeechServer(LocalServer):
