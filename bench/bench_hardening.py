@@ -94,6 +94,7 @@ async def newer_surfaces(attacker: Attacker, server: ServerProcess, http: aiohtt
 
     async def measured(name: str, attack) -> None:
         before = server.rss_mb()
+        server.reset_peak()
         attacker.statuses.clear()
         await attack()
         await asyncio.sleep(0.5)
@@ -123,7 +124,12 @@ async def newer_surfaces(attacker: Attacker, server: ServerProcess, http: aiohtt
     async def camera() -> None:
         client = ReceiverClient(server.url, keep_video=False)
         await client.connect(http, uplink=SpeechTrack(), camera=NoiseCamera())
+        await client.wait_for(video_frames=25)
+        await asyncio.sleep(2.0)
+        started = server.rss_mb()
         await asyncio.sleep(CAMERA_WATCH_S)
+        print(f"<!-- camera + mic: RSS {started:.0f} → {server.rss_mb():.0f} MB over {CAMERA_WATCH_S} s once the "
+              f"session was up -->")
         await client.close()
 
     async def switches() -> None:

@@ -52,6 +52,10 @@ class ServerProcess:
         """The most resident memory the process has had (the kernel's high-water mark)."""
         return self._status_mb("VmHWM:")
 
+    def reset_peak(self) -> None:
+        """Start the high-water mark again from the RSS now (Linux: 5 > /proc/PID/clear_refs)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
     def _status_mb(self, field: str) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith(field):
