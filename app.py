@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_context(args: argparse.Namespace, engines: EngineFactory | None = None) -> ServerContext:
     """The process-wide state: avatars, the engine factory, sessions, TTS, the LLM client, access, metrics."""
-    avatars = AvatarStore(args.data_dir / "avatars")
+    avatars = AvatarStore(args.data_dir / "avatars", max_bytes=int(args.avatar_cache_mb * 2**20))
     if engines is None:
         config = EngineConfig(fps=args.fps, batch_size=args.batch_size)
         musetalk = MuseTalkSettings(right_chunks=args.right_context, channels_last=args.musetalk_channels_last,
@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ctx.access.warn_if_exposed(args.host)
     logger.info("engine: %s; open http://%s:%d/", ctx.engines.model, args.host, args.listenport)
-    ops.run(app, ctx, access_log_class=RedactingAccessLogger)  # until SIGTERM/SIGINT, then drains for --drain-timeout
+    # keepalive_timeout is aiohttp's deadline for a connection waiting on a request head (slow headers) or idle
+    ops.run(app, ctx, access_log_class=RedactingAccessLogger,
+            keepalive_timeout=args.header_timeout)  # until SIGTERM/SIGINT, then drains for --drain-timeout
     return 0
 
 

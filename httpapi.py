@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 256 * 1024
 BODY_READ_TIMEOUT_S = 10.0  # a client that trickles its body slower than this is cut off
+HEADER_TIMEOUT_S = 20.0  # a connection whose request head is not complete by then is closed (above aiohttp clients' 15 s idle reuse)
 JSON_CONTENT_TYPE = "application/json"
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)  # set from --body-timeout
 
@@ -106,13 +108,20 @@ def optional_bool(body: dict[str, Any], key: str, default: bool = False) -> bool
     return value
 
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request its client gave up on: counted, never as a 5xx
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler):
-    """Turn BadRequest into a clear 4xx and any other failure into a logged 500."""
+    """Turn BadRequest into a clear 4xx, a client hanging up into a quiet 499 (INFO, never a 5xx) and any
+    other failure into a logged 500."""
     try:
         return await handler(request)
     except BadRequest as exc:
         return error(exc.status, exc.msg)
+    except ConnectionResetError:  # the client hung up (aiohttp's ClientConnectionResetError is one too)
+        logger.info("%s %s: the client hung up", request.method, request.path)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except web.HTTPException as exc:
         if exc.status >= 400 and request.path not in ("/", "") and not request.path.startswith("/web"):
             return error(exc.status, exc.reason)
@@ -120,6 +129,31 @@ async def error_middleware(request: web.Request, handler):
     except Exception:
         logger.exception("%s %s failed", request.method, request.path)
         return error(500, "internal server error (see the server log)")
+
+
+STREAM_KEY_SCHEMES = ("rtmp", "rtmps", "srt")  # the last path segment of these URLs is a stream key
+REDACTED_PART = "***"
+
+
+def redact_url(url: str | None) -> str | None:
+    """A URL fit for a log line or an answer: no user:password@, no query string or fragment, and no
+    stream key (the last path segment of an rtmp/srt URL). Text that is not a URL comes back as it was."""
+    if not url or "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return REDACTED_PART
+    netloc = (f"{REDACTED_PART}@" if "@" in parts.netloc else "") + (f"[{host}]" if ":" in host else host)
+    if port is not None:
+        netloc += f":{port}"
+    path = parts.path
+    if parts.scheme.lower() in STREAM_KEY_SCHEMES and path.strip("/"):
+        path = path.rstrip("/").rsplit("/", 1)[0] + "/" + REDACTED_PART
+    query = REDACTED_PART if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
 def positive_seconds(text: str) -> float:
@@ -133,3 +167,8 @@ def positive_seconds(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--body-timeout", dest="body_timeout", type=positive_seconds, default=BODY_READ_TIMEOUT_S,
                         metavar="SECONDS", help="a request body (JSON) must arrive within this time (408 otherwise)")
+    parser.add_argument("--header-timeout", dest="header_timeout", type=positive_seconds, default=HEADER_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="a connection must send a whole request head within this time, and may stay idle between "
+                             "requests this long (aiohttp's keepalive_timeout, which also closes a connection whose "
+                             "head is still arriving); slow-header clients are cut off")

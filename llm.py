@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 
 import openai
 
+from httpapi import redact_url
 from speech.sentences import DEFAULT_MIN_COMMA_CHARS, SentenceAggregator, join_sentences
 
 logger = logging.getLogger(__name__)
@@ -358,5 +359,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> LLMSettings:
     settings = LLMSettings.from_args(args.llm_base_url, args.llm_model, args.llm_system_prompt)
-    logger.info("chat: %s", settings.problem() or f"{settings.model} at {settings.base_url}")
+    logger.info("chat: %s", settings.problem() or f"{settings.model} at {redact_url(settings.base_url)}")
     return settings

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import contextlib
 
 from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc.exceptions import InvalidStateError
 
 from basereal import BaseReal
 from llm import Conversation, LLMClient, LLMError
@@ -45,6 +46,15 @@ class SessionLimitError(Exception):
     def __init__(self, msg: str, status: int = 503):
         super().__init__(msg)
         self.status = status
+
+
+def channel_usable(channel: RTCDataChannel) -> bool:
+    """Open, with its SCTP association and DTLS transport still up: aiortc flushes a send in a task of
+    its own, which fails unobserved ("Task exception was never retrieved") once the transport is gone."""
+    if channel.readyState != "open":
+        return False
+    sctp = channel.transport
+    return sctp.state == "connected" and sctp.transport.state == "connected"
 
 
 class EventHub:
@@ -77,8 +87,11 @@ class EventHub:
                 q.get_nowait()  # a stalled reader loses its oldest event, never blocks us
             q.put_nowait(event)
         channel = self.channel
-        if channel is not None and channel.readyState == "open":
-            channel.send(json.dumps(event))
+        if channel is not None and channel_usable(channel):
+            try:
+                channel.send(json.dumps(event))
+            except (InvalidStateError, ConnectionError):  # closed under us: the page is gone
+                self.channel = None
 
     def publish_threadsafe(self, event: dict[str, Any]) -> None:
         if not self._loop.is_closed():

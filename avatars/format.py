@@ -60,6 +60,24 @@ def read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def array_bytes(value: object, depth: int = 2) -> int:
+    """Bytes of the numpy arrays a value holds: itself, its attributes, items of its lists/tuples/dicts
+    (two levels deep; an estimate for sizing caches, not an exact count)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if depth == 0:
+        return 0
+    if isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    elif hasattr(value, "__dict__"):
+        items = list(vars(value).values())
+    else:
+        return 0
+    return sum(array_bytes(item, depth - 1) for item in items)
+
+
 @dataclass(frozen=True)
 class Avatar:
     """One prepared avatar, immutable and shared between sessions.
@@ -77,7 +95,8 @@ class Avatar:
     face_boxes: np.ndarray | None = None
     crop_boxes: np.ndarray | None = None
     masks: tuple[np.ndarray, ...] | None = None
-    derived: OnceCache = field(default_factory=lambda: OnceCache(name="derived data"), compare=False, repr=False)
+    derived: OnceCache = field(default_factory=lambda: OnceCache(name="derived data", size_of=array_bytes),
+                               compare=False, repr=False)
 
     @property
     def frame_count(self) -> int:
@@ -87,6 +106,12 @@ class Avatar:
     def size(self) -> tuple[int, int]:
         """(width, height) of every frame."""
         return int(self.frames.shape[2]), int(self.frames.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory its arrays take, derived data (rigs, mouth banks) included as far as they hold arrays."""
+        arrays = [self.frames, self.landmarks, self.face_boxes, self.crop_boxes, *(self.masks or ())]
+        return sum(a.nbytes for a in arrays if a is not None) + self.derived.nbytes()
 
     @property
     def has_face_data(self) -> bool:

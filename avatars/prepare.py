@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -39,9 +40,17 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AVATAR_ID = "default"
 MAX_SIDE = 1280
+MAX_SOURCE_PIXELS = 50_000_000  # a photo or video frame declaring more is refused before it is decoded (a 48 MP phone photo fits)
+MAX_DECODED_BYTES = 1024 * 1024 * 1024  # a video's kept frames (BGR, already scaled to max_side) may take this much
+BGR_BYTES_PER_PIXEL = 3
+WORK_PREFIX = ".work-"  # a build's folder until it is complete; avatar ids never start with '.'
 MODELS = ("lite", "musetalk")
 GEOMETRY_VERSIONS = ("auto", "v15", "v1")  # MuseTalk's face box and mask differ between v1.0 and v1.5
 GENERATOR_VERSION = "genavatar-2"
+
+
+class SourceTooLarge(AvatarError):
+    """A photo or video that would take more memory than allowed once decoded."""
 
 
 @dataclass(frozen=True)
@@ -83,13 +92,57 @@ def even_size(image: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
     return np.ascontiguousarray(image[: height - height % 2, : width - width % 2])
 
 
-def read_image(path: Path) -> np.ndarray:
+def image_size(path: Path, max_pixels: int) -> tuple[int, int]:
+    """(width, height) as the image's header declares them, checked against max_pixels: nothing is decoded
+    (Pillow reads the header only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:  # Pillow's own ceiling, far above ours: the same answer
+        raise SourceTooLarge(f"the image declares over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, over the "
+                          f"{max_pixels / 1e6:g} megapixel limit: scale it down before uploading") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise AvatarError(f"cannot read the image ({type(exc).__name__}): send a JPEG or PNG file") from None
+    check_pixels(width, height, max_pixels, "image")
+    return width, height
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width <= 0 or height <= 0:
+        raise AvatarError(f"the {what} declares no size: send another file")
+    if width * height > max_pixels:
+        raise SourceTooLarge(f"the {what} is {width}x{height} ({width * height / 1e6:.0f} megapixels), over the "
+                          f"{max_pixels / 1e6:g} megapixel limit: scale it down before uploading")
+
+
+def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The even size a frame of width x height gets when scaled down to max_side (never up)."""
+    scale = min(1.0, max_side / max(width, height))
+    scaled_w, scaled_h = max(2, int(width * scale)), max(2, int(height * scale))
+    return scaled_w - scaled_w % 2, scaled_h - scaled_h % 2
+
+
+def read_image(path: Path, max_side: int = MAX_SIDE, max_pixels: int = MAX_SOURCE_PIXELS) -> np.ndarray:
+    """The image scaled down to max_side, judged by its declared size before anything is decoded.
+
+    JPEGs are decoded at 1/2, 1/4 or 1/8 size directly (libjpeg's DCT scaling) when that still
+    leaves max_side, so a large photo never exists at full size in memory.
+    """
     if not path.is_file():
-        raise AvatarError(f"image {path} does not exist")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        raise AvatarError(f"image {path.name} does not exist")
+    width, height = image_size(path, max_pixels)
+    flags = cv2.IMREAD_COLOR
+    for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                            (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if max(width, height) // factor >= max_side:
+            flags = reduced
+            break
+    image = cv2.imread(str(path), flags)
     if image is None:
-        raise AvatarError(f"cannot read image {path}: is it a JPEG/PNG file?")
-    return image
+        raise AvatarError(f"cannot read image {path.name}: is it a JPEG/PNG file?")
+    return even_size(image, max_side)
 
 
 def read_frame_folder(path: Path, max_frames: int | None) -> list[np.ndarray]:
@@ -98,35 +151,82 @@ def read_frame_folder(path: Path, max_frames: int | None) -> list[np.ndarray]:
     return read_images(files[:max_frames] if max_frames else files)
 
 
-def read_video(path: Path, fps: int, max_frames: int | None) -> list[np.ndarray]:
-    """Decode a video, resampled to `fps` by picking the frame due at each tick; or read a folder of frames."""
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    seconds: float
+
+
+def video_info(path: Path) -> VideoInfo:
+    """The first video stream's declared size and the container's duration: nothing is decoded."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise AvatarError("the upload has no video stream: send a video or a photo")
+            stream = container.streams.video[0]
+            if container.duration is not None:
+                seconds = container.duration / av.time_base
+            else:
+                seconds = float(stream.duration * stream.time_base) if stream.duration else 0.0
+            return VideoInfo(stream.codec_context.width, stream.codec_context.height, seconds)
+    except av.error.FFmpegError as exc:
+        raise AvatarError(f"cannot read the video ({type(exc).__name__}): send an mp4/webm/mov file") from None
+
+
+def decoded_bytes(info: VideoInfo, fps: int, max_frames: int | None, max_side: int = MAX_SIDE) -> int:
+    """What the video's kept frames take in memory once decoded and scaled (by its declared size and length)."""
+    width, height = scaled_size(info.width, info.height, max_side)
+    frames = max(1, int(info.seconds * fps) + 1)
+    if max_frames:
+        frames = min(frames, max_frames)
+    return frames * width * height * BGR_BYTES_PER_PIXEL
+
+
+def read_video(path: Path, fps: int, max_frames: int | None, max_side: int = MAX_SIDE,
+               max_pixels: int = MAX_SOURCE_PIXELS, max_bytes: int | None = None) -> list[np.ndarray]:
+    """Decode a video, resampled to `fps` by picking the frame due at each tick; or read a folder of frames.
+
+    The stream's declared size is checked before decoding; each kept frame is scaled to max_side
+    as it is converted (libswscale), and the kept frames may take at most max_bytes.
+    """
     if path.is_dir():
         return read_frame_folder(path, max_frames)
     if not path.is_file():
-        raise AvatarError(f"video {path} does not exist")
+        raise AvatarError(f"video {path.name} does not exist")
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
-        raise AvatarError(f"cannot read video {path}: {exc}") from None
+        raise AvatarError(f"cannot read video {path.name}: {type(exc).__name__}") from None
     frames: list[np.ndarray] = []
+    kept_bytes = 0
     with container:
         if not container.streams.video:
-            raise AvatarError(f"{path} has no video stream")
+            raise AvatarError(f"{path.name} has no video stream")
+        stream = container.streams.video[0]
+        check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels, "video")
         next_time = 0.0
         try:
-            for frame in container.decode(video=0):
+            for frame in container.decode(stream):
                 if frame.time is not None and frame.time + 1e-6 < next_time:
                     continue
-                frames.append(frame.to_ndarray(format="bgr24"))
+                check_pixels(frame.width, frame.height, max_pixels, "video")  # the size may change mid-stream
+                width, height = scaled_size(frame.width, frame.height, max_side)
+                image = frame.to_ndarray(format="bgr24", width=width, height=height, interpolation="AREA")
+                kept_bytes += image.nbytes
+                if max_bytes is not None and kept_bytes > max_bytes:
+                    raise SourceTooLarge(f"the video decodes to more than {max_bytes / 2**20:.0f} MB of frames at "
+                                      f"{width}x{height} (after {len(frames)} frames): trim it or lower its resolution")
+                frames.append(image)
                 next_time += 1.0 / fps
                 if max_frames and len(frames) >= max_frames:
                     break
         except av.error.FFmpegError as exc:
             if not frames:
-                raise AvatarError(f"cannot decode video {path}: {exc}") from None
+                raise AvatarError(f"cannot decode video {path.name}: {type(exc).__name__}") from None
             logger.warning("video %s is damaged after frame %d (%s): using the frames before", path, len(frames), exc)
     if not frames:
-        raise AvatarError(f"{path} has no decodable frames")
+        raise AvatarError(f"{path.name} has no decodable frames")
     return frames
 
 
@@ -193,8 +293,27 @@ def write_avatar(out_dir: Path, frames: list[np.ndarray], metadata: dict, face: 
 
     `finish` runs on the temp folder before the rename (engine-specific extras).
     """
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = work_folder(out_dir)
+    try:
+        _write_into(tmp, frames, metadata, face, finish, progress, span)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    height, width = frames[0].shape[:2]
+    logger.info("avatar written to %s (%d frames %dx%d)", out_dir.name, len(frames), width, height)
+    return out_dir
+
+
+def work_folder(out_dir: Path) -> Path:
+    """A fresh folder next to out_dir for one build: its name can never be an avatar id (ids do not start
+    with '.'), so cleaning it up never touches another avatar, and two builds never share one."""
+    return out_dir.with_name(f"{WORK_PREFIX}{out_dir.name}-{uuid.uuid4().hex[:8]}")
+
+
+def _write_into(tmp: Path, frames: list[np.ndarray], metadata: dict, face: FaceData | None,
+                finish: Callable[[Path], None] | None, progress: Progress, span: tuple[float, float]) -> None:
     (tmp / FRAMES_DIR).mkdir(parents=True)
     for index, frame in enumerate(progress.track(frames, "writing frames", *span)):
         cv2.imwrite(str(frame_path(tmp, index)), frame)
@@ -212,10 +331,6 @@ def write_avatar(out_dir: Path, frames: list[np.ndarray], metadata: dict, face: 
     (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     if finish is not None:
         finish(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    logger.info("avatar written to %s (%d frames %dx%d)", out_dir, len(frames), width, height)
-    return out_dir
 
 
 def build_avatar(out_dir: Path, options: PrepareOptions, *, image: np.ndarray | None = None,

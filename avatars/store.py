@@ -11,6 +11,9 @@ from sync.once import OnceCache
 
 logger = logging.getLogger(__name__)
 
+MAX_CACHED = 8
+DEFAULT_CACHE_BYTES = 1024 * 2**20  # avatars kept loaded (frames, masks, rigs): the least recently used go first
+
 
 def is_avatar_folder(folder: Path) -> bool:
     """A folder genavatar.py wrote, or one in LiveTalking's layout (their index file not a symlink)."""
@@ -33,9 +36,13 @@ class AvatarStore:
     Thread-safe: concurrent sessions asking for the same id share one load.
     """
 
-    def __init__(self, root: Path, max_cached: int = 8):
+    def __init__(self, root: Path, max_cached: int = MAX_CACHED, max_bytes: int | None = DEFAULT_CACHE_BYTES):
         self.root = root
-        self._cache: OnceCache[tuple[str, bool], Avatar] = OnceCache(max_cached, "avatar cache")
+        self._cache: OnceCache[tuple[str, bool], Avatar] = OnceCache(max_cached, "avatar cache", max_bytes,
+                                                                    size_of=lambda avatar: avatar.nbytes)
+
+    def cached_bytes(self) -> int:
+        return self._cache.nbytes()
 
     def folder(self, avatar_id: str) -> Path | None:
         """The avatar's folder if it is a real folder inside the root (a symlink, or anything that

@@ -83,6 +83,10 @@ class SessionListening:
         self.speculations_used = 0  # turns whose final transcript was started at their last pause
         self.speculations_wasted = 0  # pauses the user spoke on after (their text went out as partials)
         self.closed = False
+        if not service.settings.llm_vision:  # the camera is never used: aiortc does not even decode it
+            for transceiver in session.pc.getTransceivers():
+                if transceiver.kind == "video":
+                    transceiver.direction = "sendonly"
         session.pc.on("track", self._on_track)
         for transceiver in session.pc.getTransceivers():  # tracks the offer announced before we attached
             if transceiver.receiver.track is not None:
@@ -91,14 +95,14 @@ class SessionListening:
     # ---- control (event loop) ---------------------------------------------
     def set_mode(self, mode: str) -> None:
         if mode != self.mode:
-            logger.info("session %s: listen %s -> %s", self.session.id, self.mode, mode)
+            logger.info("session %s: listen %s -> %s", self.session.tag, self.mode, mode)
             self.mode = mode
             if self.listener is not None:
                 self.listener.reset()
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         tag = self.session.id[:8]
-        if track.kind == "video" and self.camera is None:
+        if track.kind == "video" and self.camera is None and self.service.settings.llm_vision:
             self.camera = LatestFrame()
             self.camera_reader = UplinkReader(track, self.camera, name=f"camera-{tag}")
         elif track.kind == "audio" and self.reader is None:

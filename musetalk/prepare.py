@@ -87,14 +87,14 @@ def load_latents(avatar_folder: Path, frame_count: int, faceless: list[int] | tu
         else:
             latents = data["latents"].float()
     except Exception as exc:
-        raise AvatarError(f"cannot read {path} ({type(exc).__name__}): {hint}") from None
+        raise AvatarError(f"cannot read {path.name} ({type(exc).__name__}): {hint}") from None
     if latents.ndim != 4 or tuple(latents.shape[1:]) != (8, LATENT_SIZE, LATENT_SIZE):
-        raise AvatarError(f"{path} holds latents of shape {tuple(latents.shape)} for {frame_count} frames: {hint}")
+        raise AvatarError(f"{path.name} holds latents of shape {tuple(latents.shape)} for {frame_count} frames: {hint}")
     if faceless and latents.shape[0] == frame_count - len(faceless):
         skipped = set(faceless)
         with_face = [i for i in range(frame_count) if i not in skipped]
         nearest = [min(range(len(with_face)), key=lambda k: abs(with_face[k] - i)) for i in range(frame_count)]
         latents = latents[nearest]
     if latents.shape[0] != frame_count:
-        raise AvatarError(f"{path} holds latents of shape {tuple(latents.shape)} for {frame_count} frames: {hint}")
+        raise AvatarError(f"{path.name} holds latents of shape {tuple(latents.shape)} for {frame_count} frames: {hint}")
     return latents

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from httpapi import redact_url
+
 if TYPE_CHECKING:
     from server.context import ServerContext
     from session import Session
@@ -92,7 +94,8 @@ class Broadcast:  # stored as app[BROADCAST_KEY] when --transport is rtmp or whi
         self.session = session
         self.pusher = self._make_pusher(session)
         self.pusher.start()
-        logger.info("broadcast: session %r pushed over %s to %s", session_id, args.transport, args.push_url)
+        logger.info("broadcast: session %s pushed over %s to %s", session_id[:8], args.transport,
+                    redact_url(args.push_url))
 
     def _make_pusher(self, session: "Session") -> Pusher:
         args = self.ctx.args

@@ -19,6 +19,7 @@ import time
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from httpapi import redact_url
 from media import SAMPLE_RATE, VIDEO_CLOCK_RATE
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ class RtmpPusher:
                     logger.exception("rtmp push failed unexpectedly")
                 delay = self._backoff[min(attempt, len(self._backoff) - 1)]
                 attempt += 1
-                logger.warning("rtmp push to %s failed (%s): retrying in %.0f s", self.url, exc, delay)
+                logger.warning("rtmp push to %s failed (%s): retrying in %.0f s", redact_url(self.url),
+                               type(exc).__name__, delay)
                 self._discard_for(delay)
 
     def _discard_for(self, seconds: float) -> None:
@@ -119,7 +121,7 @@ class RtmpPusher:
             audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
             audio.bit_rate = AUDIO_BITRATE
             self.stats.connects += 1
-            logger.info("rtmp: pushing to %s", self.url)
+            logger.info("rtmp: pushing to %s", redact_url(self.url))
             opened = False
             ticks_per_frame = VIDEO_CLOCK_RATE // self.fps
             while not self._stopping.is_set():

@@ -19,6 +19,8 @@ from urllib.parse import urljoin
 import aiohttp
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+from httpapi import redact_url
+
 if TYPE_CHECKING:
     from session import Session
 
@@ -76,12 +78,14 @@ class WhipPublisher:
                 ended = await self._publish(pc)
                 attempt = 0
                 await ended.wait()
-                logger.warning("whip: connection to %s %s: publishing again", self.url, pc.connectionState)
+                logger.warning("whip: connection to %s %s: publishing again", redact_url(self.url),
+                               pc.connectionState)
             except (WhipError, aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                 self.last_error = str(exc)
                 delay = self.backoff[min(attempt, len(self.backoff) - 1)]
                 attempt += 1
-                logger.warning("whip: publishing to %s failed (%s): retrying in %.0f s", self.url, exc, delay)
+                logger.warning("whip: publishing to %s failed (%s): retrying in %.0f s", redact_url(self.url),
+                               redact_url(str(exc)), delay)
                 await asyncio.sleep(delay)
             await self._delete()
             await pc.close()
@@ -115,7 +119,7 @@ class WhipPublisher:
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         self.publications += 1
-        logger.info("whip: publishing session %s at %s", self.session.id, self.resource)
+        logger.info("whip: publishing session %s at %s", self.session.tag, redact_url(self.resource))
         return ended
 
     async def _delete(self) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from httpapi import BadRequest, ok
+from httpapi import BadRequest, ok, redact_url
 from server.security import is_local_request
 
 if TYPE_CHECKING:
@@ -46,7 +46,11 @@ def public_settings(args: argparse.Namespace) -> dict:
             value = [server.urls for server in value]  # TURN credentials stay out
         elif isinstance(value, Path):
             value = str(value)
-        elif not isinstance(value, (str, int, float, bool, type(None), list)):
+        elif isinstance(value, str):
+            value = redact_url(value)  # user:password@, query strings and stream keys stay out
+        elif isinstance(value, list):
+            value = [redact_url(item) if isinstance(item, str) else item for item in value]
+        elif not isinstance(value, (int, float, bool, type(None))):
             value = str(value)
         settings[name] = value
     return settings

@@ -10,18 +10,22 @@ A task answers with LiveTalking's field names (model_type, start_time, end_time,
 error_msg), so its avatar.html lists them. LiveTalking's form fields are accepted;
 its `video_path` (any file on the server)
 and `notifyurl` (a request to any host: SSRF) are refused: progress is polled.
-One worker thread prepares one avatar at a time; the queue is bounded, uploads
-are limited in bytes and seconds, and an upload lives in data/tmp/ only until
-its task ends.
+One worker thread prepares one avatar at a time; the queue is bounded. What an
+upload may cost is judged before anything is decoded: its bytes, the time it
+takes to arrive (--avatar-upload-timeout), how many arrive at once
+(--avatar-uploads, else 429), the pixels its header declares (--avatar-max-megapixels)
+and, for a video, the memory its frames take once decoded and scaled
+(--avatar-decode-mb: checked from the declared size and length, then again while
+decoding). An upload lives in data/tmp/ only until its task ends.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import queue
-import shutil
 import threading
 import time
 import uuid
@@ -37,7 +41,7 @@ from avatars import prepare as preparation
 from avatars.format import AvatarError, check_avatar_id
 from avatars.store import AvatarStore
 from avatars.tracking import Progress
-from httpapi import BadRequest, ok
+from httpapi import BadRequest, ok, positive_seconds
 
 if TYPE_CHECKING:
     from server.context import ServerContext
@@ -53,6 +57,10 @@ MAX_FIELD_CHARS = 200
 PREVIEW_MAX_SIDE = 320
 JOIN_TIMEOUT_S = 2.0
 UPLOAD_PIECE = 256 * 1024
+DEFAULT_UPLOADS_IN_PROGRESS = 4
+DEFAULT_UPLOAD_TIMEOUT_S = 120.0
+DEFAULT_DECODE_MB = preparation.MAX_DECODED_BYTES / 2**20
+DEFAULT_MAX_MEGAPIXELS = preparation.MAX_SOURCE_PIXELS / 1e6
 INT_OPTIONS = {"bbox_shift": (-100, 100), "extra_margin": (0, 100), "max_frames": (1, 100_000)}
 FLOAT_OPTIONS = {"loop_seconds": (0.04, 30.0)}
 IGNORED_FIELDS = ("img_size", "nosmooth", "pads", "parsing_mode", "version", "face_det_batch_size", "task_id")
@@ -63,6 +71,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest photo/video accepted by POST /api/avatar/task")
     parser.add_argument("--avatar-max-seconds", dest="avatar_max_seconds", type=float, default=60.0,
                         help="longest video accepted by POST /api/avatar/task")
+    parser.add_argument("--avatar-max-megapixels", dest="avatar_max_megapixels", type=float,
+                        default=DEFAULT_MAX_MEGAPIXELS,
+                        help="largest photo or video frame (width x height, as its header declares) an avatar "
+                             "upload may have; larger ones are refused before they are decoded")
+    parser.add_argument("--avatar-decode-mb", dest="avatar_decode_mb", type=float, default=DEFAULT_DECODE_MB,
+                        help="memory a video upload's frames may take once decoded and scaled to 1280 px")
+    parser.add_argument("--avatar-uploads", dest="avatar_uploads", type=int, default=DEFAULT_UPLOADS_IN_PROGRESS,
+                        help="avatar uploads that may be arriving at once (more get 429)")
+    parser.add_argument("--avatar-upload-timeout", dest="avatar_upload_timeout", type=positive_seconds,
+                        default=DEFAULT_UPLOAD_TIMEOUT_S, metavar="SECONDS",
+                        help="time a whole avatar upload may take to arrive (else 408)")
 
 
 @dataclass
@@ -97,6 +116,17 @@ class TaskInput:
     upload: Path
     options: preparation.PrepareOptions
     overwrite: bool
+    max_pixels: int = preparation.MAX_SOURCE_PIXELS
+    max_decoded_bytes: int = preparation.MAX_DECODED_BYTES
+
+
+def release_freed_memory() -> None:
+    """Give the heap a task freed back to the system (glibc keeps freed frames otherwise: a 4K clip's
+    hundreds of MB would stay resident after its task). A no-op where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class AvatarTaskManager:
@@ -113,6 +143,7 @@ class AvatarTaskManager:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="avatar-tasks", daemon=True)
         self._landmarker = None
+        self.uploads_in_progress = 0  # changed on the event loop only
 
     @property
     def upload_dir(self) -> Path:
@@ -188,12 +219,13 @@ class AvatarTaskManager:
                 task.status, task.message, task.running_since = "running", "preparing", time.time()
             try:
                 report = self._build(task, task_input)
-            except (AvatarError, OSError, ValueError, av.error.FFmpegError) as exc:
-                self._discard_partial(task)
+            except (AvatarError, ValueError) as exc:
                 self._finish(task, "failed", str(exc))
+            except (OSError, av.error.FFmpegError) as exc:  # their text names server paths: not for the client
+                logger.warning("avatar task %s failed: %s", task.task_id, exc)
+                self._finish(task, "failed", f"{type(exc).__name__} while preparing: see the server log")
             except Exception as exc:  # a bug must fail the task, not kill the worker
                 logger.exception("avatar task %s failed", task.task_id)
-                self._discard_partial(task)
                 self._finish(task, "failed", f"internal error ({type(exc).__name__}): see the server log")
             else:
                 task.frames = report.frames
@@ -201,10 +233,7 @@ class AvatarTaskManager:
                 self._finish(task, "completed", f"{report.frames} frames in {report.seconds:.1f} s")
             finally:
                 task_input.upload.unlink(missing_ok=True)
-
-    def _discard_partial(self, task: AvatarTask) -> None:
-        """genavatar writes into <id>.tmp/ and renames at the end: a failed task leaves only that."""
-        shutil.rmtree(self.avatars.root / f"{task.avatar_id}.tmp", ignore_errors=True)
+                release_freed_memory()
 
     def _finish(self, task: AvatarTask, status: str, message: str) -> None:
         with self._lock:
@@ -234,10 +263,11 @@ class AvatarTaskManager:
         options = task_input.options
         source = f"upload ({task.kind})"
         if task.kind == "photo":
-            image = preparation.read_image(task_input.upload)
+            image = preparation.read_image(task_input.upload, options.max_side, task_input.max_pixels)
             return preparation.build_avatar(out_dir, options, image=image, source=source,
                                           landmarker=self._landmarker, progress=progress)
-        frames = preparation.read_video(task_input.upload, options.fps, options.max_frames)
+        frames = preparation.read_video(task_input.upload, options.fps, options.max_frames, options.max_side,
+                                        task_input.max_pixels, task_input.max_decoded_bytes)
         return preparation.build_avatar(out_dir, options, frames=frames, source=source, landmarker=self._landmarker,
                                       progress=progress)
 
@@ -245,26 +275,57 @@ class AvatarTaskManager:
 # ---- HTTP -----------------------------------------------------------------------
 
 MANAGER_KEY = web.AppKey("avatar_tasks", AvatarTaskManager)
-LIMITS_KEY = web.AppKey("avatar_task_limits", argparse.Namespace)
 
 
-def video_seconds(path: Path) -> float:
-    """The container's duration (blocking: run in an executor); raises AvatarError if unreadable."""
+@dataclass(frozen=True)
+class UploadLimits:
+    """What one avatar upload may cost, from the flags."""
+
+    upload_bytes: int
+    max_seconds: float
+    max_pixels: int
+    decoded_bytes: int
+    in_progress: int
+    timeout_s: float
+    fps: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "UploadLimits":
+        return cls(int(args.avatar_upload_mb * 2**20), args.avatar_max_seconds,
+                   int(args.avatar_max_megapixels * 1e6), int(args.avatar_decode_mb * 2**20),
+                   args.avatar_uploads, args.avatar_upload_timeout, args.fps)
+
+
+LIMITS_KEY = web.AppKey("avatar_task_limits", UploadLimits)
+
+
+def judge_upload(path: Path, kind: str, limits: UploadLimits, options: preparation.PrepareOptions) -> int | None:
+    """Judge an upload by what its header declares, decoding nothing (blocking: run in an executor).
+
+    Returns the frame cap for a video. AvatarError (415) when it cannot be read, BadRequest 413 when
+    it declares more pixels, seconds or decoded memory than allowed.
+    """
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise AvatarError("the upload has no video stream: send a video or a photo")
-            if container.duration is not None:
-                return container.duration / av.time_base
-            stream = container.streams.video[0]
-            return float(stream.duration * stream.time_base) if stream.duration else 0.0
-    except av.error.FFmpegError as exc:
-        raise AvatarError(f"cannot read the uploaded video ({exc}): send an mp4/webm/mov file") from None
-
-
-def check_photo(path: Path) -> None:
-    if cv2.imread(str(path), cv2.IMREAD_COLOR) is None:
-        raise AvatarError("cannot read the uploaded image: send a JPEG or PNG")
+        if kind == "photo":
+            preparation.image_size(path, limits.max_pixels)
+            return None
+        info = preparation.video_info(path)
+        preparation.check_pixels(info.width, info.height, limits.max_pixels, "video")
+    except preparation.SourceTooLarge as exc:
+        raise BadRequest(str(exc), status=413) from None
+    except AvatarError as exc:
+        raise BadRequest(str(exc), status=415) from None
+    if info.seconds > limits.max_seconds:
+        raise BadRequest(f"video is {info.seconds:.1f} s long, over the {limits.max_seconds:g} s limit: trim it",
+                         status=413)
+    cap = int(limits.max_seconds * limits.fps)
+    max_frames = min(options.max_frames or cap, cap)
+    need = preparation.decoded_bytes(info, options.fps, max_frames, options.max_side)
+    if need > limits.decoded_bytes:
+        raise BadRequest(f"the video's frames would take {need / 2**20:.0f} MB once decoded, over the "
+                         f"{limits.decoded_bytes / 2**20:g} MB limit (--avatar-decode-mb): trim it or send "
+                         f"max_frames", status=413)
+    return max_frames
 
 
 async def read_upload(request: web.Request, dest_dir: Path, limit_bytes: int) -> tuple[dict[str, str], Path, str]:
@@ -342,8 +403,17 @@ def manager_of(request: web.Request) -> AvatarTaskManager:
 
 async def create_task(request: web.Request) -> web.Response:
     manager, limits = manager_of(request), request.app[LIMITS_KEY]
-    limit_bytes = int(limits.avatar_upload_mb * 1024 * 1024)
-    fields, upload, suffix = await read_upload(request, manager.upload_dir, limit_bytes)
+    if manager.uploads_in_progress >= limits.in_progress:
+        raise BadRequest(f"{limits.in_progress} avatar uploads are already arriving: try again later", status=429)
+    manager.uploads_in_progress += 1
+    try:
+        async with asyncio.timeout(limits.timeout_s):
+            fields, upload, suffix = await read_upload(request, manager.upload_dir, limits.upload_bytes)
+    except TimeoutError:
+        raise BadRequest(f"the upload did not arrive within {limits.timeout_s:g} s (--avatar-upload-timeout): "
+                         f"send a smaller file or use a faster link", status=408) from None
+    finally:
+        manager.uploads_in_progress -= 1
     loop = asyncio.get_running_loop()
     try:
         try:
@@ -364,20 +434,11 @@ async def create_task(request: web.Request) -> web.Response:
             raise BadRequest(f"avatar {avatar_id!r} already exists: choose another id or send overwrite=true",
                              status=409)
         kind = "photo" if suffix in IMAGE_SUFFIXES else "video"
-        try:
-            if kind == "photo":
-                await loop.run_in_executor(None, check_photo, upload)
-            else:
-                seconds = await loop.run_in_executor(None, video_seconds, upload)
-                if seconds > limits.avatar_max_seconds:
-                    raise BadRequest(f"video is {seconds:.1f} s long, over the {limits.avatar_max_seconds:g} s "
-                                     f"limit: trim it", status=413)
-                cap = int(limits.avatar_max_seconds * limits.fps)
-                options = preparation.PrepareOptions(**{**asdict(options), "max_frames": min(options.max_frames or cap, cap)})
-        except AvatarError as exc:
-            raise BadRequest(str(exc), status=415) from None
+        max_frames = await loop.run_in_executor(None, judge_upload, upload, kind, limits, options)
+        if max_frames is not None:
+            options = preparation.PrepareOptions(**{**asdict(options), "max_frames": max_frames})
         task = AvatarTask(task_id=uuid.uuid4().hex[:16], avatar_id=avatar_id, model_type=model, kind=kind)
-        manager.submit(task, TaskInput(upload, options, overwrite))
+        manager.submit(task, TaskInput(upload, options, overwrite, limits.max_pixels, limits.decoded_bytes))
     except BaseException:
         upload.unlink(missing_ok=True)
         raise
@@ -434,7 +495,7 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
     args = ctx.args
     manager = AvatarTaskManager(ctx.avatars, args.data_dir, args.models_dir)
     app[MANAGER_KEY] = manager
-    app[LIMITS_KEY] = args
+    app[LIMITS_KEY] = UploadLimits.from_args(args)
     app.router.add_post("/api/avatar/task", create_task)
     app.router.add_get("/api/avatar/task/{task_id}", get_task)
     app.router.add_delete("/api/avatar/task/{task_id}", delete_task)

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AVATAR_ID = "default"
 DEFAULT_PORT = 8010
 DEFAULT_BATCH_SIZE = 8
+DEFAULT_AVATAR_CACHE_MB = 1024.0
 
 
 def add_core_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +40,8 @@ def add_core_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-r", "--right-context", dest="right_context", type=right_context, default=DEFAULT_CONTEXT_CHUNKS,
                         help="musetalk: future audio whisper sees after each batch, in 20 ms chunks (adds that latency)")
     add_musetalk_arguments(parser)
+    parser.add_argument("--avatar-cache-mb", dest="avatar_cache_mb", type=float, default=DEFAULT_AVATAR_CACHE_MB,
+                        help="memory the loaded avatars may take together (the least recently used are dropped)")
     parser.add_argument("--data-dir", dest="data_dir", type=Path, default=ROOT / "data")
     parser.add_argument("--models-dir", dest="models_dir", type=Path, default=ROOT / "models")
     parser.add_argument("--log-level", dest="log_level", default="INFO")

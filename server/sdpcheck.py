@@ -4,7 +4,9 @@ Building a session (engine, TTS, peer connection) costs far more than reading a
 few lines of text, so an offer that cannot lead to a working DTLS-SRTP call is
 refused first: it must be SDP, carry at least one media section of a known kind,
 a DTLS fingerprint for every section, ICE credentials, and a bounded number of
-candidates and sections.
+candidates and sections. At most one audio and one video section: the server
+reads one microphone and one camera, and aiortc would queue the decoded frames
+of any further track without bound, so such an offer is refused here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ MAX_MEDIA_SECTIONS = 8  # audio + video + data, and the page's microphone and ca
 MAX_CANDIDATES = 64
 MAX_LINES = 2000
 MEDIA_KINDS = ("audio", "video", "application")
+MAX_SECTIONS_OF_KIND = {"audio": 1, "video": 1, "application": 1}  # the avatar's tracks + mic, camera, events
 
 
 class OfferRejected(ValueError):
@@ -33,10 +36,15 @@ def check_offer_sdp(sdp: str) -> None:
     candidates = sum(line.startswith("a=candidate:") for line in lines)
     if candidates > MAX_CANDIDATES:
         raise OfferRejected(f"the offer SDP has {candidates} ICE candidates (at most {MAX_CANDIDATES})")
+    seen = {kind: 0 for kind in MEDIA_KINDS}
     for index, section in enumerate(sections):
         kind = section[0][2:].split(" ", 1)[0]
         if kind not in MEDIA_KINDS:
             raise OfferRejected(f"media section {index} is {kind!r}: only audio, video and application are used")
+        seen[kind] += 1
+        if seen[kind] > MAX_SECTIONS_OF_KIND[kind]:
+            raise OfferRejected(f"the offer SDP has more than {MAX_SECTIONS_OF_KIND[kind]} {kind} section: offer one "
+                                f"audio and one video transceiver (the microphone and camera go on them, sendrecv)")
         if not _has(section, session, "a=fingerprint:"):
             raise OfferRejected(f"media section {index} ({kind}) has no DTLS fingerprint (a=fingerprint:)")
         if not (_has(section, session, "a=ice-ufrag:") and _has(section, session, "a=ice-pwd:")):

@@ -4,8 +4,17 @@
 the audio chunks both tracks sent) to a `Recorder`, which queues it (bounded)
 for a named daemon thread that encodes H.264 + AAC with PyAV. Video frame n gets
 pts n and its audio the samples of the same tick, so the file has the session's
-A/V alignment. The file is written as `<id>.mp4.part` and renamed when it is
-complete, so `GET /record/{id}` only ever serves finished, playable files.
+A/V alignment.
+
+Each recording has its own random id and file, `data/record/<recording id>.mp4`
+(written as `.mp4.part`, renamed when complete), so a new recording never
+replaces an older one and `GET /record/{id}` only serves finished, playable
+files; `GET /record/{sessionid}` serves that session's latest recording. A
+recording stopped before its first frame writes no file (end_record says so).
+Retention: finished recordings older than --record-keep-hours are deleted, and
+the oldest go first whenever all of them together pass --record-keep-mb (the
+newest is kept whatever its size); checked at start-up, when a recording
+starts and when one ends.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import queue
 import re
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -41,7 +51,13 @@ VIDEO_CODEC = "libx264"
 VIDEO_OPTIONS = {"preset": "veryfast", "crf": "23"}
 AUDIO_CODEC = "aac"
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+RECORDING_ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
 RECORD_DIR = "record"
+RECORDING_SUFFIX = ".mp4"
+PART_SUFFIX = ".part"
+DEFAULT_KEEP_HOURS = 24.0
+DEFAULT_KEEP_MB = 2000.0
+SECONDS_PER_HOUR = 3600.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a /record recording stops by itself after this many seconds")
     parser.add_argument("--record-max-mb", dest="record_max_mb", type=float, default=500.0,
                         help="a /record recording stops by itself when its file reaches this size")
+    parser.add_argument("--record-keep-hours", dest="record_keep_hours", type=float, default=DEFAULT_KEEP_HOURS,
+                        help="finished recordings older than this are deleted (0: kept until --record-keep-mb)")
+    parser.add_argument("--record-keep-mb", dest="record_keep_mb", type=float, default=DEFAULT_KEEP_MB,
+                        help="all finished recordings together stay under this size: the oldest are deleted first")
 
 
 class Recorder:
@@ -57,7 +77,7 @@ class Recorder:
     def __init__(self, path: Path, size: tuple[int, int], fps: int, chunks_per_frame: int,
                  max_seconds: float, max_bytes: int, on_done: Callable[["Recorder"], None], name: str = "record"):
         self.path = path
-        self.part = path.with_name(path.name + ".part")
+        self.part = path.with_name(path.name + PART_SUFFIX)
         self.size = size
         self.fps = fps
         self.chunks_per_frame = chunks_per_frame
@@ -103,21 +123,40 @@ class Recorder:
             logger.error("recorder %s did not finish within %.0f s", self._thread.name, timeout)
 
     # ---- recorder thread ---------------------------------------------------
+    @property
+    def written(self) -> bool:
+        """A complete file exists (False for a recording stopped before its first frame)."""
+        return self.frames > 0 and self.error is None and not self.active
+
     def _run(self) -> None:
         try:
-            self._encode_all()
+            first = self._first_bundle()
+            if first is None:
+                logger.info("recording %s: stopped before its first frame (%s): no file", self.path.name,
+                            self.stop_reason)
+                return
+            self._encode_all(first)
             os.replace(self.part, self.path)
             logger.info("recorded %s: %d frames (%.1f s), %s", self.path.name, self.frames, self.seconds,
                         self.stop_reason)
         except Exception as exc:
-            self.error = f"recording failed: {exc}"
+            self.error = f"recording failed ({type(exc).__name__}): see the server log"
             logger.exception("recording %s failed", self.path.name)
             self.part.unlink(missing_ok=True)
         finally:
             self._accepting = False
             self._on_done(self)
 
-    def _encode_all(self) -> None:
+    def _first_bundle(self) -> tuple[int, AVBundle] | None:
+        """Wait for the first bundle; None when the recording is stopped before one comes."""
+        while True:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._finishing.is_set():
+                    return None
+
+    def _encode_all(self, first: tuple[int, AVBundle]) -> None:
         width, height = self.size
         with av.open(str(self.part), mode="w", format="mp4") as container:
             video = container.add_stream(VIDEO_CODEC, rate=self.fps, options=dict(VIDEO_OPTIONS))
@@ -128,13 +167,17 @@ class Recorder:
             samples_per_tick = CHUNK_SAMPLES * self.chunks_per_frame
             first_tick: int | None = None
             next_tick = 0
+            pending: tuple[int, AVBundle] | None = first
             while True:
-                try:
-                    tick, bundle = self._queue.get(timeout=0.1)
-                except queue.Empty:
-                    if self._finishing.is_set():
-                        break
-                    continue
+                if pending is not None:
+                    (tick, bundle), pending = pending, None
+                else:
+                    try:
+                        tick, bundle = self._queue.get(timeout=0.1)
+                    except queue.Empty:
+                        if self._finishing.is_set():
+                            break
+                        continue
                 if first_tick is None:
                     first_tick = tick
                 rel = tick - first_tick
@@ -187,19 +230,73 @@ class Recorder:
 class Recordings:
     """The recorders of live sessions, by session id (loop side; recorders report back from their threads)."""
 
-    def __init__(self, folder: Path, max_seconds: float, max_bytes: int):
+    def __init__(self, folder: Path, max_seconds: float, max_bytes: int, keep_seconds: float = 0.0,
+                 keep_bytes: int | None = None):
         self.folder = folder
         self.max_seconds = max_seconds
         self.max_bytes = max_bytes
+        self.keep_seconds = keep_seconds
+        self.keep_bytes = keep_bytes
         self._active: dict[str, Recorder] = {}
+        self._latest: dict[str, str] = {}  # session id -> its latest recording id (forgotten when pruned)
         self._lock = threading.Lock()
 
-    def path(self, session_id: str) -> Path:
-        return self.folder / f"{session_id}.mp4"
+    def path(self, recording_id: str) -> Path:
+        return self.folder / f"{recording_id}{RECORDING_SUFFIX}"
+
+    def find(self, name: str) -> Path | None:
+        """A finished recording by its id, or a session's latest one by the session id."""
+        with self._lock:
+            recording_id = name if RECORDING_ID_PATTERN.match(name) else self._latest.get(name)
+        if recording_id is None:
+            return None
+        path = self.path(recording_id)
+        return path if path.is_file() else None
+
+    def prune(self) -> list[str]:
+        """Apply the retention policy to finished recordings (blocking); the names deleted."""
+        if not self.folder.is_dir():
+            return []
+        files = []
+        for path in self.folder.glob(f"*{RECORDING_SUFFIX}"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            files.append((stat.st_mtime, stat.st_size, path))
+        files.sort()
+        now, total = time.time(), sum(size for _, size, _ in files)
+        deleted = []
+        for index, (mtime, size, path) in enumerate(files):
+            too_old = self.keep_seconds > 0 and now - mtime > self.keep_seconds
+            newest = index == len(files) - 1  # the size cap never takes the recording just made
+            too_much = self.keep_bytes is not None and total > self.keep_bytes and not newest
+            if not (too_old or too_much):
+                continue
+            path.unlink(missing_ok=True)
+            total -= size
+            deleted.append(path.stem)
+        if deleted:
+            with self._lock:
+                gone = set(deleted)
+                self._latest = {sid: rid for sid, rid in self._latest.items() if rid not in gone}
+            logger.info("recordings: deleted %d by the retention policy (%g h, %g MB)", len(deleted),
+                        self.keep_seconds / SECONDS_PER_HOUR, (self.keep_bytes or 0) / 2**20)
+        return deleted
+
+    def clear_parts(self) -> None:
+        """Files of recordings a previous process did not finish (blocking: at start-up)."""
+        if self.folder.is_dir():
+            for part in self.folder.glob(f"*{RECORDING_SUFFIX}{PART_SUFFIX}"):
+                part.unlink(missing_ok=True)
 
     def active(self, session_id: str) -> Recorder | None:
         with self._lock:
             return self._active.get(session_id)
+
+    def all_active(self) -> list[Recorder]:
+        with self._lock:
+            return list(self._active.values())
 
     def start(self, session) -> Recorder:
         """Start a recorder for `session` (blocking: makes the folder; run it in an executor)."""
@@ -214,15 +311,20 @@ class Recordings:
                 with self._lock:
                     if self._active.get(session.id) is recorder:
                         del self._active[session.id]
+                    if recorder.frames > 0 and recorder.error is None:
+                        self._latest[session.id] = recorder.path.stem
                 if session.player.schedule.tap == recorder.offer:
                     session.player.schedule.tap = None
                 events.publish_threadsafe({"type": "record", "status": "end", "reason": recorder.stop_reason,
-                                           "seconds": round(recorder.seconds, 3), "error": recorder.error})
+                                           "seconds": round(recorder.seconds, 3), "error": recorder.error,
+                                           "url": recording_url(recorder)})
+                self.prune()
 
-            recorder = Recorder(self.path(session.id), engine.output_size, engine.config.fps,
+            recorder = Recorder(self.path(uuid.uuid4().hex[:16]), engine.output_size, engine.config.fps,
                                 engine.chunks_per_frame, self.max_seconds, self.max_bytes, done,
-                                name=f"record-{session.id[:8]}")
+                                name=f"record-{session.tag}")
             self._active[session.id] = recorder
+        self.prune()
         return recorder
 
     def attach(self, session, recorder: Recorder) -> None:
@@ -241,6 +343,10 @@ class Recordings:
         recorder.join()
 
 
+def recording_url(recorder: Recorder) -> str | None:
+    return f"/record/{recorder.path.stem}" if recorder.frames > 0 and recorder.error is None else None
+
+
 RECORDINGS_KEY = web.AppKey("recordings", Recordings)
 
 
@@ -248,7 +354,8 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
     """Add POST /record and GET /record/{sessionid}."""
     args = ctx.args
     recordings = Recordings(Path(args.data_dir) / RECORD_DIR, args.record_max_seconds,
-                            int(args.record_max_mb * 1024 * 1024))
+                            int(args.record_max_mb * 1024 * 1024), args.record_keep_hours * SECONDS_PER_HOUR,
+                            int(args.record_keep_mb * 1024 * 1024))
     app[RECORDINGS_KEY] = recordings
 
     async def record(request: web.Request) -> web.Response:
@@ -261,8 +368,9 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
         kind = body.get("type")
         loop = asyncio.get_running_loop()
         if kind == "start_record":
-            recordings.attach(session, await loop.run_in_executor(None, recordings.start, session))
-            return ok(data={"url": f"/record/{session.id}"})
+            recorder = await loop.run_in_executor(None, recordings.start, session)
+            recordings.attach(session, recorder)
+            return ok(data={"url": f"/record/{recorder.path.stem}", "recording": recorder.path.stem})
         if kind == "end_record":
             recorder = recordings.active(session.id)
             if recorder is None:
@@ -271,22 +379,31 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
             await loop.run_in_executor(None, recordings.finish, recorder, "end_record")
             if recorder.error:
                 raise BadRequest(recorder.error, status=500)
-            logger.info("session %s: recording finished in %.2f s", session.id[:8], time.monotonic() - started)
-            return ok(data={"url": f"/record/{session.id}", "seconds": round(recorder.seconds, 3),
-                            "frames": recorder.frames})
+            logger.info("session %s: recording finished in %.2f s", session.tag, time.monotonic() - started)
+            data = {"url": recording_url(recorder), "recording": recorder.path.stem,
+                    "seconds": round(recorder.seconds, 3), "frames": recorder.frames}
+            if recorder.frames == 0:
+                data["msg"] = "nothing was sent before end_record: no file was written"
+            return ok(data=data)
         raise BadRequest("'type' must be \"start_record\" or \"end_record\"")
 
     async def download(request: web.Request) -> web.StreamResponse:
-        session_id = request.match_info["sessionid"]
-        if not SESSION_ID_PATTERN.match(session_id):
-            raise BadRequest("invalid session id")
-        if recordings.active(session_id) is not None:
+        name = request.match_info["sessionid"]
+        if not SESSION_ID_PATTERN.match(name):
+            raise BadRequest("invalid recording or session id")
+        active = recordings.active(name)
+        if active is not None or any(r.path.stem == name for r in recordings.all_active()):
             raise BadRequest("still recording: send end_record first", status=409)
-        path = recordings.path(session_id)
-        if not path.is_file():
-            raise BadRequest("no recording for this session: record it with POST /record first", status=404)
+        path = recordings.find(name)
+        if path is None:
+            raise BadRequest("no such recording (finished recordings are kept for --record-keep-hours): "
+                             "record one with POST /record", status=404)
         return web.FileResponse(path, headers={"Content-Type": "video/mp4",
                                                "Content-Disposition": f'attachment; filename="{path.name}"'})
 
+    async def clean_up(_app: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, lambda: (recordings.clear_parts(), recordings.prune()))
+
+    app.on_startup.append(clean_up)
     app.router.add_post("/record", record)
     app.router.add_get("/record/{sessionid}", download)

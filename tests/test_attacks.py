@@ -18,11 +18,19 @@ import shutil
 import string
 
 import aiohttp
+import cv2
+import numpy as np
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from tests.support.attacks import (
     Attacker,
     ScriptedSpeechServer,
+    avatar_form,
+    black_clip,
+    bomb_png,
+    NoiseCamera,
+    multipart_head,
     json_head,
     multipart_upload,
     raw_request,
@@ -32,10 +40,13 @@ from tests.support.attacks import (
     wait_until,
     wav_declaring,
 )
-from tests.conftest import TEST_AVATAR_ID
+from avatars.format import METADATA_FILE
+from avatars.prepare import write_avatar
+from tests.conftest import TEST_AVATAR_ID, free_port
 from tests.test_api import offer_sdp
 from tests.support.rtc_client import ReceiverClient
 from tests.support.server_process import ServerProcess, copy_test_data
+from tests.support.speech_sender import SpeechTrack
 
 RSS_BUDGET_MB = 150  # growth allowed over the whole suite (before the fixes: +1.5 GB from uploads alone)
 FD_SLACK = 6  # open files allowed above the baseline once the attack sessions are gone
@@ -378,3 +389,434 @@ async def test_seeded_fuzz_of_every_endpoint_gets_no_5xx(target, http):
     status, _ = await attacker.post("/human", {"sessionid": victim.sessionid, "text": "Still here.", "interrupt": True})
     assert status == 200
     await victim.close()
+
+
+# ---- avatar uploads: judged by their declared size, bounded in number, time and decoded memory ----
+
+UPLOADS_AT_ONCE = 4
+UPLOAD_TIMEOUT_S = 3
+UPLOAD_PEAK_BUDGET_MB = 600  # four 20000x20000 PNGs at once and a 3 s 4K clip (before the fixes: +10.5 GB, +2 GB)
+BOMB_SIDE = 20000
+UPLOAD_RETAINED_MB = 150  # resident after the clip's task ended (without malloc_trim: +263 MB)
+
+
+@pytest.fixture
+async def upload_target(attack_data, tmp_path, http):
+    shutil.copytree(attack_data / "avatars" / TEST_AVATAR_ID, attack_data / "avatars" / "victim.tmp")
+    server = ServerProcess(attack_data, tmp_path / "server.log", "--avatar-uploads", str(UPLOADS_AT_ONCE),
+                           "--avatar-upload-timeout", str(UPLOAD_TIMEOUT_S))
+    try:
+        await server.wait_ready(http)
+        yield server
+    finally:
+        server.stop()
+
+
+async def held_upload(port: int, hold_s: float) -> bytes:
+    """An upload whose head and first bytes arrive, then nothing: the raw answer (b'' if none in hold_s)."""
+    boundary = "HELD"
+    opening = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+               f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"\0" * 1024
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(multipart_head("/api/avatar/task", boundary, 1024 * 1024) + opening)
+        await writer.drain()
+        with contextlib.suppress(asyncio.TimeoutError):
+            return await asyncio.wait_for(reader.read(65536), hold_s)
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_avatar_upload_bombs(upload_target, attack_data, http):
+    target = upload_target
+    attacker = Attacker(http, target.url)
+    gc.collect()
+    base_rss = target.rss_mb()
+    report = [f"baseline rss {base_rss:.0f} MB, peak so far {target.peak_rss_mb():.0f} MB"]
+
+    # Four 20000x20000 PNGs (48 kB each) at once: refused from their header, nothing decoded.
+    bomb = bomb_png(BOMB_SIDE)
+    answers = await asyncio.gather(*(
+        attacker.call("POST", "/api/avatar/task", data=avatar_form(bomb, "bomb.png", avatar_id=f"bomb{index}"))
+        for index in range(4)))
+    for status, body, _ in answers:
+        assert status == 413 and "megapixel" in body["msg"], (status, body)
+    report.append(f"4 x {BOMB_SIDE}^2 PNG: peak +{target.peak_rss_mb() - base_rss:.0f} MB")
+
+    # A 3 s 4K clip (28 kB): accepted, its frames scaled as they are decoded.
+    status, body, _ = await attacker.call("POST", "/api/avatar/task",
+                                          data=avatar_form(black_clip(3.0), "uhd.mp4", avatar_id="uhd"))
+    assert status == 200, body
+    task_id = body["data"]["task_id"]
+
+    async def finished() -> bool:
+        _, answer, _ = await attacker.call("GET", f"/api/avatar/task/{task_id}")
+        return answer["data"]["status"] in ("completed", "failed")
+
+    await wait_until_async(finished, 120, "the 4K clip's task ending")
+    peak = target.peak_rss_mb() - base_rss
+    report.append(f"3 s 4K clip: peak +{peak:.0f} MB, after its task +{target.rss_mb() - base_rss:.0f} MB")
+    print("\n".join(report))
+    assert peak < UPLOAD_PEAK_BUDGET_MB, report
+    assert target.rss_mb() - base_rss < UPLOAD_RETAINED_MB, report  # the task's freed heap is given back
+
+    # Uploads in progress are capped (429), and an upload that stops arriving is ended (408).
+    held = [asyncio.create_task(held_upload(target.port, UPLOAD_TIMEOUT_S + 10)) for _ in range(UPLOADS_AT_ONCE)]
+    await asyncio.sleep(0.5)
+    status, body, _ = await attacker.call("POST", "/api/avatar/task",
+                                          data=avatar_form(bomb, "late.png", avatar_id="late"))
+    assert status == 429 and "try again" in body["msg"], (status, body)
+    for response in await asyncio.gather(*held):
+        assert status_of(response) == 408 and b"--avatar-upload-timeout" in response, response[:300]
+
+    # A failing task for `victim` leaves the avatar `victim.tmp` alone (work folders cannot be ids).
+    faceless = cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
+    status, body, _ = await attacker.call("POST", "/api/avatar/task",
+                                          data=avatar_form(faceless, "grey.png", avatar_id="victim"))
+    assert status == 200, body
+    task_id = body["data"]["task_id"]
+    await wait_until_async(finished, 60, "the faceless task ending")
+    _, answer, _ = await attacker.call("GET", f"/api/avatar/task/{task_id}")
+    assert answer["data"]["status"] == "failed", answer
+    assert (attack_data / "avatars" / "victim.tmp" / METADATA_FILE).is_file()
+    _, config, _ = await attacker.call("GET", "/config")
+    assert "victim.tmp" in config["avatars"], config
+    assert not [p.name for p in (attack_data / "avatars").iterdir() if p.name.startswith(".")]
+
+    # Answers name no server path.
+    status, body, _ = await attacker.call("POST", "/api/avatar/task",
+                                          data=avatar_form(b"not a video", "clip.mp4", avatar_id="broken"))
+    assert status == 415 and str(attack_data) not in body["msg"] and "tmp" not in body["msg"], body
+
+    assert target.alive()
+    assert attacker.server_errors == 0, attacker.statuses
+    log = target.log()
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
+
+
+# ---- remote tracks: one microphone and one camera, each read into a bounded buffer or never received ----
+
+TRACK_WATCH_S = 20.0
+TRACK_RSS_BUDGET_MB = 60  # over the watch (before the fixes: +13 MB/s with one extra camera and microphone)
+
+
+def media_directions(sdp: str) -> list[tuple[str, str]]:
+    """(kind, direction) of each audio/video section of an SDP."""
+    out: list[tuple[str, str]] = []
+    for section in sdp.split("m=")[1:]:
+        kind = section.split(" ", 1)[0]
+        if kind in ("audio", "video"):
+            direction = next((d for d in ("sendrecv", "sendonly", "recvonly", "inactive") if f"a={d}" in section), "")
+            out.append((kind, direction))
+    return out
+
+
+async def test_extra_tracks_are_refused_and_an_unused_camera_is_not_received(target, http):
+    attacker = Attacker(http, target.url)
+    # An offer with a second camera and a second microphone: refused before anything is built.
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for track in (NoiseCamera(), NoiseCamera(), SpeechTrack(), SpeechTrack()):
+        pc.addTransceiver(track, direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    status, body = await attacker.post("/offer", {"sdp": pc.localDescription.sdp, "type": "offer"})
+    assert status == 400 and "more than 1 video section" in body["msg"], (status, body)
+    await pc.close()
+
+    # A camera and a microphone on a server without --llm-vision: the camera is not received (the answer
+    # says sendonly), the microphone is read into a bounded buffer; memory stays flat.
+    client = ReceiverClient(target.url, keep_video=False)
+    answer = await client.connect(http, uplink=SpeechTrack(), camera=NoiseCamera())
+    try:
+        assert media_directions(answer["sdp"]) == [("video", "sendonly"), ("audio", "sendrecv")], answer["sdp"]
+        await client.wait_for(video_frames=25)
+        await asyncio.sleep(2.0)  # the session's own start-up (engine, listener thread) is not growth
+        base_rss = target.rss_mb()
+        samples = []
+        for _ in range(int(TRACK_WATCH_S)):
+            await asyncio.sleep(1.0)
+            samples.append(target.rss_mb() - base_rss)
+        print(f"rss growth each second with a camera and a microphone: {[round(s) for s in samples]}")
+        assert samples[-1] < TRACK_RSS_BUDGET_MB, samples
+    finally:
+        await client.close()
+    assert attacker.server_errors == 0, attacker.statuses
+    log = target.log()
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
+
+
+# ---- /record: empty recordings, recordings that must not replace each other, a total cap ----
+
+RECORD_KEEP_MB = 0.001  # smaller than any recording: only the newest is kept
+
+
+@pytest.fixture
+async def record_target(attack_data, tmp_path, http):
+    server = ServerProcess(attack_data, tmp_path / "server.log", "--record-keep-mb", str(RECORD_KEEP_MB))
+    try:
+        await server.wait_ready(http)
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_record_edge_cases(record_target, attack_data, http):
+    target = record_target
+    attacker = Attacker(http, target.url)
+    client = ReceiverClient(target.url, keep_video=False)
+    await client.connect(http)
+    await client.wait_for(video_frames=5)
+    sid = client.sessionid
+
+    async def record(kind: str) -> dict:
+        status, body = await attacker.post("/record", {"sessionid": sid, "type": kind})
+        assert status == 200, (kind, status, body)
+        return body["data"]
+
+    # Stopped at once, again and again: every answer clean, an empty one says no file was written.
+    empty = 0
+    for _ in range(20):
+        await record("start_record")
+        data = await record("end_record")
+        if data["frames"] == 0:
+            empty += 1
+            assert data["url"] is None and "no file" in data["msg"], data
+    print(f"{empty} of 20 immediate stops had no frame")
+
+    # Two recordings: each has its own file and URL; the size cap keeps only the newest.
+    urls = []
+    for _ in range(2):
+        await record("start_record")
+        await asyncio.sleep(1.0)
+        data = await record("end_record")
+        assert data["frames"] >= 10 and data["url"], data
+        urls.append(data["url"])
+    assert urls[0] != urls[1]
+    status, body, _ = await attacker.call("GET", urls[0])
+    assert status == 404 and "--record-keep-hours" in body["msg"], (status, body)
+    status, video, headers = await attacker.call("GET", urls[1])
+    assert status == 200 and headers["Content-Type"] == "video/mp4"
+    status, _, _ = await attacker.call("GET", f"/record/{sid}")  # the session's latest
+    assert status == 200
+    assert len(list((attack_data / "record").glob("*.mp4"))) == 1
+    assert not any(sid in p.name for p in (attack_data / "record").iterdir())
+
+    # A session closed right after its recording started: finished quietly.
+    other = ReceiverClient(target.url, keep_video=False)
+    await other.connect(http)
+    await other.wait_for(video_frames=2)
+    status, _ = await attacker.post("/record", {"sessionid": other.sessionid, "type": "start_record"})
+    assert status == 200
+    await other.close()
+    await asyncio.sleep(2.0)
+    await client.close()
+    await asyncio.sleep(1.0)
+
+    assert target.alive()
+    assert attacker.server_errors == 0, attacker.statuses
+    log = target.log()
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
+    assert str(attack_data) not in log
+
+
+# ---- secrets and ids: never in the log or in answers ----
+
+SECRET = "hunter2secret"
+TOKEN = "admin-token-for-the-test"
+
+
+@pytest.fixture
+async def secrets_target(attack_data, tmp_path, http):
+    dead_port = free_port()
+    server = ServerProcess(
+        attack_data, tmp_path / "server.log", "--auth-token", TOKEN,
+        "--llm-base-url", f"http://user:{SECRET}@127.0.0.1:{dead_port}/v1?api_key={SECRET}", "--llm-model", "m",
+        "--tts-proxy", f"http://proxyuser:{SECRET}@127.0.0.1:{dead_port}/",
+        "--transport", "rtmp", "--push-url", f"rtmp://127.0.0.1:{dead_port}/live/{SECRET}")
+    try:
+        await server.wait_ready(http)
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_secrets_and_session_ids_stay_out_of_logs_and_answers(secrets_target, http):
+    target = secrets_target
+    attacker = Attacker(http, target.url)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    status, body, _ = await attacker.call("GET", "/api/admin/config", headers=auth)
+    assert status == 200, body
+    config = json.dumps(body)
+    assert SECRET not in config, config
+    assert body["data"]["llm_base_url"].startswith("http://***@127.0.0.1:"), body["data"]["llm_base_url"]
+    assert body["data"]["push_url"].endswith("/live/***"), body["data"]["push_url"]
+
+    pc, sdp = await offer_sdp()
+    status, answer, _ = await attacker.call("POST", "/offer", json={"sdp": sdp, "type": "offer", "listen": "echo"},
+                                            headers=auth)
+    assert status == 200, answer
+    sid = answer["sessionid"]
+    for mode in ("off", "echo", "lips", "chat") * 5:
+        status, body, _ = await attacker.call("POST", "/listen", json={"sessionid": sid, "listen": mode},
+                                              headers=auth)
+        assert status == 200, body
+    await pc.close()
+    await asyncio.sleep(3.0)  # the rtmp pusher fails against the dead port and retries: its log lines too
+    log = target.log()
+    assert SECRET not in log, [line for line in log.splitlines() if SECRET in line]
+    assert sid not in log, [line for line in log.splitlines() if sid in line]
+    assert f"session {sid[:8]}: listen" in log
+    assert attacker.server_errors == 0, attacker.statuses
+
+
+# ---- clients that hang up: not server errors ----
+
+
+def server_error_samples(exposition: str) -> list[str]:
+    """The /metrics lines that count 5xx answers or server errors."""
+    lines = [line for line in exposition.splitlines() if "_total{" in line and not line.endswith(" 0.0")]
+    return [line for line in lines if 'status="5' in line or 'kind="http_5' in line]
+
+
+async def test_clients_that_hang_up_are_not_server_errors(target, http):
+    attacker = Attacker(http, target.url)
+    # A FunASR socket closed while its utterance is being transcribed: the answer has nowhere to go.
+    pcm = (np.round(np.sin(np.arange(16000) / 16000 * 2 * np.pi * 220) * 8000)).astype("<i2").tobytes()
+    for _ in range(3):
+        socket = await http.ws_connect(f"{target.url}/api/asr")
+        await socket.send_str(json.dumps({"is_speaking": True, "mode": "offline", "wav_name": "w"}))
+        await socket.send_bytes(pcm)
+        await socket.send_str(json.dumps({"is_speaking": False}))
+        await socket.close()
+    # Uploads cut off half-way.
+    for path, filename in (("/humanaudio", "a.wav"), ("/api/avatar/task", "a.png")):
+        boundary = "CUT"
+        opening = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+                   f"\r\n").encode() + b"\0" * 4096
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+        writer.write(multipart_head(path, boundary, 1024 * 1024) + opening)
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.transport.abort()
+    # An event stream left mid-way.
+    client = ReceiverClient(target.url, keep_video=False)
+    await client.connect(http, data_channel=True)
+    await client.wait_for(video_frames=5)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await attacker.call("GET", f"/events?sessionid={client.sessionid}", timeout=aiohttp_timeout(0.5))
+    # A data channel whose transport is gone while the session still publishes events.
+    status, _ = await attacker.post("/human", {"sessionid": client.sessionid, "text": "Hello there. " * 4})
+    assert status == 200
+    await asyncio.sleep(0.5)
+    await client.pc.sctp.transport.stop()
+    for _ in range(3):
+        await attacker.post("/human", {"sessionid": client.sessionid, "text": "More.", "interrupt": True})
+    await asyncio.sleep(8.0)  # the recogniser loads and answers sockets that are gone
+    await client.close()
+    _, exposition, _ = await attacker.call("GET", "/metrics")
+    assert not server_error_samples(exposition), server_error_samples(exposition)
+    log = target.log()
+    assert "Task exception was never retrieved" not in log
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
+    assert " ERROR " not in log, [line for line in log.splitlines() if " ERROR " in line]
+    assert target.alive()
+
+
+# ---- avatar switching: a cache bounded in bytes, switches rate-limited per session ----
+
+BIG_AVATARS = 6
+BIG_FRAMES = 60  # 60 x 640x480 BGR: 55 MB a loaded avatar
+AVATAR_CACHE_MB = 120
+SWITCH_INTERVAL_S = 0.3
+SWITCH_RSS_BUDGET_MB = 250  # six avatars all kept would add ~330 MB
+
+
+@pytest.fixture
+async def switch_target(attack_data, tmp_path, http):
+    for index in range(BIG_AVATARS):
+        frame = np.full((480, 640, 3), 40 * index, np.uint8)
+        write_avatar(attack_data / "avatars" / f"big{index}", [frame] * BIG_FRAMES, {"source": "flat", "fps": 25})
+    server = ServerProcess(attack_data, tmp_path / "server.log", "--avatar-cache-mb", str(AVATAR_CACHE_MB),
+                           "--set-avatar-interval", str(SWITCH_INTERVAL_S))
+    try:
+        await server.wait_ready(http)
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_avatar_switches_are_bounded_in_memory_and_rate(switch_target, http):
+    target = switch_target
+    attacker = Attacker(http, target.url)
+    client = ReceiverClient(target.url, keep_video=False)
+    await client.connect(http)
+    await client.wait_for(video_frames=5)
+    gc.collect()
+    base_rss = target.rss_mb()
+    status, _ = await attacker.post("/set_avatar", {"sessionid": client.sessionid, "avatar": "big0"})
+    assert status == 200
+    status, body = await attacker.post("/set_avatar", {"sessionid": client.sessionid, "avatar": "big1"})
+    assert status == 429 and "--set-avatar-interval" in body["msg"], (status, body)
+    growth = []
+    for round_ in range(2):
+        for index in range(BIG_AVATARS):
+            await asyncio.sleep(SWITCH_INTERVAL_S)
+            status, body = await attacker.post("/set_avatar", {"sessionid": client.sessionid,
+                                                               "avatar": f"big{index}"})
+            assert status == 200, body
+            growth.append(round(target.rss_mb() - base_rss))
+    await client.close()
+    print(f"rss growth after each switch: {growth}")
+    assert max(growth) < SWITCH_RSS_BUDGET_MB, growth
+    assert "avatar cache over" in target.log()
+    assert attacker.server_errors == 0, attacker.statuses
+    assert "Traceback" not in target.log()
+
+
+# ---- slow headers: aiohttp's keepalive_timeout closes a connection whose request head has not arrived ----
+
+SLOW_CONNECTIONS = 50
+HEADER_TIMEOUT_S = 3
+
+
+@pytest.fixture
+async def header_target(attack_data, tmp_path, http):
+    server = ServerProcess(attack_data, tmp_path / "server.log", "--header-timeout", str(HEADER_TIMEOUT_S))
+    try:
+        await server.wait_ready(http)
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_slow_headers_are_cut_off(header_target, http):
+    target = header_target
+    head = b"GET /config HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+
+    async def dribble() -> float | None:
+        """Send the head a byte every 0.5 s; the seconds until the server closed the connection (None: never)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+        started = asyncio.get_running_loop().time()
+        try:
+            for byte in head:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    if await asyncio.wait_for(reader.read(1024), 0.5) == b"":
+                        return asyncio.get_running_loop().time() - started
+            return None
+        except ConnectionError:
+            return asyncio.get_running_loop().time() - started
+        finally:
+            writer.close()
+
+    base_fds = target.fds()
+    attack = [asyncio.create_task(dribble()) for _ in range(SLOW_CONNECTIONS)]
+    await asyncio.sleep(1.0)
+    async with http.get(f"{target.url}/config") as response:  # others are served meanwhile
+        assert response.status == 200
+    closed_after = await asyncio.wait_for(asyncio.gather(*attack), HEADER_TIMEOUT_S + 20)
+    print(f"slow-header connections closed after {min(closed_after or [0]):.1f}-{max(closed_after):.1f} s")
+    assert all(t is not None and t < HEADER_TIMEOUT_S + 2 for t in closed_after), closed_after
+    await wait_until(lambda: target.fds() <= base_fds + FD_SLACK, 5, "the server's sockets closed")
+    assert target.alive()

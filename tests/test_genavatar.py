@@ -137,7 +137,7 @@ def test_video_with_faceless_frames(tmp_path, landmarker):
 @pytest.mark.parametrize("make, message", [
     (lambda d: cv2.imwrite(str(d / "wall.png"), np.full((300, 300, 3), 120, np.uint8)) and d / "wall.png",
      "no face found"),
-    (lambda d: (d / "notes.png").write_text("not an image") and d / "notes.png", "cannot read image"),
+    (lambda d: (d / "notes.png").write_text("not an image") and d / "notes.png", "cannot read the image"),
     (lambda d: d / "missing.jpg", "does not exist"),
 ])
 def test_bad_images_are_refused(tmp_path, caplog, make, message):

@@ -55,7 +55,7 @@ async def test_recording_matches_what_was_sent_in_sync(server, http, sync_config
     url, sid = server.url, client.sessionid
     assert (await download(http, url, sid, tmp_path))[0] == 404
     status, body = await post(http, f"{url}/record", {"sessionid": sid, "type": "start_record"})
-    assert status == 200 and body["data"]["url"] == f"/record/{sid}", body
+    assert status == 200 and body["data"]["url"] == f"/record/{body['data']['recording']}", body
     assert (await post(http, f"{url}/record", {"sessionid": sid, "type": "start_record"}))[0] == 409
     status, body = await download(http, url, sid, tmp_path)
     assert status == 409 and "end_record" in body["msg"]

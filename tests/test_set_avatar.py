@@ -62,6 +62,7 @@ async def test_set_avatar_crossfades_to_another_size_without_renegotiating(serve
     assert not near(recorded[0], WIDE_COLOR) and near(recorded[-1], WIDE_COLOR)
 
     # A switch to an avatar with face data; speech goes on on the same tracks.
+    await asyncio.sleep(1.0)  # one switch a second per session (--set-avatar-interval)
     status, body = await post(http, f"{url}/set_avatar", {"sessionid": sid, "avatar": PHOTO_AVATAR_ID})
     assert status == 200 and body["data"]["sent_size"] == [TEST_AVATAR_SIZE, TEST_AVATAR_SIZE]
     assert (await post(http, f"{url}/human", {"sessionid": sid, "text": "Hello.", "type": "echo"}))[0] == 200

@@ -22,6 +22,7 @@ import edge_tts
 import numpy as np
 from edge_tts.exceptions import EdgeTTSException, NoAudioReceived
 
+from httpapi import redact_url
 from tts.base import Resampler, TTSBackend, TTSError
 
 logger = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class EdgeTTS(TTSBackend):
             pump.exception()  # already reported (or irrelevant after a cancel); marks it retrieved
 
     def _translate(self, error: Exception) -> TTSError:
-        via = f" through the proxy {self.proxy}" if self.proxy else ""
+        via = f" through the proxy {redact_url(self.proxy)}" if self.proxy else ""
         if isinstance(error, aiohttp.WSServerHandshakeError):
             return TTSError(
                 f"the Microsoft speech service refused edge-tts (HTTP {error.status}): "

@@ -55,9 +55,10 @@ def resolve_reference(data_dir: Path, ref_file: object, ref_text: object = "") -
     candidate = Path(ref_file)
     path = (candidate if candidate.is_absolute() else root / candidate).resolve()
     if not path.is_relative_to(root):
-        raise TTSError(f"reference audio {ref_file!r} is outside the data directory {root}: put it under data/")
+        raise TTSError(f"reference audio {ref_file!r} is outside the data directory: put it under data/ and name it "
+                       f"relative to it")
     if not path.is_file():
-        raise TTSError(f"reference audio {ref_file!r} not found under {root}")
+        raise TTSError(f"reference audio {ref_file!r} not found in the data directory")
     if path.stat().st_size > MAX_REFERENCE_BYTES:
         raise TTSError(f"reference audio {ref_file!r} is over {MAX_REFERENCE_BYTES // (1024 * 1024)} MB: "
                        f"a few seconds of speech is enough")

@@ -8,10 +8,12 @@ pieces; the hostile files are built here, in the shapes of the reproductions.
 from __future__ import annotations
 
 import asyncio
+import fractions
 import io
 import json
 import struct
 import time
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -19,6 +21,7 @@ import aiohttp
 import av
 import numpy as np
 from aiohttp import web
+from aiortc.mediastreams import MediaStreamTrack
 
 from tests.support.tts_servers import PCM_RATE, LocalServer, pcm_s16, sine
 
@@ -111,6 +114,68 @@ def multipart_upload(sessionid: str, data: bytes, filename: str = "a.wav") -> ai
     form.add_field("sessionid", sessionid)
     form.add_field("file", data, filename=filename, content_type="application/octet-stream")
     return form
+
+
+def bomb_png(side: int) -> bytes:
+    """A PNG declaring side x side pixels (1-bit grey, all black): ~50 kB that decode to side*side*3 bytes in BGR."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" * (1 + (side + 7) // 8)  # filter byte + the packed bits of one row
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def black_clip(seconds: float, width: int = 3840, height: int = 2160, fps: int = 25) -> bytes:
+    """An H.264 clip of black frames: 3 s of 4K is ~28 kB that decode to ~2.3 GB of BGR frames."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        frame = av.VideoFrame(width, height, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        for index in range(int(seconds * fps)):
+            frame.pts = index
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()
+
+
+def avatar_form(data: bytes, filename: str, **fields: str) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    for name, value in fields.items():
+        form.add_field(name, value)
+    form.add_field("file", data, filename=filename, content_type="application/octet-stream")
+    return form
+
+
+def multipart_head(path: str, boundary: str, length: int) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}"
+            f"\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+
+
+class NoiseCamera(MediaStreamTrack):
+    """A 640x480 camera at 25 fps filming noise (costly to encode and to decode)."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pts = 0
+        self._rng = np.random.default_rng(7)
+
+    async def recv(self) -> av.VideoFrame:
+        await asyncio.sleep(0.04)
+        image = self._rng.integers(0, 255, (480, 640, 3), np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts, frame.time_base = self._pts, fractions.Fraction(1, 90000)
+        self._pts += 3600
+        return frame
 
 
 class ScriptedSpeechServer(LocalServer):

@@ -46,10 +46,21 @@ class ServerProcess:
         return self.proc.poll() is None
 
     def rss_mb(self) -> float:
+        return self._status_mb("VmRSS:")
+
+    def peak_rss_mb(self) -> float:
+        """The most resident memory the process has had (the kernel's high-water mark)."""
+        return self._status_mb("VmHWM:")
+
+    def reset_peak(self) -> None:
+        """Start the high-water mark again from the RSS now (Linux: 5 > /proc/PID/clear_refs)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+    def _status_mb(self, field: str) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
+        raise RuntimeError(f"no {field}")
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
