@@ -14,8 +14,8 @@ import pytest
 from media import SAMPLE_RATE
 from speech.visemes import LabelledAudio, Viseme
 from tts.espeak import Clause, EspeakLibrary
-from tts.piper import (DEFAULT_VOICE, PiperConfig, PiperTTS, PiperVoiceError, PiperVoices, find_voice,
-                       phoneme_ids, phoneme_starts, phoneme_symbols, voice_catalogue)
+from tts.piper import (DEFAULT_VOICE, MAX_CLAUSE_IDS, PiperConfig, PiperTTS, PiperVoiceError, PiperVoices,
+                       clause_pieces, find_voice, phoneme_ids, phoneme_starts, phoneme_symbols, voice_catalogue)
 
 NO_MODELS = Path("/nonexistent-models")
 
@@ -86,6 +86,31 @@ def test_speech_streams_clause_by_clause_with_visemes_from_the_model(joe):
     closed, open_ = level[labels == Viseme.CLOSED], level[labels == Viseme.OPEN]
     assert closed.size >= 3 and open_.size >= 3, labels  # "m" and "p" closures, "a" vowels
     assert np.median(closed) < 0.8 * np.median(open_)  # lips shut on the quieter nasal murmur and stops
+
+
+def test_a_long_first_clause_starts_with_its_first_words_alone():
+    words = list("ðə wˈɛðɚɹ ɪz lˈʌvli ðɪs mˈɔːɹnɪŋ.")
+    pieces = clause_pieces(words, quick_start=True)
+    assert [("".join(p), before, after) for p, before, after in pieces] == [
+        ("ðə wˈɛðɚɹ", False, True), ("ɪz lˈʌvli ðɪs mˈɔːɹnɪŋ.", True, False)]  # no punctuation inside
+    assert len(clause_pieces(words, quick_start=False)) == 1  # later clauses are whole (the first is playing)
+    assert len(clause_pieces(list("həlˈoʊ, "), quick_start=True)) == 1  # short: nothing to gain
+    assert len(clause_pieces(list("ðə wˈɛðɚɹ ɪz."), quick_start=True)) == 1  # too little left after the cut
+    long = list(("bˈɑː " * 600).strip() + ".")  # longer than one model run: cut at word spaces
+    runs = clause_pieces(long, quick_start=False)
+    assert len(runs) > 1 and all(2 * len(p) + 3 <= MAX_CLAUSE_IDS for p, _, _ in runs)
+    assert sum(len(p) for p, _, _ in runs) + len(runs) - 1 == len(long)  # nothing lost but the join spaces
+
+
+def test_the_first_words_come_quickly_and_run_on_into_the_rest(joe):
+    text = "The weather is lovely this morning."
+    pieces = list(joe.stream_labelled(text, lambda: False))
+    assert len(pieces) == 2 and all(isinstance(p, LabelledAudio) for p in pieces)
+    first, rest = (p.samples for p in pieces)
+    assert first.size < 0.5 * rest.size  # "The weather" alone, then the rest of the clause
+    level = 0.05 * max(np.abs(first).max(), np.abs(rest).max())
+    pause = (first.size - 1 - np.flatnonzero(np.abs(first) > level)[-1]) + np.flatnonzero(np.abs(rest) > level)[0]
+    assert pause / SAMPLE_RATE < 0.08  # the words run on: no pause where the clause was cut
 
 
 def test_an_interrupt_drops_the_clauses_not_yet_spoken(joe):

