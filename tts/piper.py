@@ -231,6 +231,22 @@ def phoneme_starts(names: list[str], frames: np.ndarray, hop: int) -> list[tuple
     return timed
 
 
+def spoken_span(names: list[str], frames: np.ndarray, hop: int) -> tuple[int, int] | None:
+    """(first, last) sample of the phonemes, each with half its neighbouring pad; None if none."""
+    spoken = [i for i, name in enumerate(names) if name != PAD and name not in PAUSE_SYMBOLS]
+    if not spoken:
+        return None
+    ends = np.cumsum([int(f) for f in frames]) * hop
+    first, last = spoken[0], spoken[-1]
+    start = int(ends[first - 1]) if first > 0 else 0
+    if first > 0 and names[first - 1] == PAD:
+        start -= int(frames[first - 1]) * hop // 2
+    end = int(ends[last])
+    if last + 1 < len(names) and names[last + 1] == PAD:
+        end += int(frames[last + 1]) * hop // 2
+    return start, end
+
+
 class PiperModel:
     """One loaded voice: its config and onnxruntime session (thread-safe, shared)."""
 
@@ -322,8 +338,9 @@ class PiperTTS(TTSBackend):
 
     name = "piper"
 
-    def __init__(self, files: VoiceFiles, voices: PiperVoices, library: EspeakLibrary):
+    def __init__(self, files: VoiceFiles, voices: PiperVoices, library: EspeakLibrary, quick_start: bool = True):
         self.files = files
+        self.quick_start = quick_start  # a sentence's first words in a run of their own (see clause_pieces)
         self.voice = files.name
         self.voices = voices
         self.library = library
@@ -338,7 +355,7 @@ class PiperTTS(TTSBackend):
         model = self.voices.get(self.files)
         clauses = [c for c in self.library.phonemize(text, self.espeak_voice) if c.phonemes.strip()]
         pieces = [piece for number, clause in enumerate(clauses)
-                  for piece in clause_pieces(phoneme_symbols(clause), quick_start=number == 0)]
+                  for piece in clause_pieces(phoneme_symbols(clause), quick_start=self.quick_start and number == 0)]
         for index, (symbols, joined_before, joined_after) in enumerate(pieces):
             if cancelled():
                 return
@@ -384,17 +401,24 @@ def shape_clause(audio: np.ndarray, frames: np.ndarray | None, names: list[str],
 
     `first`: the sentence's first piece, or one continuing a clause: leading silence trimmed;
     `last`: the sentence's end: long trailing silence trimmed; `joined`: the clause goes on in the
-    next piece: trailing silence trimmed close, so the words run on."""
-    timed = None
+    next piece: trailing silence trimmed close, so the words run on. Silence is what lies below
+    SILENCE_OF_PEAK of the peak and, when the durations are known, outside the phonemes too (a
+    piece's last word may end in a quiet "ft" that a level alone would cut)."""
+    timed, spoken = None, None
     if frames is not None:
         hop = len(audio) // int(frames.sum())
-        timed = phoneme_starts(names, frames, hop) if hop > 0 else None
+        if hop > 0:
+            timed = phoneme_starts(names, frames, hop)
+            spoken = spoken_span(names, frames, hop)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     if peak > 0.0:
         loud = np.flatnonzero(np.abs(audio) > SILENCE_OF_PEAK * peak)
-        lead = max(0, int(loud[0]) - int(LEAD_KEEP_S * rate)) if first else 0
+        onset, offset = int(loud[0]), int(loud[-1]) + 1
+        if spoken is not None:
+            onset, offset = min(onset, spoken[0]), max(offset, spoken[1]) if joined else offset
+        lead = max(0, onset - int(LEAD_KEEP_S * rate)) if first else 0
         keep = JOIN_KEEP_S if joined else TRAIL_KEEP_S if last else None
-        end = len(audio) if keep is None else min(len(audio), int(loud[-1]) + 1 + int(keep * rate))
+        end = len(audio) if keep is None else min(len(audio), offset + int(keep * rate))
         audio = audio[lead:end]
         if timed is not None:
             timed = [(max(0, start - lead), name) for start, name in timed]
