@@ -232,19 +232,13 @@ def phoneme_starts(names: list[str], frames: np.ndarray, hop: int) -> list[tuple
 
 
 def spoken_span(names: list[str], frames: np.ndarray, hop: int) -> tuple[int, int] | None:
-    """(first, last) sample of the phonemes, each with half its neighbouring pad; None if none."""
+    """(first, last) sample of the phonemes (the pads around them left out); None if none."""
     spoken = [i for i, name in enumerate(names) if name != PAD and name not in PAUSE_SYMBOLS]
     if not spoken:
         return None
     ends = np.cumsum([int(f) for f in frames]) * hop
     first, last = spoken[0], spoken[-1]
-    start = int(ends[first - 1]) if first > 0 else 0
-    if first > 0 and names[first - 1] == PAD:
-        start -= int(frames[first - 1]) * hop // 2
-    end = int(ends[last])
-    if last + 1 < len(names) and names[last + 1] == PAD:
-        end += int(frames[last + 1]) * hop // 2
-    return start, end
+    return (int(ends[first - 1]) if first > 0 else 0), int(ends[last])
 
 
 class PiperModel:
@@ -365,7 +359,7 @@ class PiperTTS(TTSBackend):
                 return
             yield shape_clause(audio, frames, names, model.config.sample_rate,
                                first=index == 0 or joined_before, last=index == len(pieces) - 1,
-                               joined=joined_after)
+                               joined=joined_after, continues=joined_before)
 
 
 def clause_pieces(symbols: list[str], quick_start: bool) -> list[tuple[list[str], bool, bool]]:
@@ -396,12 +390,14 @@ def clause_pieces(symbols: list[str], quick_start: bool) -> list[tuple[list[str]
 
 
 def shape_clause(audio: np.ndarray, frames: np.ndarray | None, names: list[str], rate: int,
-                 first: bool, last: bool, joined: bool = False) -> np.ndarray | LabelledAudio:
+                 first: bool, last: bool, joined: bool = False, continues: bool = False) -> np.ndarray | LabelledAudio:
     """One clause (or piece of one) at 16 kHz: trimmed, levelled, labelled when the durations are known.
 
     `first`: the sentence's first piece, or one continuing a clause: leading silence trimmed;
     `last`: the sentence's end: long trailing silence trimmed; `joined`: the clause goes on in the
-    next piece: trailing silence trimmed close, so the words run on. Silence is what lies below
+    next piece: trailing silence trimmed close, so the words run on; `continues`: the piece goes on
+    from the one before. At a join the mouth keeps the neighbouring phoneme (no rest, which would
+    press the lips together mid-clause). Silence is what lies below
     SILENCE_OF_PEAK of the peak and, when the durations are known, outside the phonemes too (a
     piece's last word may end in a quiet "ft" that a level alone would cut)."""
     timed, spoken = None, None
@@ -423,6 +419,13 @@ def shape_clause(audio: np.ndarray, frames: np.ndarray | None, names: list[str],
         if timed is not None:
             timed = [(max(0, start - lead), name) for start, name in timed]
         audio = audio * min(LEVEL_GAIN, PEAK_LIMIT / peak)
+    if timed is not None and joined:
+        while timed and not timed[-1][1]:
+            timed.pop()  # the last phoneme lasts to the join
+    if timed is not None and continues:
+        while timed and not timed[0][1]:
+            timed.pop(0)
+        timed = [(0, timed[0][1]), *timed[1:]] if timed else timed  # the first phoneme starts at the join
     resampler = Resampler(rate)
     samples = np.concatenate([resampler.push(audio.astype(np.float32)), resampler.flush()])
     if timed is None:
