@@ -57,7 +57,7 @@ def build_context(args: argparse.Namespace, engines: EngineFactory | None = None
     metrics = Metrics(engines.model)
     ctx = ServerContext(args=args, avatars=avatars, engines=engines,
                         sessions=SessionRegistry(args.max_session, args.worker_id),
-                        tts=tts_factory.TTSFactory(tts_factory.settings_from_args(args)),
+                        tts=tts_factory.start_factory(tts_factory.settings_from_args(args)),
                         llm=LLMClient(llm.settings_from_args(args)),
                         access=AccessPolicy(args.auth_token, args.allow_origins), metrics=metrics)
     engines.observe_batches(metrics.observe_batch)

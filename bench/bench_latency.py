@@ -47,7 +47,7 @@ def record_handover(session) -> list[tuple[float, bool]]:
 
 async def run(args) -> dict:
     application, runner, url = await start_server(
-        "--model", args.model, "--tts", "espeak", "--avatar_id", args.avatar, "--max_session", "4")
+        "--model", args.model, "--tts", args.tts, "--avatar_id", args.avatar, "--max_session", "4")
     results = {"speak": [], "speak_floor": [], "interrupt": [], "interrupt_floor": []}
     async with aiohttp.ClientSession() as http:
         client = ReceiverClient(url, keep_video=False)
@@ -95,10 +95,11 @@ async def run(args) -> dict:
 def main() -> None:
     parser = speech_bench_parser(__doc__)
     parser.add_argument("--json", help="also write raw results here")
+    parser.add_argument("--tts", default="espeak", choices=["espeak", "piper"], help="the server's TTS")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results = asyncio.run(run(args))
-    print(f"engine {args.model}, avatar {args.avatar}, {args.trials} trials, espeak")
+    print(f"engine {args.model}, avatar {args.avatar}, {args.trials} trials, {args.tts}")
     print(f"(a) /human -> first voiced frame: {summary_ms(results['speak'])}; floor {summary_ms(results['speak_floor'])}")
     print(f"(b) /interrupt_talk -> last voiced frame: {summary_ms(results['interrupt'])}; floor {summary_ms(results['interrupt_floor'])}")
     print(f"late ticks: {results['late_ticks']} of {results['ticks']}")

@@ -3,7 +3,7 @@
 The server runs as its own process (so its CPU is measured alone, VP8/Opus
 encoding included); N aiortc clients in this process receive the streams.
 
-    python -m bench.bench_sessions --sessions 1 2 4 8 --seconds 10 [--speak]
+    python -m bench.bench_sessions --sessions 1 2 4 8 --seconds 10 [--speak] [--tts piper]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ async def run(args) -> list[dict]:
     loopback_only()
     port = free_port()
     command = [sys.executable, str(ROOT / "app.py"), "--listenport", str(port), "--ice-host", "127.0.0.1",
-               "--max_session", "16", "--tts", "espeak", "--model", args.model, "--avatar_id", args.avatar,
+               "--max_session", "16", "--tts", args.tts, "--model", args.model, "--avatar_id", args.avatar,
                "--log-level", "WARNING"]
     server = subprocess.Popen(command, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
@@ -95,8 +95,9 @@ def main() -> None:
     parser.add_argument("--avatar", default="default")
     parser.add_argument("--model", default="lite")
     parser.add_argument("--speak", action="store_true", help="every session speaks during the measurement")
+    parser.add_argument("--tts", default="espeak", choices=["espeak", "piper"], help="the server's TTS")
     args = parser.parse_args()
-    print(f"engine {args.model}, avatar {args.avatar}, {'speaking' if args.speak else 'idle'}, {args.seconds:.0f} s each")
+    print(f"engine {args.model}, avatar {args.avatar}, {'speaking' if args.speak else 'idle'} ({args.tts}), {args.seconds:.0f} s each")
     print("| sessions | server CPU | CPU per session | delivered fps (median, min) | interval jitter p50 | p99 |")
     print("|---|---|---|---|---|---|")
     asyncio.run(run(args))

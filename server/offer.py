@@ -37,6 +37,7 @@ DEFAULT_PENDING_PER_CLIENT = 4
 DEFAULT_MAX_SESSIONS = 8
 REAPER_INTERVAL_S = 1.0
 MAX_SDP_CHARS = 100_000
+MAX_TTS_NAME_CHARS = 200  # an offer's tts backend or voice name
 ICE_URL_PATTERN = re.compile(r"^(stun|stuns|turn|turns):(?:(?P<user>[^:@/]+):(?P<cred>[^@/]+)@)?(?P<rest>[^@\s]+)$")
 
 
@@ -101,6 +102,7 @@ async def offer(request: web.Request) -> web.Response:
     if body.get("type") != "offer":
         raise BadRequest("'type' must be \"offer\"")
     listen_mode = listen.mode_from(request.app, body)
+    tts_choice = tts_choice_of(body)
     avatar_id = body.get("avatar") or ctx.args.avatar_id
     try:
         check_avatar_id(avatar_id)
@@ -125,7 +127,7 @@ async def offer(request: web.Request) -> web.Response:
         except Exception as exc:  # aiortc raises ValueError and others for bad SDP
             raise BadRequest(f"could not negotiate the offer SDP: {str(exc)[:200]}") from None
         session = await build_session(request.app, session_id, avatar_id, pc, client, clips,
-                                      reference=(body.get("refaudio"), body.get("reftext")))
+                                      reference=(body.get("refaudio"), body.get("reftext")), tts=tts_choice)
         listen.attach(request.app, session, listen_mode)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
@@ -149,12 +151,14 @@ async def offer(request: web.Request) -> web.Response:
 
 
 async def build_session(app: web.Application, session_id: str, avatar_id: str, pc: RTCPeerConnection,
-                        client: str, clips=None, reference: tuple[object, object] = (None, None)) -> Session:
-    """Engine (with its action clips), TTS (a cloned voice when `reference` names a recording and its text)
-    and speech budget; the pc carries the session's two paced tracks."""
+                        client: str, clips=None, reference: tuple[object, object] = (None, None),
+                        tts: tuple[str | None, str | None] = (None, None)) -> Session:
+    """Engine (with its action clips), TTS (the offer's choice of backend and voice, or the server's; a cloned
+    voice when `reference` names a recording and its text) and speech budget; the pc carries the session's
+    two paced tracks."""
     ctx = app[CONTEXT_KEY]
     loop = asyncio.get_running_loop()
-    backend = await loop.run_in_executor(None, tts_for_request, ctx, None, None, *reference)
+    backend = await loop.run_in_executor(None, tts_for_request, ctx, *tts, *reference)
     engine = await loop.run_in_executor(None, ctx.engines.build, avatar_id, session_id)
     await loop.run_in_executor(None, app[actions.LIBRARY_KEY].apply, engine, clips)
     budget = SpeechBudget(ctx.args.speech_budget)
@@ -163,6 +167,19 @@ async def build_session(app: web.Application, session_id: str, avatar_id: str, p
     pc.addTrack(session.player.audio)
     pc.addTrack(session.player.video)
     return session
+
+
+def tts_choice_of(body: dict) -> tuple[str | None, str | None]:
+    """An offer's `tts`: a backend name or {backend, voice} (the page's voice menu); None: the server's."""
+    choice = body.get("tts")
+    if choice is None:
+        return None, None
+    if isinstance(choice, str):
+        choice = {"backend": choice}
+    if not isinstance(choice, dict) or not all(isinstance(choice.get(k) or "", str) and len(choice.get(k) or "") <= MAX_TTS_NAME_CHARS
+                                               for k in ("backend", "voice")):
+        raise BadRequest("'tts' must be a backend name or {\"backend\": name, \"voice\": voice} (see /config voices)")
+    return choice.get("backend") or None, choice.get("voice") or None
 
 
 def watch_connection(ctx: ServerContext, session: Session) -> None:

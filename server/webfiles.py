@@ -28,14 +28,15 @@ def locate(root: Path, name: str) -> Path | None:
 
 @public
 async def client_config(request: web.Request) -> web.Response:
-    """What the page needs to connect: ICE servers and which engine runs."""
+    """What the page needs to connect: ICE servers, which engine runs, the voices it may pick."""
     ctx = context_of(request)
+    voices = await asyncio.get_running_loop().run_in_executor(None, ctx.tts.voices)  # scans installed packages
     ice = [{"urls": s.urls, **({"username": s.username, "credential": s.credential} if s.username else {})}
            for s in ctx.args.ice_servers]
     chat_problem = ctx.llm.settings.problem()
     return ok(iceServers=ice, model=ctx.engines.model, fps=ctx.args.fps, auth=ctx.access.auth_token is not None,
               avatar=ctx.args.avatar_id, avatars=ctx.avatars.available(),
-              chat=chat_problem is None, chat_problem=chat_problem)
+              chat=chat_problem is None, chat_problem=chat_problem, voices=voices)
 
 
 @public

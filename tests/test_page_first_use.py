@@ -53,10 +53,16 @@ async def test_first_use_of_the_page(server):
             assert "chat is off" in await page.text_content("#chat-hint") and await page.is_visible("#chat-hint")
             await page.screenshot(path=str(SCREENSHOT_DIR / "page-before-connect.png"))
 
+            voices = await page.eval_on_selector_all("#voice option", "os => os.map(o => [o.value, o.text])")
+            assert voices[0] == ["", "server default (espeak)"]
+            piper = [value for value, label in voices if "piper" in label]
+            assert piper and json.loads(piper[0])["backend"] == "piper", voices
+
             await page.select_option("#avatar", PHOTO_AVATAR_ID)
+            await page.select_option("#voice", piper[0])
             await page.click("#connect")
             assert await disabled(page, "text"), "text accepted before the session exists"
-            assert await disabled(page, "avatar")
+            assert await disabled(page, "avatar") and await disabled(page, "voice")
             await page.wait_for_function("document.body.dataset.sessionid", timeout=20000)
             assert not await disabled(page, "text")
             await page.wait_for_function("document.getElementById('state').textContent === 'connected'",
@@ -64,6 +70,7 @@ async def test_first_use_of_the_page(server):
             await page.wait_for_selector("#video-hint", state="hidden", timeout=20000)
             sessionid = await page.evaluate("document.body.dataset.sessionid")
             assert server.context.sessions.get(sessionid).engine.avatar.avatar_id == PHOTO_AVATAR_ID
+            assert server.context.sessions.get(sessionid).tts_backend.name == "piper"  # the voice menu's pick
 
             await page.fill("#text", "Hello, first time here.")
             await page.press("#text", "Enter")

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import threading
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -38,6 +39,8 @@ INITIALIZE_PHONEME_EVENTS = 0x0001
 INITIALIZE_PHONEME_IPA = 0x0002
 EVENT_LIST_TERMINATED = 0
 EVENT_PHONEME = 7
+PHONEMES_IPA = 0x02  # espeak_TextToPhonemes' phonememode: IPA as UTF-8
+CLAUSE_MARKS = ".?!,:;"  # the clause endings a phonemized clause reports
 
 
 class EspeakEvent(ctypes.Structure):
@@ -88,6 +91,15 @@ def voice_languages(voice: EspeakVoice) -> list[str]:
     return languages
 
 
+@dataclass(frozen=True)
+class Clause:
+    """One clause of phonemized text: IPA phonemes (words separated by spaces, stress marks
+    included) and the punctuation mark that ended it ("" when none of CLAUSE_MARKS)."""
+
+    phonemes: str
+    punctuation: str
+
+
 class EspeakLibrary:
     """The process-wide espeak-ng instance (mirrors the C library's global state)."""
 
@@ -114,6 +126,8 @@ class EspeakLibrary:
         self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         self._lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
         self._lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(EspeakVoice))
+        self._lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        self._lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
         self._lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self._lib.espeak_Synth.argtypes = [
             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
@@ -173,6 +187,32 @@ class EspeakLibrary:
         if count > 0 and wav:
             self._pieces.append(np.ctypeslib.as_array(wav, shape=(count,)).astype(np.float32) / 32768.0)
         return 1 if self._cancelled() else 0
+
+    def phonemize(self, text: str, voice: str) -> list[Clause]:
+        """espeak-ng's IPA phonemes of `text`, clause by clause, as espeak_TextToPhonemes reads it
+        (the way Piper phonemizes), each with the punctuation mark that ended the clause."""
+        voice = self.resolve_voice(voice)
+        raw = text.encode("utf-8")
+        buffer = ctypes.create_string_buffer(raw)
+        start = ctypes.addressof(buffer)
+        pointer = ctypes.c_void_p(start)
+        clauses: list[Clause] = []
+        with self._lock:
+            if self._lib.espeak_SetVoiceByName(voice.encode()) != EE_OK:
+                raise TTSError(f"espeak could not load voice {voice!r}: {VOICE_HINT}")
+            for _ in range(len(raw) + 1):  # each call reads at least one character
+                if not pointer.value:
+                    break
+                before = pointer.value
+                phonemes = self._lib.espeak_TextToPhonemes(ctypes.byref(pointer), CHARS_UTF8, PHONEMES_IPA)
+                after = pointer.value or start + len(raw)
+                read = raw[before - start:after - start].decode("utf-8", "replace")
+                if pointer.value:
+                    read = read[:-1]  # espeak reads one character past the end of the clause
+                mark = read.rstrip()[-1:]
+                clauses.append(Clause((phonemes or b"").decode("utf-8", "replace"),
+                                      mark if mark in CLAUSE_MARKS else ""))
+        return clauses
 
     def check_voice(self, voice: str) -> str:
         """The resolved voice, after checking that espeak can load it."""

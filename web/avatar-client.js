@@ -42,6 +42,7 @@ function setState(text, cls) {
 function setControls(phase) {
   $("connect").disabled = phase !== "idle";
   $("avatar").disabled = phase !== "idle" || $("avatar").options.length < 2;
+  $("voice").disabled = phase !== "idle" || $("voice").options.length < 2;
   $("disconnect").disabled = phase === "idle";
   for (const id of ["text", "mode", "barge", "send", "interrupt"]) $(id).disabled = phase !== "live";
   $("text").placeholder = phase === "live" ? "Type something for the avatar to say (Enter sends, Shift+Enter: new line)"
@@ -57,6 +58,8 @@ async function loadConfig() {
     const wanted = new URLSearchParams(location.search).get("avatar") || config.avatar;
     const names = config.avatars && config.avatars.length ? config.avatars : [config.avatar];
     $("avatar").replaceChildren(...names.map((name) => new Option(name, name, false, name === wanted)));
+    const voices = config.voices && config.voices.length ? config.voices : [{ backend: "", voice: "", label: "server default" }];
+    $("voice").replaceChildren(...voices.map((v, i) => new Option(v.label, i === 0 ? "" : JSON.stringify({ backend: v.backend, voice: v.voice }))));
     const chat = $("mode").querySelector('option[value="chat"]');
     chat.disabled = config.chat === false;
     $("chat-hint").hidden = config.chat !== false;
@@ -169,7 +172,7 @@ async function connect() {
     await waitForIceGathering(pc);
     const avatar = $("avatar").value || undefined;
     const answer = await postJSON("/offer", {
-      sdp: pc.localDescription.sdp, type: "offer", avatar,
+      sdp: pc.localDescription.sdp, type: "offer", avatar, tts: $("voice").value ? JSON.parse($("voice").value) : undefined,
       listen: typeof listenPage === "undefined" ? undefined : listenPage.mode(),
     });
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
