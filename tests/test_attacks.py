@@ -648,8 +648,8 @@ async def test_secrets_and_session_ids_stay_out_of_logs_and_answers(secrets_targ
     assert status == 200, body
     config = json.dumps(body)
     assert SECRET not in config, config
-    assert body["data"]["llm_base_url"].startswith("http://***@127.0.0.1:"), body["data"]["llm_base_url"]
-    assert body["data"]["push_url"].endswith("/live/***"), body["data"]["push_url"]
+    assert body["data"]["config"]["llm_base_url"].startswith("http://***@127.0.0.1:"), body["data"]["config"]["llm_base_url"]
+    assert body["data"]["config"]["push_url"].endswith("/live/***"), body["data"]["config"]["push_url"]
 
     pc, sdp = await offer_sdp()
     status, answer, _ = await attacker.call("POST", "/offer", json={"sdp": sdp, "type": "offer", "listen": "echo"},
