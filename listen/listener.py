@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Callable
 
 import av
 import numpy as np
 
 from basereal import BaseReal
-from listen.smartturn import TurnModel
+from listen.smartturn import COMPLETE_PROBABILITY, TurnModel
 from listen.turns import TurnDetector, TurnEvent
 from listen.uplink import FrameBuffer, MonoResampler
 from listen.vad import WINDOW_SAMPLES, VADStream
@@ -89,6 +90,8 @@ class Listener:
                 pause, trailing = self._texts.get_nowait()
             except queue.Empty:
                 break
+            logger.debug("listener %s: pause %d transcript %s", self._thread.name, pause,
+                         "trails off" if trailing else "ends")
             for event in self._turns.text_verdict(pause, trailing):
                 self._on_turn(event)
         if frame is None:
@@ -114,7 +117,11 @@ class Listener:
             for event in self._turns.push(window, self._vad(window)):
                 self._on_turn(event)
             if self._turn_model is not None and self._turns.awaiting_verdict:
-                for event in self._turns.verdict(self._turn_model.complete(self._turns.heard())):
+                started = time.perf_counter()
+                probability = self._turn_model.probability(self._turns.heard())
+                logger.debug("listener %s: turn model %.2f in %.0f ms", self._thread.name, probability,
+                             1000 * (time.perf_counter() - started))
+                for event in self._turns.verdict(probability > COMPLETE_PROBABILITY):
                     self._on_turn(event)
         self._pending = self._pending[count * WINDOW_SAMPLES:].copy()
 

@@ -120,3 +120,124 @@ def test_smart_turn_tells_a_finished_question_from_words_that_stop_short(turn_mo
     assert turn_model.complete(as_heard(speak("Please tell me the weather for tomorrow morning.")))
     assert not turn_model.complete(as_heard(speak("What I really want is")))
     assert not turn_model.complete(as_heard(speak("I would like to order")))
+
+
+# ---- loopback sessions: real aiortc peer, Silero, whisper tiny.en, Smart Turn --------------------
+from listen.service import LISTEN_KEY  # noqa: E402
+from tests.conftest import server_args, start_server  # noqa: E402
+from tests.support.speech_helpers import channel_events, is_voiced  # noqa: E402
+from tests.support.speech_sender import SpeechTrack, word_error_rate  # noqa: E402
+from tests.test_listen import talking_client, wait_events  # noqa: E402
+
+
+def of_type(client, *types: str) -> list[dict]:
+    return [e for e in channel_events(client) if e["type"] in types]
+
+
+def finals(client) -> list[dict]:
+    return [e for e in of_type(client, "transcript") if e["final"]]
+
+
+def spoke_over(client, track: SpeechTrack) -> list[float]:
+    """Arrival times of voiced reply frames while the user's clip was still going out."""
+    start, end = track.speech_started[-1], track.speech_ended[-1]
+    return [f.arrival for f in client.audio if is_voiced(f) and start <= f.arrival <= end]
+
+
+@pytest.fixture
+async def turn_server(data_dir):
+    running = await start_server(server_args(data_dir, "--listen", "echo"))
+    yield running
+    await running.runner.cleanup()
+
+
+@pytest.mark.parametrize("pair", [HESITATIONS[2], HESITATIONS[8]], ids=["audio-says-wait", "transcript-trails-off"])
+async def test_a_hesitation_is_one_turn_and_the_avatar_waits_for_its_end(turn_server, http, pair):
+    track = SpeechTrack()
+    client = await talking_client(turn_server.url, http, track)
+    try:
+        track.play(hesitant(*pair))
+        await wait_events(client, lambda e: e["type"] == "start", timeout=30)
+        await wait_events(client, lambda e: e["type"] == "turn", timeout=10)
+        assert [e["type"] for e in of_type(client, "user_start", "user_end")] == ["user_start", "user_end"]
+        [final] = finals(client)
+        assert word_error_rate(full_text(pair), final["text"]) <= 0.25, final  # both halves, one turn
+        assert not spoke_over(client, track)
+        order = [e["type"] for e in of_type(client, "user_end", "start")]
+        assert order[0] == "user_end", order
+    finally:
+        await client.close()
+
+
+async def test_a_complete_question_is_answered_at_the_model_s_word(data_dir, http):
+    """The model's "complete" (and a transcript that does not trail off) ends the turn, never the
+    fallback silence: set long here, so a slow shared machine's recogniser cannot outrun it."""
+    running = await start_server(server_args(data_dir, "--listen", "echo", "--turn-fallback-silence-ms", "5000"))
+    sentence = "Please tell me the weather for tomorrow morning."
+    track = SpeechTrack()
+    client = await talking_client(running.url, http, track)
+    try:
+        track.play(speak(sentence))
+        [timing] = await wait_events(client, lambda e: e["type"] == "turn", timeout=30)
+        [end] = of_type(client, "user_end")
+        assert end["reason"] == "model"  # not the fallback silence
+        [final] = finals(client)
+        assert word_error_rate(sentence, final["text"]) <= 0.25
+        assert [e["text"] for e in of_type(client, "start")][:1] == [final["text"]]
+        stages = timing["ms"]
+        assert set(stages) == {"decision", "transcript", "tts_first_audio", "first_voiced_frame"}, stages
+        assert max(stages.values()) == stages["first_voiced_frame"] and stages["decision"] <= stages["transcript"]
+        metrics = await (await http.get(f"{running.url}/metrics")).text()
+        assert 'avatar_turn_stage_seconds_count{mode="echo",stage="first_voiced_frame"} 1.0' in metrics
+        assert 'avatar_turns_ended_total{reason="model"} 1.0' in metrics
+    finally:
+        await client.close()
+        await running.runner.cleanup()
+
+
+async def test_turn_silence_ends_turns_by_silence_as_before(data_dir, http):
+    running = await start_server(server_args(data_dir, "--listen", "echo", "--turn", "silence"))
+    track = SpeechTrack()
+    client = await talking_client(running.url, http, track)
+    try:
+        track.play(speak("Please tell me the weather for tomorrow morning."))
+        await wait_events(client, lambda e: e["type"] == "start", timeout=30)
+        assert [e["reason"] for e in of_type(client, "user_end")] == ["silence"]
+        assert running.app[LISTEN_KEY].turn == "silence"
+    finally:
+        await client.close()
+        await running.runner.cleanup()
+
+
+async def test_a_reply_prepared_during_a_hesitation_leaves_no_trace(data_dir, llm_server, http):
+    """A long hesitation: the first half's transcript is back while the user is silent, so its
+    reply is prepared (the LLM asked, its first sentence synthesised); the user goes on, and the
+    prepared reply must vanish: not heard, not in the events, not in the chat history."""
+    from tests.support.llm_server import Script
+
+    llm_server.queue(Script(deltas=["Prepared too early. "]), Script(deltas=["The station is north of here."]))
+    running = await start_server(server_args(
+        data_dir, "--llm-base-url", llm_server.base_url, "--llm-model", "test-model", "--listen", "chat",
+        "--turn-fallback-silence-ms", "4000"))
+    pair = HESITATIONS[2]
+    track = SpeechTrack()
+    client = await talking_client(running.url, http, track)
+    try:
+        track.play(hesitant(*pair, pause_s=2.5))
+        await wait_events(client, lambda e: e["type"] == "end" and e["text"].startswith("The station"), timeout=40)
+        listening = running.app[LISTEN_KEY].sessions[client.sessionid]
+        assert listening.preparations_dropped == 1 and len(llm_server.exchanges) == 2
+        assert llm_server.exchanges[0].body["messages"][-1]["content"].lower().startswith("can you tell me where")
+        assert not spoke_over(client, track)
+        spoken = [e["text"] for e in of_type(client, "start", "end")]
+        assert "Prepared too early." not in spoken
+        [final] = finals(client)
+        history = running.context.sessions.get(client.sessionid).conversation.history.turns
+        assert [turn.user for turn in history] == [final["text"]]
+        assert word_error_rate(full_text(pair), final["text"]) <= 0.25
+        assert llm_server.exchanges[1].body["messages"][-1]["content"] == final["text"]
+        await asyncio.sleep(0.5)
+        assert len(of_type(client, "turn")) == 1  # the dropped reply reported nothing
+    finally:
+        await client.close()
+        await running.runner.cleanup()

