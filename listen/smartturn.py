@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 MODEL_THREADS = 1  # one core per call: ~50 ms for 8 s of audio on this 2-core machine
 MODEL_MAX_AUDIO_S = 8  # the model sees the newest 8 s (left-padded with silence when shorter)
 COMPLETE_PROBABILITY = 0.5  # pipecat's own threshold
+MODEL_FILE = "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"  # inside the pipecat package
 
 
 class TurnModelError(Exception):
@@ -33,13 +34,14 @@ class TurnModelError(Exception):
 
 
 def installed() -> bool:
-    """Whether pipecat-ai (and so the Smart Turn model) can be imported."""
+    """Whether pipecat-ai and its Smart Turn model file are installed (found without importing pipecat)."""
     import importlib.util
+    from pathlib import Path
 
-    try:
-        return importlib.util.find_spec("pipecat.audio.turn.smart_turn.local_smart_turn_v3") is not None
-    except ModuleNotFoundError:
+    spec = importlib.util.find_spec("pipecat")
+    if spec is None or not spec.submodule_search_locations:
         return False
+    return any((Path(folder) / MODEL_FILE).is_file() for folder in spec.submodule_search_locations)
 
 
 class TurnModel:
@@ -56,6 +58,7 @@ class TurnModel:
                                  "or pass --turn silence") from None
         started = time.perf_counter()
         self._analyzer = LocalSmartTurnAnalyzerV3(sample_rate=SAMPLE_RATE, cpu_count=MODEL_THREADS)
+        self.probability(np.zeros(SAMPLE_RATE, np.float32))  # onnxruntime's first run is slow: not at a user's pause
         logger.info("turn model: Smart Turn v3.2 loaded in %.0f ms", 1000 * (time.perf_counter() - started))
 
     def probability(self, audio: np.ndarray) -> float:
