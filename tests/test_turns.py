@@ -241,3 +241,36 @@ async def test_a_reply_prepared_during_a_hesitation_leaves_no_trace(data_dir, ll
     finally:
         await client.close()
         await running.runner.cleanup()
+
+
+def test_the_tts_holds_a_prepared_utterance_at_its_gate_and_drops_it_without_an_event():
+    import time
+
+    from tests.test_visemes import RecordingEngine, wait_for_end
+    from ttsreal import TTSWorker
+    from tts.espeak import EspeakLibrary, EspeakTTS
+
+    engine = RecordingEngine()
+    firsts: list[float] = []
+    worker = TTSWorker(engine, on_error=lambda message: None, name="tts-gate",
+                       on_first_audio=lambda backend, seconds: firsts.append(seconds))
+    voice = EspeakTTS(EspeakLibrary.shared())
+    try:
+        dropped, released = Gate(), Gate()
+        worker.say("Never heard. Not at all.", voice, dropped)
+        deadline = time.monotonic() + 10
+        while "tts_first_audio" not in dropped.marks:  # synthesised while held...
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert engine.chunks == [] and firsts == []  # ...but nothing reached the engine or the metrics
+        dropped.drop()
+        worker.say("Heard.", voice, released)
+        time.sleep(0.3)
+        assert engine.chunks == []
+        released.release()
+        wait_for_end(engine)
+    finally:
+        worker.stop()
+    utterances = {e.text for c in engine.chunks for e in c.events}
+    assert utterances == {"Heard."} and len(firsts) == 1
