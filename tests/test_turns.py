@@ -93,6 +93,14 @@ def test_trailing_marks_are_the_recognisers_own():
     assert not trails_off("What time is it?") and not trails_off("I would like to order")
 
 
+def test_a_fallback_shorter_than_the_silence_end_is_refused_with_the_flag_named():
+    from listen.settings import ListenSettings
+
+    assert "--turn-fallback-silence-ms" in ListenSettings(turn_fallback_silence_ms=300).problem()
+    assert ListenSettings(turn="silence", turn_fallback_silence_ms=300).problem() is None  # not used then
+    assert ListenSettings().problem() is None
+
+
 def test_the_gate_decides_once():
     gate = Gate()
     assert gate.wait(0.01) == HELD
