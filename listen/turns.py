@@ -7,9 +7,9 @@ asks for a verdict instead: the caller runs the model on `heard()` and passes
 the result to `verdict()`; "incomplete" keeps listening, up to
 `fallback_silence_ms` of silence (a hesitation). "Complete" ends the turn once the
 pause's speculative transcript is back too (`text_verdict()`, the second signal:
-the recogniser marks speech that trails off with an ellipsis or a comma, which
-keeps the turn open); the reply needs that transcript anyway, so waiting for it
-costs no time. The
+Whisper ends a sentence it heard finished with . ? or !, and leaves speech that
+stops mid-sentence without it or with an ellipsis, which keeps the turn open);
+the reply needs that transcript anyway, so waiting for it costs no time. The
 audio of a turn (with a little audio from before its onset) is handed out at
 its end, or in pieces of `max_utterance_s` when the user talks on and on, so
 memory stays bounded however long the monologue.
@@ -28,13 +28,15 @@ PRE_ROLL_MS = 256  # audio kept from before the onset, so the first phoneme is n
 NEGATIVE_MARGIN = 0.15  # hysteresis: speech continues until the probability falls this far below the threshold
 ONSET_GAP_MS = 96  # a dip this long before the onset is confirmed drops the candidate
 EARLY_SILENCE_MS = 160  # silence after which the turn's audio is offered for a speculative transcription
-TRAILING_MARKS = ("...", "\u2026", ",", "-")  # how Whisper ends a transcript of speech that trails off
+SENTENCE_ENDS = (".", "?", "!")  # how Whisper ends a sentence it heard finished
+TRAILING_MARKS = ("...", "\u2026")  # how it ends speech that trails off
 
 
 def trails_off(transcript: str) -> bool:
-    """The recogniser's own punctuation says the words stop mid-sentence ("I would like to..."),
-    read from its output as is: no grammar of ours."""
-    return transcript.rstrip().endswith(TRAILING_MARKS)
+    """The recogniser's own punctuation says the words stop mid-sentence ("I would like to...",
+    "Is it possible to"): its output read as is, no grammar of ours."""
+    text = transcript.rstrip()
+    return not text.endswith(SENTENCE_ENDS) or text.endswith(TRAILING_MARKS)
 
 
 @dataclass(frozen=True)

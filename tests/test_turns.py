@@ -90,7 +90,8 @@ def test_silence_mode_ignores_verdicts_and_ends_as_before():
 
 def test_trailing_marks_are_the_recognisers_own():
     assert trails_off("My favorite color is...") and trails_off("We went to the market and,")
-    assert not trails_off("What time is it?") and not trails_off("I would like to order")
+    assert trails_off("Is it possible to") and trails_off("")
+    assert not trails_off("What time is it?") and not trails_off("I would like to order.")
 
 
 def test_a_fallback_shorter_than_the_silence_end_is_refused_with_the_flag_named():
