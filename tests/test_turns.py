@@ -160,7 +160,7 @@ async def turn_server(data_dir):
     await running.runner.cleanup()
 
 
-@pytest.mark.parametrize("pair", [HESITATIONS[2], HESITATIONS[8]], ids=["audio-says-wait", "transcript-trails-off"])
+@pytest.mark.parametrize("pair", [HESITATIONS[2], HESITATIONS[11]], ids=["audio-says-wait", "transcript-trails-off"])
 async def test_a_hesitation_is_one_turn_and_the_avatar_waits_for_its_end(turn_server, http, pair):
     track = SpeechTrack()
     client = await talking_client(turn_server.url, http, track)
