@@ -25,6 +25,7 @@ import numpy as np
 from avatars.prepare import write_avatar
 from bench.common import loopback_only
 from tests.conftest import TEST_AVATAR_ID, synthetic_frames
+from tests.support.attacks import flood_asr_socket, transcribed
 from tests.support.rtc_client import ReceiverClient
 from tests.support.server_process import ServerProcess
 from tests.support.speech_helpers import channel_events
@@ -39,20 +40,11 @@ TRANSCRIPT_WAIT_S = 120.0
 IDLE_SOCKETS = 4
 
 
-async def flood(client: aiohttp.ClientSession, url: str, pcm: bytes, stop: asyncio.Event, done: list) -> None:
+async def flood(client: aiohttp.ClientSession, url: str, pcm: bytes, stop: asyncio.Event, replies: list) -> None:
     try:
-        async with client.ws_connect(f"{url}/api/asr") as socket:
-            for _ in range(MAX_FLOOD_UTTERANCES):
-                if stop.is_set():
-                    return
-                await socket.send_json({"is_speaking": True, "mode": "offline", "wav_name": "flood"})
-                for start in range(0, len(pcm), 64 * 1024):
-                    await socket.send_bytes(pcm[start:start + 64 * 1024])
-                await socket.send_json({"is_speaking": False})
-                reply = await socket.receive_json(timeout=TRANSCRIPT_WAIT_S)
-                done.append(bool(reply.get("text")) and not reply.get("error"))
+        await flood_asr_socket(client, url, pcm, stop, replies, MAX_FLOOD_UTTERANCES, TRANSCRIPT_WAIT_S)
     except aiohttp.WSServerHandshakeError as exc:
-        done.append(f"refused {exc.status}")
+        replies.append({"error": f"refused {exc.status}"})
 
 
 async def wait(predicate, timeout_s: float) -> bool:
@@ -76,7 +68,7 @@ async def talker_under_flood(http: aiohttp.ClientSession, url: str, sockets: int
     try:
         await talker.connect(http, data_channel=True, uplink=track, listen="echo")
         await talker.wait_for(video_frames=5, audio_frames=10)
-        await wait(lambda: any(item is True for item in done), TRANSCRIPT_WAIT_S)  # the model is loaded
+        await wait(lambda: transcribed(done) > 0, TRANSCRIPT_WAIT_S)  # the model is loaded
 
         def count(kind: str, final: bool | None = None) -> int:
             return sum(1 for e in channel_events(talker) if e["type"] == kind and (final is None or e["final"] == final))
@@ -84,11 +76,11 @@ async def talker_under_flood(http: aiohttp.ClientSession, url: str, sockets: int
         for index, sentence in enumerate(SENTENCES):
             track.play(speak(sentence))
             await wait(lambda: count("user_end") > index, 30)
-            ended, before = time.monotonic(), sum(item is True for item in done)
+            ended, before = time.monotonic(), transcribed(done)
             heard = await wait(lambda: count("transcript", final=True) > index, TRANSCRIPT_WAIT_S)
             texts = [e["text"] for e in channel_events(talker) if e["type"] == "transcript" and e["final"]]
             rows.append((sentence, (time.monotonic() - ended) * 1000 if heard else None,
-                         sum(item is True for item in done) - before,
+                         transcribed(done) - before,
                          word_error_rate(sentence, texts[index]) if heard else None))
     finally:
         stop.set()
@@ -98,9 +90,9 @@ async def talker_under_flood(http: aiohttp.ClientSession, url: str, sockets: int
         await asyncio.gather(*tasks, return_exceptions=True)
         for client in clients:
             await client.close()
-    refused = [item for item in done if isinstance(item, str)]
+    refused = [reply["error"] for reply in done if str(reply.get("error", "")).startswith("refused")]
     print(f"{sockets} sockets sending {flood_s:.0f} s utterances ({len(refused)} refused: {sorted(set(refused))}); "
-          f"flood utterances transcribed: {sum(item is True for item in done)}\n")
+          f"flood utterances transcribed: {transcribed(done)}\n")
     print("| talker's sentence | turn end → transcript (ms) | flood utterances meanwhile | WER |")
     print("|---|---|---|---|")
     for sentence, ms, meanwhile, wer in rows:

@@ -27,6 +27,7 @@ from tests.support.attacks import (
     Attacker,
     ScriptedSpeechServer,
     avatar_form,
+    flood_asr_socket,
     black_clip,
     bomb_png,
     NoiseCamera,
@@ -37,6 +38,7 @@ from tests.support.attacks import (
     silent_flac,
     status_of,
     tone_wav,
+    transcribed,
     wait_until,
     wav_declaring,
 )
@@ -831,24 +833,6 @@ TALKER_SENTENCES = ["Please tell me the weather for tomorrow morning.",
                     "The train leaves the station at seven o'clock."]
 
 
-async def flood_socket(client, url: str, pcm: bytes, stop: asyncio.Event, replies: list) -> None:
-    """Sends utterances back to back until told to stop (at most 30)."""
-    async with client.ws_connect(f"{url}/api/asr") as socket:
-        for _ in range(30):
-            if stop.is_set():
-                return
-            await socket.send_json({"is_speaking": True, "mode": "offline", "wav_name": "flood"})
-            for start in range(0, len(pcm), 64 * 1024):
-                await socket.send_bytes(pcm[start:start + 64 * 1024])
-            await socket.send_json({"is_speaking": False})
-            replies.append(await socket.receive_json(timeout=120))
-
-
-def transcribed(replies: list[dict]) -> int:
-    """Flood utterances the recogniser worked on (a socket that waited too long is told so, with no text)."""
-    return sum(1 for reply in replies if reply.get("text") and not reply.get("error"))
-
-
 async def test_asr_sockets_flooding_the_recogniser_do_not_lock_out_a_talker(target, http):
     from tests.support.speech_helpers import channel_events
     from tests.support.speech_sender import speak, word_error_rate
@@ -861,7 +845,7 @@ async def test_asr_sockets_flooding_the_recogniser_do_not_lock_out_a_talker(targ
     stop, replies = asyncio.Event(), []
     clients = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
                for address in FLOOD_ADDRESSES]
-    floods = [asyncio.create_task(flood_socket(client, target.url, pcm, stop, replies))
+    floods = [asyncio.create_task(flood_asr_socket(client, target.url, pcm, stop, replies))
               for client in clients for _ in range(FLOOD_SOCKETS_PER_ADDRESS)]
     track = SpeechTrack()
     talker = ReceiverClient(target.url, keep_video=False)
