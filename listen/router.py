@@ -31,6 +31,7 @@ from listen.vad import VADStream
 
 if TYPE_CHECKING:
     from listen.asr import ASRWorker
+    from listen.asrqueue import ASRRequest
     from listen.settings import ListenSettings
     from listen.smartturn import TurnModel
     from listen.vad import SileroModel
@@ -67,6 +68,7 @@ class Speculation:
     text: str | None = None
     error: str | None = None
     clock: TurnClock | None = None  # set when the pause became the end of the turn
+    request: "ASRRequest | None" = None  # the recogniser's ticket, to withdraw it while it waits
 
 
 class SessionListening:
@@ -170,13 +172,16 @@ class SessionListening:
                 self.speculations_used += 1
                 speculation.wanted = True
                 speculation.clock = clock
+                if speculation.request is not None:
+                    self.service.asr_worker().keep(speculation.request)
                 if speculation.done:
                     self._finish(speculation)
                 return
         elif speculation is not None:
             self.speculations_wasted += 1
         try:
-            self.service.asr_worker().submit(event.audio, self._text_threadsafe(mode, clock), self._error_threadsafe)
+            self.service.asr_worker().submit(event.audio, self._text_threadsafe(mode, clock), self._error_threadsafe,
+                                             source=self.session.id)
         except ASRBusy as exc:
             events.publish({"type": "error", "source": "asr", "msg": str(exc)})
 
@@ -191,9 +196,11 @@ class SessionListening:
                 self._loop.call_soon_threadsafe(self._speculated, speculation, text, error)
 
         try:
-            self.service.asr_worker().submit(event.audio, lambda text: done(text=text), lambda msg: done(error=msg))
+            speculation.request = self.service.asr_worker().submit(
+                event.audio, lambda text: done(text=text), lambda msg: done(error=msg), source=self.session.id,
+                speculative=True)  # replaces this session's waiting speculation, if any
         except ASRBusy:
-            self._judge_text(event.pause, "")  # no transcript to wait for: the audio's verdict stands
+            self._judge_text(event.pause, trailing=False)  # no transcript to wait for: the audio's verdict stands
             return  # the end of the turn will ask again (and report if still busy)
         self._speculation = speculation
 
@@ -205,11 +212,13 @@ class SessionListening:
             speculation.superseded = True
             if speculation.done:
                 self._partial(speculation)
+            elif speculation.request is not None:
+                self.service.asr_worker().cancel(speculation.request)  # not started yet: nobody needs it now
 
     def _speculated(self, speculation: "Speculation", text: str | None, error: str | None) -> None:
         speculation.done, speculation.text, speculation.error = True, text, error
-        if not speculation.superseded and not speculation.wanted:
-            self._judge_text(speculation.pause, text or "")
+        if not speculation.superseded and not speculation.wanted:  # an error: the audio's verdict stands
+            self._judge_text(speculation.pause, trailing=error is None and trails_off(text or ""))
         if speculation.wanted:
             self._finish(speculation)
         elif speculation.superseded:
@@ -217,10 +226,10 @@ class SessionListening:
         else:
             self._prepare(speculation)
 
-    def _judge_text(self, pause: int, text: str) -> None:
+    def _judge_text(self, pause: int, trailing: bool) -> None:
         """The second signal of the turn's end: does the pause's transcript trail off?"""
         if self.listener is not None and not self.closed:
-            self.listener.judge_text(pause, trails_off(text))
+            self.listener.judge_text(pause, trailing)
 
     # ---- replies prepared before the end of the turn (loop) -----------------
     def _prepare(self, speculation: "Speculation") -> None:
@@ -329,3 +338,4 @@ class SessionListening:
                 await part.close()
         if self.listener is not None:
             await self._loop.run_in_executor(None, self.listener.close)
+            self.service.asr_worker().cancel_source(self.session.id)  # its utterances are for nobody now
