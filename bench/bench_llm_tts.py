@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from pathlib import Path
-
 
 import edge_tts.communicate
 

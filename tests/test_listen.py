@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -110,10 +111,8 @@ async def test_chat_sends_the_transcript_to_the_llm_with_history(chat_listen_ser
         await client.close()
 
 
-def voiced_burst(ms: int) -> "np.ndarray":
+def voiced_burst(ms: int) -> np.ndarray:
     """The first `ms` of a spoken word: speech to the VAD, but shorter than a turn."""
-    import numpy as np
-
     audio = speak("Hey there")
     onset = int(np.argmax(np.abs(audio) > 0.05))
     return audio[onset:onset + 16 * ms]
@@ -170,7 +169,6 @@ async def test_offer_rejects_an_unknown_listen_mode(listen_server, http):
 
 @pytest.mark.parametrize("case", ["silence", "white-noise", "pcmu-8khz", "stereo-16khz", "never-sends-rtp"])
 async def test_bad_uplinks_leave_the_session_speaking(listen_server, http, case):
-    import numpy as np
 
     track = SpeechTrack(rate=16000 if case == "stereo-16khz" else 48000, channels=2 if case == "stereo-16khz" else 1,
                         stalled=case == "never-sends-rtp")
@@ -202,9 +200,7 @@ async def test_bad_uplinks_leave_the_session_speaking(listen_server, http, case)
         await client.close()
 
 
-def envelope(samples: "np.ndarray", rate: int) -> "np.ndarray":
-    import numpy as np
-
+def envelope(samples: np.ndarray, rate: int) -> np.ndarray:
     step = rate // 50
     usable = samples[: len(samples) // step * step].astype(np.float32)
     return np.sqrt((usable.reshape(-1, step) ** 2).mean(axis=1))
@@ -213,13 +209,12 @@ def envelope(samples: "np.ndarray", rate: int) -> "np.ndarray":
 VOICED_RMS = 0.02
 
 
-def voiced_frames(env: "np.ndarray") -> int:
+def voiced_frames(env: np.ndarray) -> int:
     return int((env > VOICED_RMS).sum())
 
 
 async def test_lips_plays_the_users_audio_back_and_moves_the_mouth(listen_server, http):
     import cv2
-    import numpy as np
 
     from tests.conftest import PHOTO_AVATAR_ID
 
@@ -267,7 +262,6 @@ class ColourCamera(MediaStreamTrack):
         import fractions
 
         import av
-        import numpy as np
 
         await asyncio.sleep(0.1)
         image = np.zeros((480, 640, 3), np.uint8)
@@ -283,7 +277,6 @@ async def test_camera_frame_goes_with_the_chat_turn_only_with_llm_vision(data_di
     import base64
 
     import cv2
-    import numpy as np
 
     from tests.support.llm_server import Script
 
@@ -354,7 +347,6 @@ async def test_talking_clients_that_come_and_go_leave_no_threads_or_sessions(lis
 
 
 async def test_a_pause_inside_a_turn_gives_a_partial_transcript_before_the_final_one(listen_server, http):
-    import numpy as np
 
     def trimmed(audio):
         loud = np.flatnonzero(np.abs(audio) > 0.02)
