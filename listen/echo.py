@@ -1,0 +1,266 @@
+"""Echo cancellation of one session's uplink, with the avatar's own audio as the far-end reference.
+
+A client without echo cancellation (a kiosk, a speakerphone, a phone bridge, a
+browser with it switched off) sends the avatar's voice back in its microphone,
+50-500 ms later. The server knows exactly what the avatar said and when: every
+20 ms chunk handed to WebRTC is stamped by the session clock (`FarEnd.push`, called
+from the audio track). `EchoCanceller.process` runs on the listener thread, before
+the VAD, the turn detector and recognition:
+
+- the microphone's samples are placed on the same wall-clock timeline (`MicClock`:
+  arrival time of each uplink frame, smoothed by a sliding minimum);
+- `DelayTracker` (GCC-PHAT, listen/echodelay.py) estimates the echo delay from the
+  signals themselves and follows its drift;
+- each 10 ms of microphone audio goes through WebRTC's AEC3 (`livekit.rtc.
+  AudioProcessingModule`, Apache-2.0) together with the reference 10 ms that
+  produced its echo, led by `LEAD_MS` so that the echo always comes after its
+  reference and AEC3's own fine delay search absorbs the jitter.
+
+The canceller is enabled per session (`enabled`), and the AEC3 module is created
+only on first use, so a client with its own echo cancellation costs nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Callable, Protocol
+
+import numpy as np
+
+from listen.echodelay import DelayTracker, LagEstimate, gcc_phat
+from media import SAMPLE_RATE
+
+BLOCK = SAMPLE_RATE // 100  # AEC3 takes 10 ms frames
+LEAD_MS = 30  # the reference goes to AEC3 this much before its echo is due
+MAX_DELAY_MS = 700  # echo delays searched: 50-500 ms of network, jitter buffer and device, plus margin
+WINDOW_S = 1.5  # microphone audio correlated per delay estimate
+ESTIMATE_EVERY_S = 0.5
+RING_S = 4.0  # far-end and microphone history kept
+ANCHOR_S = 10.0  # the mic timeline's anchor is the earliest arrival over this long
+FAR_ACTIVE_RMS = 0.003  # far-end level (full scale 1.0) above which the avatar counts as speaking
+ERLE_DECAY = 0.995  # per 10 ms block: the ERLE figure reflects the last ~2 s of avatar speech
+
+
+class Processor(Protocol):
+    """10 ms int16 blocks in, echo-cancelled in place (AEC3's interface, see `livekit_aec3`)."""
+
+    def reverse(self, block: np.ndarray) -> None: ...
+
+    def capture(self, block: np.ndarray, delay_ms: int) -> None: ...
+
+
+class LivekitAEC3:
+    """WebRTC's AEC3 as wrapped by the livekit wheel (imported on first use: it loads a native library)."""
+
+    def __init__(self) -> None:
+        try:
+            from livekit import rtc
+        except ImportError:
+            raise RuntimeError("echo cancellation needs the livekit package: pip install -r requirements.txt, "
+                               "or run with --echo-cancel off") from None
+        self._rtc = rtc
+        self._apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
+        self._delay_ms: int | None = None
+
+    def _frame(self, block: np.ndarray):
+        return self._rtc.AudioFrame(block.tobytes(), SAMPLE_RATE, 1, BLOCK)
+
+    def reverse(self, block: np.ndarray) -> None:
+        self._apm.process_reverse_stream(self._frame(block))
+
+    def capture(self, block: np.ndarray, delay_ms: int) -> None:
+        frame = self._frame(block)
+        if delay_ms != self._delay_ms:  # AEC3 keeps it: one FFI call less per 10 ms
+            self._apm.set_stream_delay_ms(delay_ms)
+            self._delay_ms = delay_ms
+        self._apm.process_stream(frame)
+        block[:] = np.frombuffer(frame.data, np.int16)
+
+
+class Ring:
+    """The last `size` samples of a stream addressed by absolute sample index; unknown samples read as 0."""
+
+    def __init__(self, size: int):
+        self._data = np.zeros(size, np.float32)
+        self.size = size
+        self.end = 0  # one past the newest sample written
+
+    def write(self, index: int, samples: np.ndarray) -> None:
+        if index > self.end:  # a gap (ticks skipped, frames lost): silence
+            self._data[np.arange(max(self.end, index - self.size), index) % self.size] = 0.0
+        if len(samples) > self.size:
+            index, samples = index + len(samples) - self.size, samples[-self.size:]
+        self._data[np.arange(index, index + len(samples)) % self.size] = samples
+        self.end = max(self.end, index + len(samples))
+
+    def read(self, index: int, count: int) -> np.ndarray:
+        out = np.zeros(count, np.float32)
+        lo, hi = max(index, self.end - self.size), min(index + count, self.end)
+        if hi > lo:
+            out[lo - index:hi - index] = self._data[np.arange(lo, hi) % self.size]
+        return out
+
+
+class FarEnd:
+    """The avatar's audio as handed to WebRTC, on a wall-clock timeline; thread-safe."""
+
+    def __init__(self, seconds: float = RING_S):
+        self._ring = Ring(int(seconds * SAMPLE_RATE))
+        self._lock = threading.Lock()
+        self.t0: float | None = None  # wall time of sample index 0
+        self.chunks = 0
+
+    def push(self, samples: np.ndarray, due: float) -> None:
+        """One chunk (int16 or float) handed over at wall time `due` (the session clock's stamp)."""
+        data = samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples.astype(np.float32)
+        with self._lock:
+            if self.t0 is None:
+                self.t0 = due
+            self._ring.write(round((due - self.t0) * SAMPLE_RATE), data)
+            self.chunks += 1
+
+    def read(self, index: int, count: int) -> np.ndarray:
+        with self._lock:
+            return self._ring.read(index, count)
+
+
+class MicClock:
+    """Wall time of each microphone sample: arrival of the frame that ended with it, earliest over a window."""
+
+    def __init__(self, window_s: float = ANCHOR_S):
+        self._window = int(window_s * SAMPLE_RATE)
+        self._candidates: deque[tuple[int, float]] = deque()  # (sample index, anchor), increasing anchors
+        self.samples = 0
+
+    def add(self, count: int, arrival: float) -> float:
+        """`count` samples arrived at `arrival`; returns the anchor (wall time of sample 0)."""
+        self.samples += count
+        anchor = arrival - self.samples / SAMPLE_RATE
+        while self._candidates and self._candidates[-1][1] >= anchor:
+            self._candidates.pop()
+        self._candidates.append((self.samples, anchor))
+        while self._candidates[0][0] < self.samples - self._window:
+            self._candidates.popleft()
+        return self._candidates[0][1]
+
+
+class EchoCanceller:
+    """One session's canceller: `far.push` from the audio track, `process` on the listener thread."""
+
+    def __init__(self, processor_factory: Callable[[], Processor] = LivekitAEC3, enabled: bool = True):
+        self._factory = processor_factory
+        self._processor: Processor | None = None
+        self.enabled = enabled
+        self.far = FarEnd()
+        self.clock = MicClock()
+        self.tracker = DelayTracker()
+        self._mic = Ring(int(RING_S * SAMPLE_RATE))
+        self._pending = np.zeros(0, np.float32)  # < one block of microphone audio
+        self._block_index = 0  # mic sample index of the next block to process
+        self._anchor = 0.0
+        self._next_estimate = int(WINDOW_S * SAMPLE_RATE)
+        self._max_lag = MAX_DELAY_MS * SAMPLE_RATE // 1000
+        self._mic_energy = 0.0
+        self._out_energy = 0.0
+        self.total_mic_energy = 0.0  # over all blocks with the avatar speaking (for the bench)
+        self.total_out_energy = 0.0
+        self.blocks = 0
+        self.far_blocks = 0
+
+    # ---- figures ---------------------------------------------------------------
+    @property
+    def delay_ms(self) -> float | None:
+        """The echo delay in use: hand-over to WebRTC -> the echo's arrival in the uplink."""
+        delay = self.tracker.delay
+        return None if delay is None else delay * 1000.0 / SAMPLE_RATE
+
+    @property
+    def erle_db(self) -> float | None:
+        """Echo return loss enhancement over the last seconds of avatar speech (mic in / out energy)."""
+        if self._out_energy <= 0 or self._mic_energy <= 0:
+            return None
+        return float(10 * np.log10(self._mic_energy / self._out_energy))
+
+    def stats(self) -> dict:
+        delay, erle = self.delay_ms, self.erle_db
+        return {"enabled": self.enabled, "delay_ms": None if delay is None else round(delay, 1),
+                "erle_db": None if erle is None else round(erle, 1)}
+
+    # ---- the stream ------------------------------------------------------------
+    def process(self, samples: np.ndarray, arrival: float) -> np.ndarray:
+        """16 kHz mono float32 from the uplink (arrived at wall time `arrival`) -> echo removed.
+
+        Output lags input by less than 10 ms (whole blocks only); disabled, it is the input.
+        """
+        if not self.enabled:
+            return samples
+        if self.far.t0 is None:  # the avatar has not sent a sample yet: nothing to cancel
+            self._anchor = self.clock.add(len(samples), arrival)
+            self._mic.write(self.clock.samples - len(samples), samples)
+            self._block_index = self.clock.samples
+            return samples
+        start = self.clock.samples
+        self._anchor = self.clock.add(len(samples), arrival)
+        self._mic.write(start, samples)
+        self._pending = np.concatenate([self._pending, samples])
+        if self.clock.samples >= self._next_estimate:
+            self._estimate()
+        count = len(self._pending) // BLOCK
+        out = np.empty(count * BLOCK, np.float32)
+        for i in range(count):
+            out[i * BLOCK:(i + 1) * BLOCK] = self._block(self._pending[i * BLOCK:(i + 1) * BLOCK])
+        self._pending = self._pending[count * BLOCK:].copy()
+        return out
+
+    def _far_index(self, mic_index: int) -> int:
+        """The far-end sample handed over at the wall time microphone sample `mic_index` arrived."""
+        return mic_index + round((self._anchor - self.far.t0) * SAMPLE_RATE)
+
+    def _estimate(self) -> None:
+        self._next_estimate = self.clock.samples + int(ESTIMATE_EVERY_S * SAMPLE_RATE)
+        window = int(WINDOW_S * SAMPLE_RATE)
+        end = self.clock.samples
+        mic = self._mic.read(end - window, window)
+        ref = self.far.read(self._far_index(end - window) - self._max_lag, window + self._max_lag)
+        if float(np.sqrt(np.mean(ref ** 2))) < FAR_ACTIVE_RMS or float(np.sqrt(np.mean(mic ** 2))) < FAR_ACTIVE_RMS / 4:
+            return
+        estimate = gcc_phat(decimate(mic), decimate(ref), self._max_lag // 2, SAMPLE_RATE // 2)
+        self.tracker.update(LagEstimate(estimate.lag * 2, estimate.confidence))
+
+    def _block(self, mic: np.ndarray) -> np.ndarray:
+        index = self._block_index
+        self._block_index += BLOCK
+        self.blocks += 1
+        delay = self.tracker.delay
+        if delay is None:
+            delay = 0
+        lead = LEAD_MS * SAMPLE_RATE // 1000
+        ref = self.far.read(self._far_index(index) - delay + lead, BLOCK)
+        if self._processor is None:
+            self._processor = self._factory()
+        processor = self._processor
+        ref16 = to_int16(ref)
+        processor.reverse(ref16)
+        block = to_int16(mic)
+        processor.capture(block, LEAD_MS)
+        out = block.astype(np.float32) / 32768.0
+        far_active = float(np.sqrt(np.mean(ref ** 2))) >= FAR_ACTIVE_RMS
+        mic_energy, out_energy = float(np.sum(mic ** 2)), float(np.sum(out ** 2))
+        if far_active:
+            self.far_blocks += 1
+            self._mic_energy = self._mic_energy * ERLE_DECAY + mic_energy
+            self._out_energy = self._out_energy * ERLE_DECAY + out_energy
+            self.total_mic_energy += mic_energy
+            self.total_out_energy += out_energy
+        return out
+
+
+def to_int16(samples: np.ndarray) -> np.ndarray:
+    return (np.clip(samples, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
+
+
+def decimate(samples: np.ndarray) -> np.ndarray:
+    """16 kHz -> 8 kHz by averaging pairs: enough for a delay estimate in the 200-4000 Hz band, half the FFT."""
+    even = samples[:len(samples) // 2 * 2]
+    return 0.5 * (even[0::2] + even[1::2])
