@@ -22,6 +22,7 @@ only on first use, so a client with its own echo cancellation costs nothing.
 
 from __future__ import annotations
 
+import argparse
 import threading
 from collections import deque
 from typing import Callable, Protocol
@@ -40,6 +41,23 @@ RING_S = 4.0  # far-end and microphone history kept
 ANCHOR_S = 10.0  # the mic timeline's anchor is the earliest arrival over this long
 FAR_ACTIVE_RMS = 0.003  # far-end level (full scale 1.0) above which the avatar counts as speaking
 ERLE_DECAY = 0.995  # per 10 ms block: the ERLE figure reflects the last ~2 s of avatar speech
+STATS_EVERY_S = 2.0  # an "echo" event (delay, ERLE) at most this often, while the avatar speaks
+ECHO_CHOICES = ("auto", "on", "off")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("echo cancellation (the user hears the avatar through a loudspeaker)")
+    group.add_argument("--echo-cancel", dest="echo_cancel", choices=ECHO_CHOICES, default="auto",
+                       help="remove the avatar's own voice from the user's microphone (for loudspeakers, kiosks, "
+                            "phones): auto = for clients that report no echo cancellation of their own or say "
+                            "nothing (aiortc, phones); on = always; off = never (headsets only)")
+
+
+def wanted(setting: str, client_cancels: bool | None) -> bool:
+    """Whether a session cancels echo: `client_cancels` is what the client said of its own AEC (None: nothing)."""
+    if setting == "auto":
+        return client_cancels is not True
+    return setting == "on"
 
 
 class Processor(Protocol):
@@ -167,6 +185,14 @@ class EchoCanceller:
         self.total_out_energy = 0.0
         self.blocks = 0
         self.far_blocks = 0
+        self.on_stats: Callable[[dict], None] | None = None  # called on the listener thread
+        self._next_stats = int(STATS_EVERY_S * SAMPLE_RATE)
+        self._far_blocks_reported = 0
+
+    def reference(self, samples: np.ndarray, due: float) -> None:
+        """The audio track's tap: one chunk handed to WebRTC at wall time `due` (kept only when enabled)."""
+        if self.enabled:
+            self.far.push(samples, due)
 
     # ---- figures ---------------------------------------------------------------
     @property
@@ -211,7 +237,15 @@ class EchoCanceller:
         for i in range(count):
             out[i * BLOCK:(i + 1) * BLOCK] = self._block(self._pending[i * BLOCK:(i + 1) * BLOCK])
         self._pending = self._pending[count * BLOCK:].copy()
+        if self.clock.samples >= self._next_stats:
+            self._report()
         return out
+
+    def _report(self) -> None:
+        self._next_stats = self.clock.samples + int(STATS_EVERY_S * SAMPLE_RATE)
+        if self.on_stats is not None and self.far_blocks > self._far_blocks_reported:
+            self._far_blocks_reported = self.far_blocks
+            self.on_stats(self.stats())
 
     def _far_index(self, mic_index: int) -> int:
         """The far-end sample handed over at the wall time microphone sample `mic_index` arrived."""

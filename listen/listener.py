@@ -12,16 +12,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import av
 import numpy as np
 
 from basereal import BaseReal
 from listen.turns import TurnDetector, TurnEvent
-from listen.uplink import FrameBuffer, MonoResampler
+from listen.uplink import FrameBuffer, MonoResampler, arrival_of
 from listen.vad import WINDOW_SAMPLES, VADStream
 from media import CHUNK_SAMPLES, AudioChunk
+
+if TYPE_CHECKING:
+    from listen.echo import EchoCanceller
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +39,15 @@ class Listener:
     """Consumes one session's uplink audio on a named daemon thread; `close()` joins it."""
 
     def __init__(self, buffer: FrameBuffer, vad: VADStream, turns: TurnDetector, engine: BaseReal,
-                 mode: Callable[[], str], on_turn: Callable[[TurnEvent], None], name: str):
+                 mode: Callable[[], str], on_turn: Callable[[TurnEvent], None], name: str,
+                 echo: "EchoCanceller | None" = None):
         self._buffer = buffer
         self._vad = vad
         self._turns = turns
         self._engine = engine
         self._mode = mode
         self._on_turn = on_turn
+        self.echo = echo  # removes the avatar's own voice from the uplink, before everything else
         self.resample = MonoResampler()
         self._pending = np.zeros(0, np.float32)  # < one VAD window (or one lips chunk) of leftover audio
         self._reset = threading.Event()
@@ -82,6 +87,8 @@ class Listener:
         except (ValueError, av.error.FFmpegError) as exc:
             logger.warning("uplink frame could not be resampled (%s): dropped", exc)
             return
+        if self.echo is not None:
+            samples = self.echo.process(samples, arrival_of(frame))
         self._pending = np.concatenate([self._pending, samples])
         if mode == "lips":
             self._feed_lips()

@@ -30,6 +30,7 @@ from ttsreal import QueueFull
 
 if TYPE_CHECKING:
     from listen.asr import ASRWorker
+    from listen.echo import EchoCanceller
     from listen.settings import ListenSettings
     from listen.vad import SileroModel
     from session import Session
@@ -73,6 +74,7 @@ class SessionListening:
         self._loop = asyncio.get_running_loop()
         self.reader: UplinkReader | None = None
         self.listener: Listener | None = None
+        self.echo: "EchoCanceller | None" = None  # set by the service when this session may cancel echo
         self.camera: LatestFrame | None = None
         self.camera_reader: UplinkReader | None = None
         self._starting: asyncio.Task | None = None
@@ -121,7 +123,7 @@ class SessionListening:
         s = self.service.settings
         turns = TurnDetector(s.vad_threshold, s.min_speech_ms, s.end_silence_ms, s.max_utterance_s)
         self.listener = Listener(buffer, VADStream(vad_model), turns, self.session.engine, lambda: self.mode,
-                                 self._turn_threadsafe, name=f"listen-{self.session.id[:8]}")
+                                 self._turn_threadsafe, name=f"listen-{self.session.id[:8]}", echo=self.echo)
 
     # ---- turns (listener thread -> loop) ----------------------------------
     def _turn_threadsafe(self, event: TurnEvent) -> None:
