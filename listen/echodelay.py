@@ -19,13 +19,14 @@ import numpy as np
 from media import SAMPLE_RATE
 
 BAND_HZ = (200.0, 4000.0)  # the speech band: outside it the PHAT weights mostly whiten noise
-MIN_PEAK_RATIO = 4.0  # peak / mean |correlation| below which an estimate is not trusted
+MIN_PEAK_RATIO = 2.0  # the peak over the next-highest one (5 ms away or more) below which an estimate is not trusted
+EXCLUDE_MS = 5.0  # around the peak: the next-highest peak is searched outside this
 
 
 @dataclass(frozen=True)
 class LagEstimate:
     lag: int  # samples: the microphone lags the reference by this much
-    confidence: float  # peak over the mean absolute correlation
+    confidence: float  # the peak over the highest other peak: ~1 for unrelated audio, 10+ for a clean echo
 
 
 def gcc_phat(mic: np.ndarray, ref: np.ndarray, max_lag: int, rate: int = SAMPLE_RATE) -> LagEstimate:
@@ -48,8 +49,12 @@ def gcc_phat(mic: np.ndarray, ref: np.ndarray, max_lag: int, rate: int = SAMPLE_
     # corr[k] = sum mic[n] ref[n - k]; mic[n] matches ref[n + max_lag - L]  ->  k = L - max_lag <= 0
     lags = np.concatenate([corr[size - max_lag:], corr[:1]])  # k = -max_lag .. 0, i.e. L = 0 .. max_lag
     peak = int(np.argmax(lags))
-    mean = float(np.mean(np.abs(corr))) + 1e-12
-    return LagEstimate(peak, float(lags[peak]) / mean)
+    exclude = int(rate * EXCLUDE_MS / 1000)
+    others = np.concatenate([lags[:max(0, peak - exclude)], lags[peak + exclude + 1:]])
+    runner_up = float(np.max(others)) if len(others) else 0.0
+    if lags[peak] <= 0:
+        return LagEstimate(peak, 0.0)
+    return LagEstimate(peak, float(lags[peak]) / max(runner_up, 1e-3 * float(lags[peak])))
 
 
 class DelayTracker:
