@@ -37,6 +37,8 @@ LEAD_MS = 30  # the reference goes to AEC3 this much before its echo is due
 MAX_DELAY_MS = 700  # echo delays searched: 50-500 ms of network, jitter buffer and device, plus margin
 WINDOW_S = 1.5  # microphone audio correlated per delay estimate
 ESTIMATE_EVERY_S = 0.5
+ACQUIRE_EVERY_S = 0.2  # until the first delay is known
+CONVERGE_S = 1.0  # of avatar speech with the reference aligned, before AEC3's output is trusted alone
 RING_S = 4.0  # far-end and microphone history kept
 ANCHOR_S = 10.0  # the mic timeline's anchor is the earliest arrival over this long
 FAR_ACTIVE_RMS = 0.003  # far-end level (full scale 1.0) above which the avatar counts as speaking
@@ -128,6 +130,7 @@ class FarEnd:
         self._lock = threading.Lock()
         self.t0: float | None = None  # wall time of sample index 0
         self.chunks = 0
+        self.last_voiced = -(1 << 40)  # index just past the newest chunk with the avatar's voice in it
 
     def push(self, samples: np.ndarray, due: float) -> None:
         """One chunk (int16 or float) handed over at wall time `due` (the session clock's stamp)."""
@@ -135,8 +138,11 @@ class FarEnd:
         with self._lock:
             if self.t0 is None:
                 self.t0 = due
-            self._ring.write(round((due - self.t0) * SAMPLE_RATE), data)
+            index = round((due - self.t0) * SAMPLE_RATE)
+            self._ring.write(index, data)
             self.chunks += 1
+            if float(np.sqrt(np.mean(data ** 2))) >= FAR_ACTIVE_RMS:
+                self.last_voiced = index + len(data)
 
     def read(self, index: int, count: int) -> np.ndarray:
         with self._lock:
@@ -185,6 +191,8 @@ class EchoCanceller:
         self.total_out_energy = 0.0
         self.blocks = 0
         self.far_blocks = 0
+        self.aligned_far_blocks = 0  # blocks of avatar speech processed with a known delay
+        self.muted_blocks = 0  # blocks silenced while the canceller was still converging
         self.on_stats: Callable[[dict], None] | None = None  # called on the listener thread
         self._next_stats = int(STATS_EVERY_S * SAMPLE_RATE)
         self._far_blocks_reported = 0
@@ -208,9 +216,15 @@ class EchoCanceller:
             return None
         return float(10 * np.log10(self._mic_energy / self._out_energy))
 
+    @property
+    def converged(self) -> bool:
+        """The delay is known and AEC3 has had a second of the avatar's voice to adapt to it."""
+        return self.aligned_far_blocks >= CONVERGE_S * 100
+
     def stats(self) -> dict:
         delay, erle = self.delay_ms, self.erle_db
-        return {"enabled": self.enabled, "delay_ms": None if delay is None else round(delay, 1),
+        return {"enabled": self.enabled, "converged": self.converged,
+                "delay_ms": None if delay is None else round(delay, 1),
                 "erle_db": None if erle is None else round(erle, 1)}
 
     # ---- the stream ------------------------------------------------------------
@@ -252,7 +266,8 @@ class EchoCanceller:
         return mic_index + round((self._anchor - self.far.t0) * SAMPLE_RATE)
 
     def _estimate(self) -> None:
-        self._next_estimate = self.clock.samples + int(ESTIMATE_EVERY_S * SAMPLE_RATE)
+        every = ESTIMATE_EVERY_S if self.tracker.delay is not None else ACQUIRE_EVERY_S
+        self._next_estimate = self.clock.samples + int(every * SAMPLE_RATE)
         window = int(WINDOW_S * SAMPLE_RATE)
         end = self.clock.samples
         mic = self._mic.read(end - window, window)
@@ -283,10 +298,16 @@ class EchoCanceller:
         mic_energy, out_energy = float(np.sum(mic ** 2)), float(np.sum(out ** 2))
         if far_active:
             self.far_blocks += 1
+            self.aligned_far_blocks += self.tracker.delay is not None
             self._mic_energy = self._mic_energy * ERLE_DECAY + mic_energy
             self._out_energy = self._out_energy * ERLE_DECAY + out_energy
             self.total_mic_energy += mic_energy
             self.total_out_energy += out_energy
+        if not self.converged and self._far_index(index) - self.far.last_voiced <= self._max_lag:
+            # Not converged yet (the first seconds the avatar speaks in a session): its echo may
+            # still be in the output, so while it could be, the VAD hears silence (half duplex).
+            self.muted_blocks += 1
+            out[:] = 0.0
         return out
 
 
