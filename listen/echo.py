@@ -123,50 +123,74 @@ class Ring:
 
 
 class FarEnd:
-    """The avatar's audio as handed to WebRTC, on a wall-clock timeline; thread-safe."""
+    """The avatar's audio as handed to WebRTC, by its index in the sent stream; thread-safe.
+
+    Its wall-clock place comes from the hand-over times, through the earliest over a window
+    (`StreamClock`): a track that runs late and catches up in a burst sends chunks closer
+    together than they will be played, so only the least late of them tell the timeline.
+    """
 
     def __init__(self, seconds: float = RING_S):
         self._ring = Ring(int(seconds * SAMPLE_RATE))
         self._lock = threading.Lock()
-        self.t0: float | None = None  # wall time of sample index 0
+        self.clock = StreamClock()
+        self.started = False
         self.chunks = 0
         self.last_voiced = -(1 << 40)  # index just past the newest chunk with the avatar's voice in it
 
-    def push(self, samples: np.ndarray, due: float) -> None:
-        """One chunk (int16 or float) handed over at wall time `due` (the session clock's stamp)."""
+    def push(self, samples: np.ndarray, index: int, handed: float) -> None:
+        """One chunk (int16 or float), the stream index of its first sample, and when it was handed over."""
         data = samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples.astype(np.float32)
         with self._lock:
-            if self.t0 is None:
-                self.t0 = due
-            index = round((due - self.t0) * SAMPLE_RATE)
             self._ring.write(index, data)
+            self.clock.stamp(index, handed)
+            self.started = True
             self.chunks += 1
             if float(np.sqrt(np.mean(data ** 2))) >= FAR_ACTIVE_RMS:
                 self.last_voiced = index + len(data)
+
+    @property
+    def anchor(self) -> float:
+        """Wall time of stream index 0."""
+        with self._lock:
+            return self.clock.anchor
 
     def read(self, index: int, count: int) -> np.ndarray:
         with self._lock:
             return self._ring.read(index, count)
 
 
-class MicClock:
-    """Wall time of each microphone sample: arrival of the frame that ended with it, earliest over a window."""
+class StreamClock:
+    """Wall time of a stream's samples: `stamp(end, t)` says sample `end` was reached at t (or later);
+    the anchor (wall time of sample 0) is the earliest such claim over the last `window_s`."""
 
     def __init__(self, window_s: float = ANCHOR_S):
         self._window = int(window_s * SAMPLE_RATE)
         self._candidates: deque[tuple[int, float]] = deque()  # (sample index, anchor), increasing anchors
+        self.anchor = 0.0
+
+    def stamp(self, end: int, at: float) -> float:
+        anchor = at - end / SAMPLE_RATE
+        while self._candidates and self._candidates[-1][1] >= anchor:
+            self._candidates.pop()
+        self._candidates.append((end, anchor))
+        while self._candidates[0][0] < end - self._window:
+            self._candidates.popleft()
+        self.anchor = self._candidates[0][1]
+        return self.anchor
+
+
+class MicClock(StreamClock):
+    """The microphone's samples, counted as they come out of the resampler, stamped by their arrival."""
+
+    def __init__(self, window_s: float = ANCHOR_S):
+        super().__init__(window_s)
         self.samples = 0
 
     def add(self, count: int, arrival: float) -> float:
         """`count` samples arrived at `arrival`; returns the anchor (wall time of sample 0)."""
         self.samples += count
-        anchor = arrival - self.samples / SAMPLE_RATE
-        while self._candidates and self._candidates[-1][1] >= anchor:
-            self._candidates.pop()
-        self._candidates.append((self.samples, anchor))
-        while self._candidates[0][0] < self.samples - self._window:
-            self._candidates.popleft()
-        return self._candidates[0][1]
+        return self.stamp(self.samples, arrival)
 
 
 class EchoCanceller:
@@ -183,6 +207,7 @@ class EchoCanceller:
         self._pending = np.zeros(0, np.float32)  # < one block of microphone audio
         self._block_index = 0  # mic sample index of the next block to process
         self._anchor = 0.0
+        self._far_anchor = 0.0
         self._next_estimate = int(WINDOW_S * SAMPLE_RATE)
         self._max_lag = MAX_DELAY_MS * SAMPLE_RATE // 1000
         self._mic_energy = 0.0
@@ -197,10 +222,10 @@ class EchoCanceller:
         self._next_stats = int(STATS_EVERY_S * SAMPLE_RATE)
         self._far_blocks_reported = 0
 
-    def reference(self, samples: np.ndarray, due: float) -> None:
-        """The audio track's tap: one chunk handed to WebRTC at wall time `due` (kept only when enabled)."""
+    def reference(self, samples: np.ndarray, index: int, handed: float) -> None:
+        """The audio track's tap: one chunk handed to WebRTC (kept only when enabled)."""
         if self.enabled:
-            self.far.push(samples, due)
+            self.far.push(samples, index, handed)
 
     # ---- figures ---------------------------------------------------------------
     @property
@@ -235,13 +260,14 @@ class EchoCanceller:
         """
         if not self.enabled:
             return samples
-        if self.far.t0 is None:  # the avatar has not sent a sample yet: nothing to cancel
+        if not self.far.started:  # the avatar has not sent a sample yet: nothing to cancel
             self._anchor = self.clock.add(len(samples), arrival)
             self._mic.write(self.clock.samples - len(samples), samples)
             self._block_index = self.clock.samples
             return samples
         start = self.clock.samples
         self._anchor = self.clock.add(len(samples), arrival)
+        self._far_anchor = self.far.anchor
         self._mic.write(start, samples)
         self._pending = np.concatenate([self._pending, samples])
         if self.clock.samples >= self._next_estimate:
@@ -263,7 +289,7 @@ class EchoCanceller:
 
     def _far_index(self, mic_index: int) -> int:
         """The far-end sample handed over at the wall time microphone sample `mic_index` arrived."""
-        return mic_index + round((self._anchor - self.far.t0) * SAMPLE_RATE)
+        return mic_index + round((self._anchor - self._far_anchor) * SAMPLE_RATE)
 
     def _estimate(self) -> None:
         every = ESTIMATE_EVERY_S if self.tracker.delay is not None else ACQUIRE_EVERY_S

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tests.support.rtc_client import ReceiverClient
-from tests.support.speech_sender import SpeechTrack
+from tests.support.speech_sender import FRAME_S, SpeechTrack
 
 
 class LeakyMic(SpeechTrack):
@@ -21,36 +21,45 @@ class LeakyMic(SpeechTrack):
         self.gain = float(10 ** (gain_db / 20))
         self.delay_s = delay_s
         self.leaked_frames = 0  # mic frames that carried some of the avatar's voice
+        self._plays: list[float] = []  # wall time each received frame starts to play
+        self._cursor = 0  # the first frame still playing
 
-    def _played(self, position: int, count: int) -> np.ndarray:
-        """Samples [position, position + count) of the received stream (frames back to back); 0 where none yet."""
+    def _schedule(self) -> None:
+        """Playout start of each received frame: `delay_s` after it arrived, never before the previous ended
+        (a device behind a jitter buffer: a late frame delays what follows, as on a real client)."""
         frames = self.client.audio
+        while len(self._plays) < len(frames):
+            frame = frames[len(self._plays)]
+            if len(frame.data) != self.rate // 50:
+                raise AssertionError(f"received {len(frame.data)} samples per 20 ms; the leak expects {self.rate} Hz")
+            after = self._plays[-1] + FRAME_S if self._plays else float("-inf")
+            self._plays.append(max(frame.arrival + self.delay_s, after))
+
+    def _leak(self, t: float, count: int) -> np.ndarray:
+        """What the loudspeaker plays from wall time t, `count` samples."""
+        self._schedule()
+        frames, plays, per_frame = self.client.audio, self._plays, self.rate // 50
+        while self._cursor < len(plays) and plays[self._cursor] + FRAME_S <= t:
+            self._cursor += 1
         out = np.zeros(count, np.float32)
-        per_frame = self.rate // 50
-        filled = 0
-        while filled < count:
-            index, offset = divmod(position + filled, per_frame)
-            if index >= len(frames):
-                break
-            data = frames[index].data
-            if len(data) != per_frame:
-                raise AssertionError(f"received {len(data)} samples per 20 ms; the leak expects {self.rate} Hz")
-            n = min(per_frame - offset, count - filled)
-            out[filled:filled + n] = data[offset:offset + n]
-            filled += n
+        filled, j = 0, self._cursor
+        while filled < count and j < len(plays):
+            at = t + filled / self.rate
+            if plays[j] > at + 0.5 / self.rate:  # nothing playing until frame j starts
+                filled += max(1, int(round((plays[j] - at) * self.rate)))
+                continue
+            offset = int(round((at - plays[j]) * self.rate))
+            if offset < per_frame:
+                n = min(per_frame - offset, count - filled)
+                out[filled:filled + n] = frames[j].data[offset:offset + n]
+                filled += n
+            j += 1
         return out
 
     def _take(self, now: float) -> np.ndarray:
         out = super()._take(now)
-        if not self.client.audio:
-            return out
-        first = self.client.audio[0].arrival
-        position = int(round((self._start + self._sent / self.rate - first - self.delay_s) * self.rate))
-        if position < 0:
-            return out
-        leak = self._played(position, len(out)) * self.gain
+        leak = self._leak(self._start + (self._sent) / self.rate, len(out)) * self.gain
         if np.abs(leak).max() > 300:
             self.leaked_frames += 1
-        mixed = out[:len(leak)].astype(np.float32) + leak
-        out[:len(leak)] = np.clip(mixed, -32768, 32767).astype(np.int16)
-        return out
+        mixed = out.astype(np.float32) + leak
+        return np.clip(mixed, -32768, 32767).astype(np.int16)
