@@ -30,6 +30,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from listen.echodelay import DelayTracker, LagEstimate, gcc_phat
+from listen.echolinear import LinearEcho
 from media import SAMPLE_RATE
 
 BLOCK = SAMPLE_RATE // 100  # AEC3 takes 10 ms frames
@@ -42,6 +43,7 @@ CONVERGE_S = 1.0  # of avatar speech with the reference aligned, before AEC3's o
 RING_S = 4.0  # far-end and microphone history kept
 ANCHOR_S = 10.0  # the mic timeline's anchor is the earliest arrival over this long
 FAR_ACTIVE_RMS = 0.003  # far-end level (full scale 1.0) above which the avatar counts as speaking
+ECHO_ALONE = 0.1  # AEC3 kept less than this of the mic's energy: the block may be echo alone
 ERLE_DECAY = 0.995  # per 10 ms block: the ERLE figure reflects the last ~2 s of avatar speech
 STATS_EVERY_S = 2.0  # an "echo" event (delay, ERLE) at most this often, while the avatar speaks
 ECHO_CHOICES = ("auto", "on", "off")
@@ -204,6 +206,8 @@ class EchoCanceller:
         self.clock = MicClock()
         self.tracker = DelayTracker()
         self._mic = Ring(int(RING_S * SAMPLE_RATE))
+        self._linear = LinearEcho(BLOCK)
+        self.for_asr = np.zeros(0, np.float32)  # the last `process` output, echo subtracted but not suppressed
         self._pending = np.zeros(0, np.float32)  # < one block of microphone audio
         self._block_index = 0  # mic sample index of the next block to process
         self._anchor = 0.0
@@ -259,11 +263,13 @@ class EchoCanceller:
         Output lags input by less than 10 ms (whole blocks only); disabled, it is the input.
         """
         if not self.enabled:
+            self.for_asr = samples
             return samples
         if not self.far.started:  # the avatar has not sent a sample yet: nothing to cancel
             self._anchor = self.clock.add(len(samples), arrival)
             self._mic.write(self.clock.samples - len(samples), samples)
             self._block_index = self.clock.samples
+            self.for_asr = samples
             return samples
         start = self.clock.samples
         self._anchor = self.clock.add(len(samples), arrival)
@@ -274,8 +280,11 @@ class EchoCanceller:
             self._estimate()
         count = len(self._pending) // BLOCK
         out = np.empty(count * BLOCK, np.float32)
+        linear = np.empty(count * BLOCK, np.float32)
         for i in range(count):
-            out[i * BLOCK:(i + 1) * BLOCK] = self._block(self._pending[i * BLOCK:(i + 1) * BLOCK])
+            part = slice(i * BLOCK, (i + 1) * BLOCK)
+            out[part], linear[part] = self._block(self._pending[part])
+        self.for_asr = linear
         self._pending = self._pending[count * BLOCK:].copy()
         if self.clock.samples >= self._next_stats:
             self._report()
@@ -303,7 +312,8 @@ class EchoCanceller:
         estimate = gcc_phat(decimate(mic), decimate(ref), self._max_lag // 2, SAMPLE_RATE // 2)
         self.tracker.update(LagEstimate(estimate.lag * 2, estimate.confidence))
 
-    def _block(self, mic: np.ndarray) -> np.ndarray:
+    def _block(self, mic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One 10 ms block -> (AEC3's output, for the VAD; the linear filter's, for recognition)."""
         index = self._block_index
         self._block_index += BLOCK
         self.blocks += 1
@@ -322,6 +332,7 @@ class EchoCanceller:
         out = block.astype(np.float32) / 32768.0
         far_active = float(np.sqrt(np.mean(ref ** 2))) >= FAR_ACTIVE_RMS
         mic_energy, out_energy = float(np.sum(mic ** 2)), float(np.sum(out ** 2))
+        linear = self._linear.cancel(mic, ref, lambda error: self._echo_alone(far_active, mic_energy, out_energy, error))
         if far_active:
             self.far_blocks += 1
             self.aligned_far_blocks += self.tracker.delay is not None
@@ -334,7 +345,16 @@ class EchoCanceller:
             # still be in the output, so while it could be, the VAD hears silence (half duplex).
             self.muted_blocks += 1
             out[:] = 0.0
-        return out
+            linear[:] = 0.0
+        return out, linear
+
+    def _echo_alone(self, far_active: bool, mic_energy: float, out_energy: float, error: np.ndarray) -> bool:
+        """Whether the linear filter may adapt on this block: the avatar speaks, AEC3 found (nearly) only
+        echo, and the linear filter's own residual is small, or the filter is still young."""
+        if not far_active or self.tracker.delay is None or out_energy >= ECHO_ALONE * mic_energy:
+            return False
+        residual = float(np.sum(error ** 2))
+        return self._linear.adapted < 100 or residual < 0.5 * mic_energy or out_energy < 0.01 * mic_energy
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:

@@ -50,6 +50,7 @@ class Listener:
         self.echo = echo  # removes the avatar's own voice from the uplink, before everything else
         self.resample = MonoResampler()
         self._pending = np.zeros(0, np.float32)  # < one VAD window (or one lips chunk) of leftover audio
+        self._pending_asr = np.zeros(0, np.float32)  # the same audio for recognition (differs only with `echo`)
         self._reset = threading.Event()
         self._stopping = threading.Event()
         self.lips_dropped = 0
@@ -67,7 +68,7 @@ class Listener:
                 self._step()
             except Exception:  # one bad frame must not end listening for the rest of the session
                 logger.exception("listener %s: frame dropped", threading.current_thread().name)
-                self._pending = np.zeros(0, np.float32)
+                self._pending = self._pending_asr = np.zeros(0, np.float32)
 
     def _step(self) -> None:
         """Take one uplink frame (or time out) and run it through the current mode."""
@@ -76,7 +77,7 @@ class Listener:
             self._reset.clear()
             self._turns.reset()
             self._vad.reset()
-            self._pending = np.zeros(0, np.float32)
+            self._pending = self._pending_asr = np.zeros(0, np.float32)
         if frame is None:
             return
         mode = self._mode()
@@ -87,9 +88,12 @@ class Listener:
         except (ValueError, av.error.FFmpegError) as exc:
             logger.warning("uplink frame could not be resampled (%s): dropped", exc)
             return
-        if self.echo is not None:
+        for_asr = samples
+        if self.echo is not None:  # the VAD hears AEC3's output; recognition, the echo subtracted but unsuppressed
             samples = self.echo.process(samples, arrival_of(frame))
+            for_asr = self.echo.for_asr
         self._pending = np.concatenate([self._pending, samples])
+        self._pending_asr = np.concatenate([self._pending_asr, for_asr])
         if mode == "lips":
             self._feed_lips()
         else:
@@ -98,10 +102,11 @@ class Listener:
     def _detect_turns(self) -> None:
         count = len(self._pending) // WINDOW_SAMPLES
         for i in range(count):
-            window = self._pending[i * WINDOW_SAMPLES:(i + 1) * WINDOW_SAMPLES]
-            for event in self._turns.push(window, self._vad(window)):
+            part = slice(i * WINDOW_SAMPLES, (i + 1) * WINDOW_SAMPLES)
+            for event in self._turns.push(self._pending_asr[part], self._vad(self._pending[part])):
                 self._on_turn(event)
         self._pending = self._pending[count * WINDOW_SAMPLES:].copy()
+        self._pending_asr = self._pending_asr[count * WINDOW_SAMPLES:].copy()
 
     def _feed_lips(self) -> None:
         count = len(self._pending) // CHUNK_SAMPLES
@@ -126,6 +131,7 @@ class Listener:
             except queue.Full:
                 self.lips_dropped += 1
         self._pending = self._pending[count * CHUNK_SAMPLES:].copy()
+        self._pending_asr = self._pending_asr[count * CHUNK_SAMPLES:].copy()
 
     def close(self) -> None:
         self._stopping.set()
