@@ -202,8 +202,8 @@ class PlayerStreamTrack(MediaStreamTrack):
             frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
             if player.probe is not None:
                 player.probe.audio_sent(bundle)
-            if player.far_end is not None:  # the echo canceller's reference: its place in the stream, and when
-                player.far_end(samples, index * CHUNK_SAMPLES, player.clock.now())
+            if player.far_end is not None:  # the echo canceller's reference, stamped by the session clock
+                player.far_end(samples, player.clock.now())
             if bundle.events and bundle.events[part]:
                 for event in bundle.events[part]:
                     player.playout(event)
@@ -227,8 +227,7 @@ class HumanPlayer:
         probe: "SessionObserver | None" = None,
     ):
         self.probe = probe  # times the stages that end on the wire (metrics)
-        # sees each audio chunk handed to WebRTC: (int16 samples, first sample's index in the stream, wall time)
-        self.far_end: Callable[[np.ndarray, int, float], None] | None = None
+        self.far_end: Callable[[np.ndarray, float], None] | None = None  # each audio chunk handed to WebRTC, and when
         self.clock = SessionClock(fps)
         self.chunks_per_frame = chunks_per_frame(fps)
         self.stats = StreamStats()

@@ -34,11 +34,12 @@ from listen.echolinear import LinearEcho
 from media import SAMPLE_RATE
 
 BLOCK = SAMPLE_RATE // 100  # AEC3 takes 10 ms frames
-LEAD_MS = 30  # the reference goes to AEC3 this much before its echo is due
-MAX_DELAY_MS = 700  # echo delays searched: 50-500 ms of network, jitter buffer and device, plus margin
+LEAD_MS = 200  # the reference goes to AEC3 this much before its echo is due: its own delay search (up to ~450 ms) absorbs errors of -200..+250 ms
+MAX_DELAY_MS = 1000  # echo delays searched: 50-500 ms of network, jitter buffers and device, plus margin
 WINDOW_S = 1.5  # microphone audio correlated per delay estimate
-ESTIMATE_EVERY_S = 0.5
+ESTIMATE_EVERY_S = 0.25
 ACQUIRE_EVERY_S = 0.2  # until the first delay is known
+REALIGN_MS = 20  # a delay move larger than this counts as a new alignment (converging again)
 CONVERGE_S = 1.0  # of avatar speech with the reference aligned, before AEC3's output is trusted alone
 RING_S = 4.0  # far-end and microphone history kept
 ANCHOR_S = 10.0  # the mic timeline's anchor is the earliest arrival over this long
@@ -125,41 +126,41 @@ class Ring:
 
 
 class FarEnd:
-    """The avatar's audio as handed to WebRTC, by its index in the sent stream; thread-safe.
+    """The avatar's audio as handed to WebRTC, on the wall-clock timeline a client plays it by; thread-safe.
 
-    Its wall-clock place comes from the hand-over times, through the earliest over a window
-    (`StreamClock`): a track that runs late and catches up in a burst sends chunks closer
-    together than they will be played, so only the least late of them tell the timeline.
+    A chunk plays when it is handed over, or right after the chunk before it if that one is
+    still playing (a track that ran late and catches up in a burst does not play faster: the
+    client's buffer absorbs the burst, and its latency grows by the lateness, as a device's does).
     """
 
     def __init__(self, seconds: float = RING_S):
         self._ring = Ring(int(seconds * SAMPLE_RATE))
         self._lock = threading.Lock()
-        self.clock = StreamClock()
-        self.started = False
+        self.t0: float | None = None  # wall time of ring position 0
+        self._next = 0  # ring position where the previous chunk ended
         self.chunks = 0
-        self.last_voiced = -(1 << 40)  # index just past the newest chunk with the avatar's voice in it
+        self.last_voiced = -(1 << 40)  # position just past the newest chunk with the avatar's voice in it
 
-    def push(self, samples: np.ndarray, index: int, handed: float) -> None:
-        """One chunk (int16 or float), the stream index of its first sample, and when it was handed over."""
+    def push(self, samples: np.ndarray, handed: float) -> None:
+        """One chunk (int16 or float) handed to WebRTC at wall time `handed`."""
         data = samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples.astype(np.float32)
         with self._lock:
-            self._ring.write(index, data)
-            self.clock.stamp(index, handed)
-            self.started = True
+            if self.t0 is None:
+                self.t0 = handed
+            position = max(round((handed - self.t0) * SAMPLE_RATE), self._next)
+            self._ring.write(position, data)
+            self._next = position + len(data)
             self.chunks += 1
             if float(np.sqrt(np.mean(data ** 2))) >= FAR_ACTIVE_RMS:
-                self.last_voiced = index + len(data)
+                self.last_voiced = position + len(data)
 
     @property
-    def anchor(self) -> float:
-        """Wall time of stream index 0."""
-        with self._lock:
-            return self.clock.anchor
+    def started(self) -> bool:
+        return self.t0 is not None
 
-    def read(self, index: int, count: int) -> np.ndarray:
+    def read(self, position: int, count: int) -> np.ndarray:
         with self._lock:
-            return self._ring.read(index, count)
+            return self._ring.read(position, count)
 
 
 class StreamClock:
@@ -211,7 +212,6 @@ class EchoCanceller:
         self._pending = np.zeros(0, np.float32)  # < one block of microphone audio
         self._block_index = 0  # mic sample index of the next block to process
         self._anchor = 0.0
-        self._far_anchor = 0.0
         self._next_estimate = int(WINDOW_S * SAMPLE_RATE)
         self._max_lag = MAX_DELAY_MS * SAMPLE_RATE // 1000
         self._mic_energy = 0.0
@@ -226,10 +226,10 @@ class EchoCanceller:
         self._next_stats = int(STATS_EVERY_S * SAMPLE_RATE)
         self._far_blocks_reported = 0
 
-    def reference(self, samples: np.ndarray, index: int, handed: float) -> None:
-        """The audio track's tap: one chunk handed to WebRTC (kept only when enabled)."""
+    def reference(self, samples: np.ndarray, handed: float) -> None:
+        """The audio track's tap: one chunk handed to WebRTC at wall time `handed` (kept only when enabled)."""
         if self.enabled:
-            self.far.push(samples, index, handed)
+            self.far.push(samples, handed)
 
     # ---- figures ---------------------------------------------------------------
     @property
@@ -273,7 +273,6 @@ class EchoCanceller:
             return samples
         start = self.clock.samples
         self._anchor = self.clock.add(len(samples), arrival)
-        self._far_anchor = self.far.anchor
         self._mic.write(start, samples)
         self._pending = np.concatenate([self._pending, samples])
         if self.clock.samples >= self._next_estimate:
@@ -298,7 +297,7 @@ class EchoCanceller:
 
     def _far_index(self, mic_index: int) -> int:
         """The far-end sample handed over at the wall time microphone sample `mic_index` arrived."""
-        return mic_index + round((self._anchor - self._far_anchor) * SAMPLE_RATE)
+        return mic_index + round((self._anchor - self.far.t0) * SAMPLE_RATE)
 
     def _estimate(self) -> None:
         every = ESTIMATE_EVERY_S if self.tracker.delay is not None else ACQUIRE_EVERY_S
@@ -310,7 +309,10 @@ class EchoCanceller:
         if float(np.sqrt(np.mean(ref ** 2))) < FAR_ACTIVE_RMS or float(np.sqrt(np.mean(mic ** 2))) < FAR_ACTIVE_RMS / 4:
             return
         estimate = gcc_phat(decimate(mic), decimate(ref), self._max_lag // 2, SAMPLE_RATE // 2)
-        self.tracker.update(LagEstimate(estimate.lag * 2, estimate.confidence))
+        before = self.tracker.delay
+        if self.tracker.update(LagEstimate(estimate.lag * 2, estimate.confidence)) and before is not None \
+                and abs(self.tracker.delay - before) > REALIGN_MS * SAMPLE_RATE // 1000:
+            self.aligned_far_blocks = 0  # a jump (a client's buffer grew): AEC3 re-adapts, half duplex meanwhile
 
     def _block(self, mic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One 10 ms block -> (AEC3's output, for the VAD; the linear filter's, for recognition)."""

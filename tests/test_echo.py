@@ -51,7 +51,7 @@ def run_canceller(far: np.ndarray, mic: np.ndarray, jitter_ms: float = 5.0, seed
     outs = []
     for k in range(len(mic) // FRAME):
         late = abs(rng.normal(0, jitter_ms / 1000))  # the track hands chunks over a little late, never early
-        canceller.reference((far[k * FRAME:(k + 1) * FRAME] * 32767).astype(np.int16), k * FRAME, t0 + k * 0.02 + late)
+        canceller.reference((far[k * FRAME:(k + 1) * FRAME] * 32767).astype(np.int16), t0 + k * 0.02 + late)
         arrival = t0 + (k + 1) * 0.02 + abs(rng.normal(0, jitter_ms / 1000))
         outs.append(canceller.process(mic[k * FRAME:(k + 1) * FRAME], arrival))
     return canceller, np.concatenate(outs)
@@ -106,7 +106,8 @@ def test_the_canceller_finds_the_delay_and_removes_the_echo(avatar_speech, delay
     total = len(avatar_speech) + SR
     mic = echo_of(avatar_speech, delay_ms, gain, total)
     canceller, out = run_canceller(avatar_speech, mic)
-    assert canceller.delay_ms is not None and abs(canceller.delay_ms - delay_ms) <= 5, canceller.stats()
+    # the far end is timed as a client plays it: after the latest hand-over so far (here up to ~20 ms late)
+    assert canceller.delay_ms is not None and -25 <= canceller.delay_ms - delay_ms <= 5, canceller.stats()
     tail = slice(len(out) // 2, len(out))  # converged
     assert erle_db(mic[tail], out[tail]) >= 20, erle_db(mic[tail], out[tail])
     assert canceller.erle_db is not None and canceller.erle_db >= 10, canceller.stats()
@@ -121,7 +122,7 @@ def test_a_drifting_delay_is_followed(avatar_speech):
     mic = echo_of(speech, delays, 0.7, total)
     canceller, out = run_canceller(speech, mic)
     assert canceller.tracker.moves >= 2, canceller.tracker.__dict__
-    assert abs(canceller.delay_ms - delays[-1]) <= 6, (canceller.stats(), delays[-1])
+    assert -25 <= canceller.delay_ms - delays[-1] <= 6, (canceller.stats(), delays[-1])
     tail = slice(len(out) * 3 // 4, len(out) - SR)
     assert erle_db(mic[tail], out[tail]) >= 10
 
@@ -149,7 +150,7 @@ def test_the_vad_hears_the_user_over_the_echo_but_not_the_echo_alone(avatar_spee
 def test_disabled_it_is_the_identity_and_keeps_no_reference(avatar_speech):
     canceller = EchoCanceller(enabled=False)
     mic = avatar_speech[:FRAME * 10]
-    canceller.reference(np.ones(FRAME, np.int16), 0, 1.0)
+    canceller.reference(np.ones(FRAME, np.int16), 1.0)
     assert not canceller.far.started
     assert canceller.process(mic, 1.0) is mic
 
@@ -163,11 +164,11 @@ def test_ring_and_far_end_fill_gaps_with_silence():
     assert ring.read(0, 10).tolist() == [0.0] * 10  # older than the ring holds
     assert ring.read(195, 20).tolist() == [0.0] * 5 + [3.0] * 10 + [0.0] * 5
     far = FarEnd()
-    far.push(np.full(FRAME, 16384, np.int16), 0, 10.0)
-    far.push(np.full(FRAME, 16384, np.int16), 3 * FRAME, 10.08)  # two chunks skipped by the track
+    far.push(np.full(FRAME, 16384, np.int16), 10.0)
+    far.push(np.full(FRAME, 16384, np.int16), 10.06)  # two chunks skipped by the track: silence
     assert far.read(0, 4 * FRAME).tolist() == [0.5] * FRAME + [0.0] * 2 * FRAME + [0.5] * FRAME
-    far.push(np.zeros(FRAME, np.int16), 4 * FRAME, 10.2)  # handed over late: the timeline keeps the earliest
-    assert far.anchor == pytest.approx(10.0)
+    far.push(np.full(FRAME, 8192, np.int16), 10.065)  # a late track's burst: plays after the one before
+    assert far.read(4 * FRAME, FRAME).tolist() == [0.25] * FRAME
 
 
 def test_the_mic_clock_takes_the_earliest_arrival():

@@ -13,6 +13,7 @@ import asyncio
 
 import pytest
 
+from listen.echo import MAX_DELAY_MS
 from listen.service import LISTEN_KEY
 from tests.conftest import server_args, start_server
 from tests.support.leaky_mic import LeakyMic
@@ -81,8 +82,8 @@ async def test_the_avatar_never_interrupts_or_repeats_itself(echo_server, http, 
         assert [e["text"] for e in channel_events(client) if e["type"] == "start"] == AVATAR_TEXTS  # nothing repeated
         echo = echo_server.app[LISTEN_KEY].sessions[client.sessionid].echo
         assert echo.enabled and echo.delay_ms is not None
-        # + jitter buffers, and the start-up of the client's "device" (it plays from the first frame it got)
-        assert delay_s * 1000 <= echo.delay_ms <= delay_s * 1000 + 300, echo.stats()
+        # the device's delay + both jitter buffers and the loops of a loaded loopback machine
+        assert delay_s * 1000 <= echo.delay_ms <= MAX_DELAY_MS, echo.stats()
         assert echo.erle_db is not None and echo.erle_db > 10, echo.stats()
         reported = [e for e in channel_events(client) if e["type"] == "echo"]
         assert reported and reported[-1]["delay_ms"] is not None
