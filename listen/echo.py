@@ -34,13 +34,19 @@ from listen.echolinear import LinearEcho
 from media import SAMPLE_RATE
 
 BLOCK = SAMPLE_RATE // 100  # AEC3 takes 10 ms frames
-LEAD_MS = 200  # the reference goes to AEC3 this much before its echo is due: its own delay search (up to ~450 ms) absorbs errors of -200..+250 ms
+LEAD_MS = 250  # echoes up to this late are left to AEC3's own delay search (it reaches ~450 ms); later ones are
+# brought back to this lead, so that an error of -230..+200 ms in the estimate still cancels
 MAX_DELAY_MS = 1000  # echo delays searched: 50-500 ms of network, jitter buffers and device, plus margin
 WINDOW_S = 1.5  # microphone audio correlated per delay estimate
 ESTIMATE_EVERY_S = 0.25
 ACQUIRE_EVERY_S = 0.2  # until the first delay is known
+MARGIN_MS = 20
+LINEAR_LEAD = MARGIN_MS * SAMPLE_RATE // 1000  # the linear filter's 40 ms span the echo at 20 ms +- 20 ms
+TRACK_TOLERANCE_MS = 10  # smaller moves are left to AEC3's own delay search
 REALIGN_MS = 20  # a delay move larger than this counts as a new alignment (converging again)
-CONVERGE_S = 1.0  # of avatar speech with the reference aligned, before AEC3's output is trusted alone
+CONVERGE_S = 1.5  # of avatar speech with the reference aligned, at least, before AEC3's output is trusted alone
+CONVERGED_ERLE = 100.0  # ... and AEC3 removing 20 dB of it over the last ~0.5 s
+RECENT_DECAY = 0.98
 RING_S = 4.0  # far-end and microphone history kept
 ANCHOR_S = 10.0  # the mic timeline's anchor is the earliest arrival over this long
 FAR_ACTIVE_RMS = 0.003  # far-end level (full scale 1.0) above which the avatar counts as speaking
@@ -205,7 +211,7 @@ class EchoCanceller:
         self.enabled = enabled
         self.far = FarEnd()
         self.clock = MicClock()
-        self.tracker = DelayTracker()
+        self.tracker = DelayTracker(tolerance=TRACK_TOLERANCE_MS * SAMPLE_RATE // 1000)
         self._mic = Ring(int(RING_S * SAMPLE_RATE))
         self._linear = LinearEcho(BLOCK)
         self.for_asr = np.zeros(0, np.float32)  # the last `process` output, echo subtracted but not suppressed
@@ -221,6 +227,10 @@ class EchoCanceller:
         self.blocks = 0
         self.far_blocks = 0
         self.aligned_far_blocks = 0  # blocks of avatar speech processed with a known delay
+        self._converged = False
+        self.realignments = 0
+        self._recent_mic = 0.0  # energies of the last ~0.5 s of avatar speech (the convergence test)
+        self._recent_out = 0.0
         self.muted_blocks = 0  # blocks silenced while the canceller was still converging
         self.on_stats: Callable[[dict], None] | None = None  # called on the listener thread
         self._next_stats = int(STATS_EVERY_S * SAMPLE_RATE)
@@ -241,14 +251,14 @@ class EchoCanceller:
     @property
     def erle_db(self) -> float | None:
         """Echo return loss enhancement over the last seconds of avatar speech (mic in / out energy)."""
-        if self._out_energy <= 0 or self._mic_energy <= 0:
+        if self._mic_energy <= 0:
             return None
-        return float(10 * np.log10(self._mic_energy / self._out_energy))
+        return float(10 * np.log10(self._mic_energy / (self._out_energy + 1e-8 * self._mic_energy)))  # at most 80 dB
 
     @property
     def converged(self) -> bool:
-        """The delay is known and AEC3 has had a second of the avatar's voice to adapt to it."""
-        return self.aligned_far_blocks >= CONVERGE_S * 100
+        """The delay is known, and since then AEC3 has had the avatar's voice long enough to remove it."""
+        return self._converged
 
     def stats(self) -> dict:
         delay, erle = self.delay_ms, self.erle_db
@@ -309,10 +319,25 @@ class EchoCanceller:
         if float(np.sqrt(np.mean(ref ** 2))) < FAR_ACTIVE_RMS or float(np.sqrt(np.mean(mic ** 2))) < FAR_ACTIVE_RMS / 4:
             return
         estimate = gcc_phat(decimate(mic), decimate(ref), self._max_lag // 2, SAMPLE_RATE // 2)
-        before = self.tracker.delay
-        if self.tracker.update(LagEstimate(estimate.lag * 2, estimate.confidence)) and before is not None \
-                and abs(self.tracker.delay - before) > REALIGN_MS * SAMPLE_RATE // 1000:
-            self.aligned_far_blocks = 0  # a jump (a client's buffer grew): AEC3 re-adapts, half duplex meanwhile
+        before = self._shift(self.tracker.delay)
+        if self.tracker.update(LagEstimate(estimate.lag * 2, estimate.confidence)):
+            if abs(self._shift(self.tracker.delay) - before) > REALIGN_MS * SAMPLE_RATE // 1000:
+                self._realigned()
+
+    @staticmethod
+    def _shift(delay: int | None) -> int:
+        """How far behind the microphone's own time its reference is read: AEC3 finds echoes up to ~450 ms
+        after their reference by itself, so the reference moves back only for what exceeds LEAD_MS."""
+        margin = MARGIN_MS * SAMPLE_RATE // 1000  # far end kept unread: hand-over jitter
+        return margin if delay is None else max(margin, delay - LEAD_MS * SAMPLE_RATE // 1000)
+
+    def _realigned(self) -> None:
+        """The reference moved (first estimate, or a client's buffer grew): AEC3 takes a second or two to
+        follow, and until its output shows it has, the VAD hears silence while the avatar speaks."""
+        self.aligned_far_blocks = 0
+        self._converged = False
+        self._recent_mic = self._recent_out = 0.0
+        self.realignments += 1
 
     def _block(self, mic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One 10 ms block -> (AEC3's output, for the VAD; the linear filter's, for recognition)."""
@@ -320,21 +345,21 @@ class EchoCanceller:
         self._block_index += BLOCK
         self.blocks += 1
         delay = self.tracker.delay
-        if delay is None:
-            delay = 0
-        lead = LEAD_MS * SAMPLE_RATE // 1000
-        ref = self.far.read(self._far_index(index) - delay + lead, BLOCK)
+        shift = self._shift(delay)
+        lead = 0 if delay is None else max(0, delay - shift)  # how long after its reference AEC3 sees the echo
+        ref = self.far.read(self._far_index(index) - shift, BLOCK)
         if self._processor is None:
             self._processor = self._factory()
         processor = self._processor
         ref16 = to_int16(ref)
         processor.reverse(ref16)
         block = to_int16(mic)
-        processor.capture(block, LEAD_MS)
+        processor.capture(block, lead * 1000 // SAMPLE_RATE)
         out = block.astype(np.float32) / 32768.0
         far_active = float(np.sqrt(np.mean(ref ** 2))) >= FAR_ACTIVE_RMS
         mic_energy, out_energy = float(np.sum(mic ** 2)), float(np.sum(out ** 2))
-        linear = self._linear.cancel(mic, ref, lambda error: self._echo_alone(far_active, mic_energy, out_energy, error))
+        linear_ref = self.far.read(self._far_index(index) - (delay or 0) + LINEAR_LEAD, BLOCK)
+        linear = self._linear.cancel(mic, linear_ref, lambda error: self._echo_alone(far_active, mic_energy, out_energy, error))
         if far_active:
             self.far_blocks += 1
             self.aligned_far_blocks += self.tracker.delay is not None
@@ -342,6 +367,11 @@ class EchoCanceller:
             self._out_energy = self._out_energy * ERLE_DECAY + out_energy
             self.total_mic_energy += mic_energy
             self.total_out_energy += out_energy
+            self._recent_mic = RECENT_DECAY * self._recent_mic + mic_energy
+            self._recent_out = RECENT_DECAY * self._recent_out + out_energy
+            if (not self._converged and self.aligned_far_blocks >= CONVERGE_S * 100
+                    and self._recent_out * CONVERGED_ERLE < self._recent_mic):
+                self._converged = True
         if not self.converged and self._far_index(index) - self.far.last_voiced <= self._max_lag:
             # Not converged yet (the first seconds the avatar speaks in a session): its echo may
             # still be in the output, so while it could be, the VAD hears silence (half duplex).

@@ -61,10 +61,21 @@ def erle_db(mic: np.ndarray, out: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(mic[:len(out)] ** 2) / max(np.sum(out ** 2), 1e-12)))
 
 
-def speech_windows(audio: np.ndarray, model: SileroModel, threshold: float = 0.5) -> int:
+def voiced(audio: np.ndarray, model: SileroModel, threshold: float = 0.5) -> list[bool]:
     vad = VADStream(model)
-    return sum(vad(audio[i:i + WINDOW_SAMPLES]) >= threshold
-               for i in range(0, len(audio) - WINDOW_SAMPLES, WINDOW_SAMPLES))
+    return [vad(audio[i:i + WINDOW_SAMPLES]) >= threshold for i in range(0, len(audio) - WINDOW_SAMPLES, WINDOW_SAMPLES)]
+
+
+def speech_windows(audio: np.ndarray, model: SileroModel) -> int:
+    return sum(voiced(audio, model))
+
+
+def longest_run(flags: list[bool]) -> int:
+    best = run = 0
+    for flag in flags:
+        run = run + 1 if flag else 0
+        best = max(best, run)
+    return best
 
 
 @pytest.mark.parametrize("delay_ms", [50, 80, 250, 480])
@@ -141,10 +152,10 @@ def test_the_vad_hears_the_user_over_the_echo_but_not_the_echo_alone(avatar_spee
     with_user = mic.copy()
     at = 6 * SR
     with_user[at:at + len(user_speech)] += user_speech
-    _, out = run_canceller(avatar_speech, with_user)
-    heard = speech_windows(out[at:at + len(user_speech)], model)
-    alone = speech_windows(user_speech, model)
-    assert heard >= 0.6 * alone, (heard, alone)
+    _, out = run_canceller(avatar_speech, with_user)  # the avatar talks on: double talk all along
+    heard = voiced(out[at:at + len(user_speech)], model)
+    assert longest_run(heard) >= 7, heard  # 200 ms of speech in a row: a turn starts, the avatar is interrupted
+    assert sum(heard) >= 0.3 * speech_windows(user_speech, model)
 
 
 def test_disabled_it_is_the_identity_and_keeps_no_reference(avatar_speech):
