@@ -45,8 +45,9 @@ LINEAR_LEAD = MARGIN_MS * SAMPLE_RATE // 1000  # the linear filter's 40 ms span 
 TRACK_TOLERANCE_MS = 10  # smaller moves are left to AEC3's own delay search
 REALIGN_MS = 20  # a delay move larger than this counts as a new alignment (converging again)
 CONVERGE_S = 1.5  # of avatar speech with the reference aligned, at least, before AEC3's output is trusted alone
-CONVERGED_ERLE = 100.0  # ... and AEC3 removing 20 dB of it over the last ~0.5 s
+CONVERGED_ERLE = 30.0  # ... and AEC3 removing 15 dB of it over the last ~0.5 s
 RECENT_DECAY = 0.98
+RESIDUAL_GATE = 4.0  # a block AEC3 took 6 dB or more out of, while the avatar speaks, is residual echo
 RING_S = 4.0  # far-end and microphone history kept
 ANCHOR_S = 10.0  # the mic timeline's anchor is the earliest arrival over this long
 FAR_ACTIVE_RMS = 0.003  # far-end level (full scale 1.0) above which the avatar counts as speaking
@@ -232,6 +233,7 @@ class EchoCanceller:
         self._recent_mic = 0.0  # energies of the last ~0.5 s of avatar speech (the convergence test)
         self._recent_out = 0.0
         self.muted_blocks = 0  # blocks silenced while the canceller was still converging
+        self.gated_blocks = 0  # blocks of residual echo silenced for the VAD
         self.on_stats: Callable[[dict], None] | None = None  # called on the listener thread
         self._next_stats = int(STATS_EVERY_S * SAMPLE_RATE)
         self._far_blocks_reported = 0
@@ -319,9 +321,9 @@ class EchoCanceller:
         if float(np.sqrt(np.mean(ref ** 2))) < FAR_ACTIVE_RMS or float(np.sqrt(np.mean(mic ** 2))) < FAR_ACTIVE_RMS / 4:
             return
         estimate = gcc_phat(decimate(mic), decimate(ref), self._max_lag // 2, SAMPLE_RATE // 2)
-        before = self._shift(self.tracker.delay)
+        before = self.tracker.delay
         if self.tracker.update(LagEstimate(estimate.lag * 2, estimate.confidence)):
-            if abs(self._shift(self.tracker.delay) - before) > REALIGN_MS * SAMPLE_RATE // 1000:
+            if before is None or abs(self.tracker.delay - before) > REALIGN_MS * SAMPLE_RATE // 1000:
                 self._realigned()
 
     @staticmethod
@@ -332,8 +334,8 @@ class EchoCanceller:
         return margin if delay is None else max(margin, delay - LEAD_MS * SAMPLE_RATE // 1000)
 
     def _realigned(self) -> None:
-        """The reference moved (first estimate, or a client's buffer grew): AEC3 takes a second or two to
-        follow, and until its output shows it has, the VAD hears silence while the avatar speaks."""
+        """The echo moved (first estimate, or a client's buffer grew): AEC3 takes a second or two to follow,
+        and until its output shows it has, the VAD hears silence while the avatar speaks."""
         self.aligned_far_blocks = 0
         self._converged = False
         self._recent_mic = self._recent_out = 0.0
@@ -378,6 +380,11 @@ class EchoCanceller:
             self.muted_blocks += 1
             out[:] = 0.0
             linear[:] = 0.0
+        elif far_active and out_energy * RESIDUAL_GATE < mic_energy:
+            # AEC3 removed most of this block: what is left is residual echo, not a voice over it
+            # (a voice keeps the output near the microphone's level). The VAD hears silence.
+            self.gated_blocks += 1
+            out[:] = 0.0
         return out, linear
 
     def _echo_alone(self, far_active: bool, mic_energy: float, out_energy: float, error: np.ndarray) -> bool:

@@ -100,7 +100,8 @@ async def test_a_real_sentence_over_the_echo_barges_in_and_is_transcribed(echo_s
                                                                    "text": " ".join(AVATAR_TEXTS)})
         assert status == 200
         await wait_voiced(client, since)
-        await asyncio.sleep(3.0)  # the avatar has been heard for a while: the canceller has its delay
+        # the canceller is half duplex until it has converged on the avatar's first words (a few seconds)
+        await wait_events(client, lambda e: e["type"] == "echo" and e["converged"], timeout=15)
         assert "user_start" not in kinds(client)
         mic.play(speak(USER_SENTENCE))
         cut = await wait_events(client, lambda e: e["type"] == "end", timeout=10)
