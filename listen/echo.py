@@ -380,9 +380,10 @@ class EchoCanceller:
             self.muted_blocks += 1
             out[:] = 0.0
             linear[:] = 0.0
-        elif far_active and out_energy * RESIDUAL_GATE < mic_energy:
-            # AEC3 removed most of this block: what is left is residual echo, not a voice over it
-            # (a voice keeps the output near the microphone's level). The VAD hears silence.
+        elif far_active and float(np.sum(linear ** 2)) * RESIDUAL_GATE < mic_energy:
+            # The linear filter took most of this block out: it was the avatar's echo alone (a voice
+            # over it keeps the linear output near the microphone's level), and what AEC3 left of it
+            # is residual echo. The VAD hears silence.
             self.gated_blocks += 1
             out[:] = 0.0
         return out, linear
