@@ -47,7 +47,9 @@ REALIGN_MS = 20  # a delay move larger than this counts as a new alignment (conv
 CONVERGE_S = 1.5  # of avatar speech with the reference aligned, at least, before AEC3's output is trusted alone
 CONVERGED_ERLE = 30.0  # ... and AEC3 removing 15 dB of it over the last ~0.5 s
 RECENT_DECAY = 0.98
-RESIDUAL_GATE = 4.0  # a block AEC3 took 6 dB or more out of, while the avatar speaks, is residual echo
+LINEAR_TRUSTED = 100.0  # the linear filter's output goes to the VAD under double talk once it removes 20 dB
+LINEAR_YOUNG = 100  # blocks the linear filter adapts on unconditionally (1 s of echo alone) after a (re)alignment
+RESIDUAL_GATE = 4.0  # a block the linear filter took 6 dB or more out of, while the avatar speaks, is echo alone
 RING_S = 4.0  # far-end and microphone history kept
 ANCHOR_S = 10.0  # the mic timeline's anchor is the earliest arrival over this long
 FAR_ACTIVE_RMS = 0.003  # far-end level (full scale 1.0) above which the avatar counts as speaking
@@ -230,6 +232,8 @@ class EchoCanceller:
         self.aligned_far_blocks = 0  # blocks of avatar speech processed with a known delay
         self._converged = False
         self.realignments = 0
+        self._lin_mic = 0.0  # ... and the linear filter's, on blocks of echo alone
+        self._lin_out = 0.0
         self._recent_mic = 0.0  # energies of the last ~0.5 s of avatar speech (the convergence test)
         self._recent_out = 0.0
         self.muted_blocks = 0  # blocks silenced while the canceller was still converging
@@ -339,6 +343,8 @@ class EchoCanceller:
         self.aligned_far_blocks = 0
         self._converged = False
         self._recent_mic = self._recent_out = 0.0
+        self._lin_mic = self._lin_out = 0.0
+        self._linear = LinearEcho(BLOCK)  # learns the moved echo afresh
         self.realignments += 1
 
     def _block(self, mic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -380,21 +386,30 @@ class EchoCanceller:
             self.muted_blocks += 1
             out[:] = 0.0
             linear[:] = 0.0
-        elif far_active and float(np.sum(linear ** 2)) * RESIDUAL_GATE < mic_energy:
-            # The linear filter took most of this block out: it was the avatar's echo alone (a voice
-            # over it keeps the linear output near the microphone's level), and what AEC3 left of it
-            # is residual echo. The VAD hears silence.
-            self.gated_blocks += 1
-            out[:] = 0.0
+        elif far_active:
+            linear_energy = float(np.sum(linear ** 2))
+            if out_energy < ECHO_ALONE * mic_energy:  # how well the linear filter does on echo alone
+                self._lin_mic = RECENT_DECAY * self._lin_mic + mic_energy
+                self._lin_out = RECENT_DECAY * self._lin_out + linear_energy
+            if linear_energy * RESIDUAL_GATE < mic_energy:
+                # The linear filter took most of this block out: it was the avatar's echo alone (a voice
+                # over it keeps the linear output near the microphone's level), and what AEC3 left of
+                # it is residual echo. The VAD hears silence.
+                self.gated_blocks += 1
+                out[:] = 0.0
+            elif self._lin_out * LINEAR_TRUSTED < self._lin_mic:
+                # A voice over the echo, and the linear filter removes the echo well: the VAD hears its
+                # output, the voice whole (AEC3's suppressor would gate its first words as well).
+                out = linear.copy()
         return out, linear
 
     def _echo_alone(self, far_active: bool, mic_energy: float, out_energy: float, error: np.ndarray) -> bool:
         """Whether the linear filter may adapt on this block: the avatar speaks, AEC3 found (nearly) only
-        echo, and the linear filter's own residual is small, or the filter is still young."""
+        echo, and the linear filter's own residual is small (a voice over the echo would make it large;
+        AEC3 alone cannot tell, its suppressor gates the voice too), or the filter is still young."""
         if not far_active or self.tracker.delay is None or out_energy >= ECHO_ALONE * mic_energy:
             return False
-        residual = float(np.sum(error ** 2))
-        return self._linear.adapted < 100 or residual < 0.5 * mic_energy or out_energy < 0.01 * mic_energy
+        return self._linear.adapted < LINEAR_YOUNG or float(np.sum(error ** 2)) < 0.5 * mic_energy
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
