@@ -3,18 +3,22 @@
 A client without echo cancellation (a kiosk, a speakerphone, a phone bridge, a
 browser with it switched off) sends the avatar's voice back in its microphone,
 50-500 ms later. The server knows exactly what the avatar said and when: every
-20 ms chunk handed to WebRTC is stamped by the session clock (`FarEnd.push`, called
-from the audio track). `EchoCanceller.process` runs on the listener thread, before
-the VAD, the turn detector and recognition:
+20 ms chunk handed to WebRTC reaches `EchoCanceller.reference` with the session
+clock's time of hand-over. `EchoCanceller.process` runs on the listener thread,
+before the VAD, the turn detector and recognition:
 
-- the microphone's samples are placed on the same wall-clock timeline (`MicClock`:
-  arrival time of each uplink frame, smoothed by a sliding minimum);
+- `FarEnd` places the avatar's audio on the timeline a client plays it by, `MicClock`
+  the microphone's samples on the same wall clock (arrival, earliest over 10 s);
 - `DelayTracker` (GCC-PHAT, listen/echodelay.py) estimates the echo delay from the
-  signals themselves and follows its drift;
-- each 10 ms of microphone audio goes through WebRTC's AEC3 (`livekit.rtc.
-  AudioProcessingModule`, Apache-2.0) together with the reference 10 ms that
-  produced its echo, led by `LEAD_MS` so that the echo always comes after its
-  reference and AEC3's own fine delay search absorbs the jitter.
+  signals themselves and follows it;
+- each 10 ms block goes through WebRTC's AEC3 (`livekit.rtc.AudioProcessingModule`,
+  Apache-2.0) with its reference: echoes up to LEAD_MS late are left to AEC3's own
+  delay search, later ones are brought back to that lead;
+- AEC3's output is what the VAD hears, except: half duplex (silence while the avatar
+  speaks) until AEC3 has converged after each (re)alignment; silence for blocks the
+  linear filter (listen/echolinear.py) shows to be echo alone; and the linear filter's
+  output under double talk once it is good, since AEC3's suppressor gates a voice's
+  first syllables. Recognition gets the linear filter's output (`for_asr`).
 
 The canceller is enabled per session (`enabled`), and the AEC3 module is created
 only on first use, so a client with its own echo cancellation costs nothing.
@@ -75,7 +79,7 @@ def wanted(setting: str, client_cancels: bool | None) -> bool:
 
 
 class Processor(Protocol):
-    """10 ms int16 blocks in, echo-cancelled in place (AEC3's interface, see `livekit_aec3`)."""
+    """10 ms int16 blocks in, echo-cancelled in place (AEC3's interface, see `LivekitAEC3`)."""
 
     def reverse(self, block: np.ndarray) -> None: ...
 
