@@ -54,6 +54,7 @@ RECENT_DECAY = 0.98
 LINEAR_TRUSTED = 100.0  # the linear filter's output goes to the VAD under double talk once it removes 20 dB
 LINEAR_YOUNG = 100  # blocks the linear filter adapts on unconditionally (1 s of echo alone) after a (re)alignment
 RESIDUAL_GATE = 4.0  # a block the linear filter took 6 dB or more out of, while the avatar speaks, is echo alone
+NO_ECHO_ESTIMATES = 5  # estimates over the avatar's voice that find no echo of it: none to cancel, no half duplex
 RING_S = 4.0  # far-end and microphone history kept
 ANCHOR_S = 10.0  # the mic timeline's anchor is the earliest arrival over this long
 FAR_ACTIVE_RMS = 0.003  # far-end level (full scale 1.0) above which the avatar counts as speaking
@@ -235,6 +236,7 @@ class EchoCanceller:
         self.far_blocks = 0
         self.aligned_far_blocks = 0  # blocks of avatar speech processed with a known delay
         self._converged = False
+        self._untrusted = 0  # delay estimates over the avatar's speech that found no echo
         self.realignments = 0
         self._lin_mic = 0.0  # ... and the linear filter's, on blocks of echo alone
         self._lin_out = 0.0
@@ -266,13 +268,18 @@ class EchoCanceller:
         return float(10 * np.log10(self._mic_energy / (self._out_energy + 1e-8 * self._mic_energy)))  # at most 80 dB
 
     @property
+    def no_echo(self) -> bool:
+        """The avatar has spoken a while and none of it came back (a headset, a client with working AEC)."""
+        return self.tracker.delay is None and self._untrusted >= NO_ECHO_ESTIMATES
+
+    @property
     def converged(self) -> bool:
         """The delay is known, and since then AEC3 has had the avatar's voice long enough to remove it."""
         return self._converged
 
     def stats(self) -> dict:
         delay, erle = self.delay_ms, self.erle_db
-        return {"enabled": self.enabled, "converged": self.converged,
+        return {"enabled": self.enabled, "converged": self.converged, "echo": not self.no_echo,
                 "delay_ms": None if delay is None else round(delay, 1),
                 "erle_db": None if erle is None else round(erle, 1)}
 
@@ -329,6 +336,8 @@ class EchoCanceller:
         if float(np.sqrt(np.mean(ref ** 2))) < FAR_ACTIVE_RMS or float(np.sqrt(np.mean(mic ** 2))) < FAR_ACTIVE_RMS / 4:
             return
         estimate = gcc_phat(decimate(mic), decimate(ref), self._max_lag // 2, SAMPLE_RATE // 2)
+        if estimate.confidence < self.tracker.min_ratio:
+            self._untrusted += 1
         before = self.tracker.delay
         if self.tracker.update(LagEstimate(estimate.lag * 2, estimate.confidence)):
             if before is None or abs(self.tracker.delay - before) > REALIGN_MS * SAMPLE_RATE // 1000:
@@ -384,6 +393,8 @@ class EchoCanceller:
             if (not self._converged and self.aligned_far_blocks >= CONVERGE_S * 100
                     and self._recent_out * CONVERGED_ERLE < self._recent_mic):
                 self._converged = True
+        if self.no_echo:  # AEC3 would still duck a voice under the avatar's: pass the microphone as it is
+            return mic.copy(), mic.copy()
         if not self.converged and self._far_index(index) - self.far.last_voiced <= self._max_lag:
             # Not converged yet (the first seconds the avatar speaks in a session): its echo may
             # still be in the output, so while it could be, the VAD hears silence (half duplex).

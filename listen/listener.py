@@ -89,7 +89,8 @@ class Listener:
             logger.warning("uplink frame could not be resampled (%s): dropped", exc)
             return
         for_asr = samples
-        if self.echo is not None:  # the VAD hears AEC3's output; recognition, the echo subtracted but unsuppressed
+        if self.echo is not None and mode != "lips":  # lips plays the user back: not the avatar's own voice
+            # the VAD hears the canceller's output, recognition the echo subtracted but not suppressed
             samples = self.echo.process(samples, arrival_of(frame))
             for_asr = self.echo.for_asr
         self._pending = np.concatenate([self._pending, samples])

@@ -134,8 +134,10 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
             service.client_reports(listening, client_cancels)
         if mode is not None:
             listening.set_mode(mode)
-        echo = listening.echo is not None and listening.echo.enabled
-        return ok(data={"listen": listening.mode, "echo_cancel": echo})
+        data = {"listen": listening.mode}
+        if client_cancels is not None:
+            data["echo_cancel"] = listening.echo is not None and listening.echo.enabled
+        return ok(data=data)
 
     async def preload(app: web.Application) -> None:
         """Load the VAD before the first offer: the uplink buffers only about a second of audio,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from listen.echo import EchoCanceller, FarEnd, MicClock, Ring, wanted
-from listen.echodelay import DelayTracker, LagEstimate, gcc_phat
+from listen.echodelay import MIN_PEAK_RATIO, DelayTracker, LagEstimate, gcc_phat
 from listen.vad import WINDOW_SAMPLES, SileroModel, VADStream
 from tests.support.speech_sender import speak
 
@@ -97,7 +97,7 @@ def test_gcc_phat_has_no_confidence_in_unrelated_audio(avatar_speech, user_speec
     for start in (0, 8000, 16000):
         mic = user_speech[start:start + 16000]
         ref = avatar_speech[start:start + 16000 + max_lag]
-        assert gcc_phat(mic, ref, max_lag).confidence < 1.6
+        assert gcc_phat(mic, ref, max_lag).confidence < MIN_PEAK_RATIO
 
 def test_the_tracker_ignores_a_stray_peak_and_follows_a_real_move():
     tracker = DelayTracker(agree=3, tolerance=64)
@@ -156,6 +156,20 @@ def test_the_vad_hears_the_user_over_the_echo_but_not_the_echo_alone(avatar_spee
     heard = voiced(out[at:at + len(user_speech)], model)
     assert longest_run(heard) >= 7, heard  # 200 ms of speech in a row: a turn starts, the avatar is interrupted
     assert sum(heard) >= 0.3 * speech_windows(user_speech, model)
+
+
+def test_a_client_that_hears_no_echo_is_half_duplex_only_at_first(avatar_speech, user_speech):
+    """A headset (or an aiortc client) sends no echo: after the avatar's first second or so the canceller
+    knows, stops silencing the microphone while the avatar speaks, and the user is heard over it."""
+    total = len(avatar_speech) + SR
+    mic = np.random.default_rng(2).normal(0, 0.001, total).astype(np.float32)
+    at = 5 * SR
+    mic[at:at + len(user_speech)] += user_speech
+    canceller, out = run_canceller(avatar_speech, mic)
+    assert canceller.no_echo and canceller.delay_ms is None
+    assert canceller.muted_blocks < 300  # at most the first 3 s of the avatar's voice
+    heard = voiced(out[at:at + len(user_speech)], SileroModel())
+    assert sum(heard) >= 0.8 * speech_windows(user_speech, SileroModel())
 
 
 def test_disabled_it_is_the_identity_and_keeps_no_reference(avatar_speech):
