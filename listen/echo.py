@@ -42,7 +42,7 @@ LEAD_MS = 250  # echoes up to this late are left to AEC3's own delay search (it 
 # brought back to this lead, so that an error of -230..+200 ms in the estimate still cancels
 MAX_DELAY_MS = 1000  # echo delays searched: 50-500 ms of network, jitter buffers and device, plus margin
 WINDOW_S = 1.5  # microphone audio correlated per delay estimate
-ESTIMATE_EVERY_S = 0.25
+ESTIMATE_EVERY_S = 0.5
 ACQUIRE_EVERY_S = 0.2  # until the first delay is known
 MARGIN_MS = 20
 LINEAR_LEAD = MARGIN_MS * SAMPLE_RATE // 1000  # the linear filter's 40 ms span the echo at 20 ms +- 20 ms
@@ -128,14 +128,22 @@ class Ring:
             self._data[np.arange(max(self.end, index - self.size), index) % self.size] = 0.0
         if len(samples) > self.size:
             index, samples = index + len(samples) - self.size, samples[-self.size:]
-        self._data[np.arange(index, index + len(samples)) % self.size] = samples
+        start = index % self.size
+        if start + len(samples) <= self.size:
+            self._data[start:start + len(samples)] = samples
+        else:
+            self._data[np.arange(index, index + len(samples)) % self.size] = samples
         self.end = max(self.end, index + len(samples))
 
     def read(self, index: int, count: int) -> np.ndarray:
         out = np.zeros(count, np.float32)
         lo, hi = max(index, self.end - self.size), min(index + count, self.end)
         if hi > lo:
-            out[lo - index:hi - index] = self._data[np.arange(lo, hi) % self.size]
+            start, stop = lo % self.size, (hi - 1) % self.size + 1
+            if start < stop:  # no wrap: a slice (the common case, cheaper than fancy indexing)
+                out[lo - index:hi - index] = self._data[start:stop]
+            else:
+                out[lo - index:hi - index] = self._data[np.arange(lo, hi) % self.size]
         return out
 
 
