@@ -92,13 +92,13 @@ def data_dir() -> str:
     return str(root)
 
 
-async def loopback(gain_db: float, delay_s: float, trials: int, out: dict) -> None:
+async def loopback(gain_db: float, delay_s: float, trials: int, out: dict, echo_cancel: str = "auto") -> None:
     from tests.conftest import TEST_AVATAR_ID
 
     root = data_dir()
     application, runner, url = await start_server(
         "--model", "lite", "--tts", "espeak", "--max_session", "2", "--data-dir", root, "--avatar_id", TEST_AVATAR_ID,
-        "--models-dir", f"{root}/no-models")
+        "--models-dir", f"{root}/no-models", "--echo-cancel", echo_cancel)
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(trials):
@@ -120,9 +120,13 @@ async def loopback(gain_db: float, delay_s: float, trials: int, out: dict) -> No
                 events = channel_events(client)
                 out["self_interruptions"].append(sum(e["type"] == "user_start" for e in events))
                 out["self_transcripts"].append(sum(e["type"] == "transcript" for e in events))
-                out["delay_ms"].append(listening.echo.delay_ms or float("nan"))
-                out["erle_db"].append(listening.echo.erle_db or float("nan"))
+                echo = listening.echo
+                out["delay_ms"].append(echo.delay_ms if echo is not None and echo.delay_ms else float("nan"))
+                out["erle_db"].append(echo.erle_db if echo is not None and echo.erle_db else float("nan"))
                 out["avatar_s"].append(time.monotonic() - t0)
+                if echo_cancel == "off":  # the control: the same leak without the canceller
+                    await client.close()
+                    continue
                 # barge-in once converged, and the floor
                 for by_voice in (True, False):
                     since = len(client.audio)
@@ -161,7 +165,9 @@ async def loopback(gain_db: float, delay_s: float, trials: int, out: dict) -> No
 
 
 async def main() -> None:
-    args = speech_bench_parser(__doc__).parse_args()
+    parser = speech_bench_parser(__doc__)
+    parser.add_argument("--control", action="store_true", help="also run each leak with --echo-cancel off")
+    args = parser.parse_args()
     for gain_db, delay_s in LEAKS:
         label = f"{gain_db:+.0f} dB, {delay_s * 1000:.0f} ms"
         r = offline(gain_db, delay_s)
@@ -176,6 +182,12 @@ async def main() -> None:
               f"listener CPU median {statistics.median(out['cpu']):.1f} % of a core (min {min(out['cpu']):.1f}, "
               f"max {max(out['cpu']):.1f}); delay {statistics.median(out['delay_ms']):.0f} ms; "
               f"ERLE {statistics.median(out['erle_db']):.1f} dB")
+        if args.control:
+            control = {k: [] for k in out}
+            await loopback(gain_db, delay_s, args.trials, control, echo_cancel="off")
+            print(f"[control, --echo-cancel off, {label}] self-interruptions {sum(control['self_interruptions'])}, "
+                  f"own-word transcripts {sum(control['self_transcripts'])}; listener CPU median "
+                  f"{statistics.median(control['cpu']):.1f} % of a core")
         print(f"[loopback {label}] barge-in onset -> avatar silent {summary_ms(out['barge_in'])}; floor "
               f"(/interrupt_talk) {summary_ms(out['floor'])}; WER median {statistics.median(out['wer']):.2f} "
               f"max {max(out['wer']):.2f}")
