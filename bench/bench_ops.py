@@ -133,9 +133,9 @@ def loud_in(client: ReceiverClient, t: float) -> float | None:
 
 
 async def cpu_share(worker: WorkerProcess, seconds: float) -> float:
-    cpu0, t0 = cpu_seconds(worker.process.pid), time.monotonic()
+    cpu0, t0 = cpu_seconds(worker.proc.pid), time.monotonic()
     await asyncio.sleep(seconds)
-    return (cpu_seconds(worker.process.pid) - cpu0) / (time.monotonic() - t0)
+    return (cpu_seconds(worker.proc.pid) - cpu0) / (time.monotonic() - t0)
 
 
 async def bench(args) -> dict[str, str]:
@@ -163,7 +163,7 @@ async def bench(args) -> dict[str, str]:
         results["WebRTC: one session in all (engine + VP8/Opus + aiortc), for comparison"] = (
             f"{(busy - idle) / args.metric_sessions * 100:.1f} % of a core ({args.metric_sessions} sessions)")
         timings = []
-        cpu0 = cpu_seconds(worker.process.pid)
+        cpu0 = cpu_seconds(worker.proc.pid)
         t0 = time.monotonic()
         for _ in range(args.scrapes):
             started = time.perf_counter()
@@ -171,7 +171,7 @@ async def bench(args) -> dict[str, str]:
                 await response.read()
             timings.append(time.perf_counter() - started)
         elapsed = time.monotonic() - t0
-        per_scrape = ((cpu_seconds(worker.process.pid) - cpu0) - busy * elapsed) / args.scrapes
+        per_scrape = ((cpu_seconds(worker.proc.pid) - cpu0) - busy * elapsed) / args.scrapes
         results[f"/metrics scrape with {args.metric_sessions} live sessions"] = (
             f"{summary_ms(timings)}; server CPU {per_scrape * 1000:.2f} ms per scrape")
         for client in clients:

@@ -13,22 +13,21 @@ from __future__ import annotations
 import io
 import logging
 import os
-import queue
 import threading
 import time
 import wave
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Hashable
 
 import numpy as np
 
+from listen.asrqueue import ASRRequest, FairQueue, QueueFull
 from listen.settings import ListenSettings
 from media import SAMPLE_RATE, float_to_s16
 
 logger = logging.getLogger(__name__)
 
-ASR_QUEUE_SIZE = 8
 JOIN_TIMEOUT_S = 2.0
 OPENAI_DEFAULT_MODEL = "whisper-1"
 OPENAI_TIMEOUT_S = 30.0
@@ -139,14 +138,6 @@ def create_backend(settings: ListenSettings) -> ASRBackend:
     return WhisperASR(settings.asr_model)
 
 
-@dataclass(frozen=True)
-class ASRRequest:
-    audio: np.ndarray
-    on_text: Callable[[str], None]
-    on_error: Callable[[str], None]
-    submitted: float
-
-
 @dataclass
 class ASRStats:
     utterances: int = 0
@@ -166,11 +157,11 @@ class ASRWorker:
     must not hold up the server's start); requests wait for it.
     """
 
-    def __init__(self, factory: Callable[[], ASRBackend], queue_size: int = ASR_QUEUE_SIZE,
-                 on_done: Callable[[float], None] | None = None):
+    def __init__(self, factory: Callable[[], ASRBackend], on_done: Callable[[float], None] | None = None,
+                 requests: FairQueue | None = None):
         self._factory = factory
         self._on_done = on_done  # seconds from the end of an utterance (its submission) to its text (metrics)
-        self._requests: queue.Queue[ASRRequest | None] = queue.Queue(maxsize=queue_size)
+        self._requests = requests if requests is not None else FairQueue()
         self._backend: ASRBackend | None = None
         self._load_error: str | None = None
         self.ready = threading.Event()
@@ -178,18 +169,39 @@ class ASRWorker:
         self._thread = threading.Thread(target=self._run, name="asr-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, audio: np.ndarray, on_text: Callable[[str], None], on_error: Callable[[str], None]) -> None:
-        """Queue an utterance (raises ASRBusy when the queue is full)."""
+    def submit(self, audio: np.ndarray, on_text: Callable[[str], None], on_error: Callable[[str], None],
+               source: Hashable | None = None, speculative: bool = False, group: str = "session") -> ASRRequest:
+        """Queue an utterance of `source` (None: a source of its own) in `group` ("session", "socket");
+        raises ASRBusy when that source, or the whole queue, has as much waiting as it may. A speculative
+        request replaces the source's waiting one. The request returned is the ticket for `cancel`."""
+        request = ASRRequest(audio, on_text, on_error, time.perf_counter(),
+                             source if source is not None else object(), speculative, group)
         try:
-            self._requests.put_nowait(ASRRequest(audio, on_text, on_error, time.perf_counter()))
-        except queue.Full:
+            self._requests.put(request)
+        except QueueFull as exc:
             self.stats.refused += 1
-            raise ASRBusy(f"speech recognition is busy ({self._requests.maxsize} utterances waiting): "
-                          "say it again in a moment") from None
+            raise ASRBusy(f"speech recognition is busy ({exc}): say it again in a moment") from None
+        return request
+
+    def cancel(self, request: ASRRequest) -> bool:
+        """Withdraw a waiting request (its caller has gone); False once it is being transcribed."""
+        return self._requests.cancel(request)
+
+    def keep(self, request: ASRRequest) -> None:
+        """A speculative request is now wanted as it is (the pause ended the turn): no newer one replaces it."""
+        self._requests.promote(request)
+
+    def cancel_source(self, source: Hashable) -> int:
+        """Withdraw everything `source` has waiting (its session or socket closed)."""
+        return self._requests.cancel_source(source)
 
     @property
     def pending(self) -> int:
-        return self._requests.qsize()
+        return len(self._requests)
+
+    @property
+    def replaced(self) -> int:
+        return self._requests.replaced
 
     def _run(self) -> None:
         try:
@@ -229,15 +241,8 @@ class ASRWorker:
         request.on_text(text)
 
     def close(self) -> None:
-        while True:
-            try:
-                self._requests.put(None, timeout=0.1)
-                break
-            except queue.Full:
-                try:
-                    self._requests.get_nowait()  # closing: drop waiting work to make room for the stop signal
-                except queue.Empty:
-                    pass
+        for request in self._requests.drain():
+            request.on_error("speech recognition stopped: the server is shutting down")
         self._thread.join(JOIN_TIMEOUT_S)
         if self._thread.is_alive():
             logger.warning("asr worker still busy %.0f s after close; it is a daemon and ends with the process",

@@ -5,6 +5,10 @@ LiveTalking's ASR page speaks it: a JSON message `{"is_speaking": true, "mode": 
 `{"is_speaking": false}` closes it; the server answers one final result per utterance,
 `{"mode", "wav_name", "text", "is_final": true}`. An utterance is capped at the ASR's
 30 s window (the rest is ignored), and the socket's messages are bounded in bytes.
+Sockets are capped (in all and per client address; more are answered 429), one that
+sends nothing for `IDLE_TIMEOUT_S` is closed, and each socket is one source of the
+recogniser's fair queue: it waits its turn beside the WebRTC sessions, and what it has
+waiting is withdrawn when it closes.
 
 The reply's mode is FunASR's: a "2pass" client's final result is "2pass-offline" (its
 partials would be "2pass-online"); LiveTalking's ASR page forwards to /human only
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from httpapi import BadRequest
 from listen.asr import ASRBusy
 from listen.settings import MAX_UTTERANCE_S
 from media import SAMPLE_RATE
@@ -34,7 +39,12 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_UTTERANCE_BYTES = int(MAX_UTTERANCE_S * SAMPLE_RATE) * 2
 TRANSCRIBE_TIMEOUT_S = 60.0
+HANG_UP_CHECK_S = 0.25  # while an utterance waits for its text, how often the connection is checked
 HEARTBEAT_S = 30.0
+IDLE_TIMEOUT_S = 30.0  # no message (data or control) for this long: the socket is closed
+MAX_SOCKETS = 32
+MAX_SOCKETS_PER_ADDRESS = 4
+IDLE_CLOSE_CODE = 4000  # application-defined close code: closed for idling
 S16_SCALE = 32768.0
 
 
@@ -69,7 +79,9 @@ def text_field(config: dict, key: str, default: str) -> str:
     return value[:64] if isinstance(value, str) else default
 
 
-async def transcribe(asr_worker: Callable[[], "ASRWorker"], audio: np.ndarray) -> str:
+async def transcribe(asr_worker: "ASRWorker", audio: np.ndarray, source: object,
+                     gone: Callable[[], bool]) -> str:
+    """The text of `audio`; withdrawn from the recogniser when the deadline passes or the client hangs up."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[str] = loop.create_future()
 
@@ -81,22 +93,86 @@ async def transcribe(asr_worker: Callable[[], "ASRWorker"], audio: np.ndarray) -
         else:
             done.set_result(result)
 
-    asr_worker().submit(audio, lambda text: loop.call_soon_threadsafe(settle, text, False),
-                                lambda message: loop.call_soon_threadsafe(settle, message, True))
-    return await asyncio.wait_for(done, TRANSCRIBE_TIMEOUT_S)
+    ticket = asr_worker.submit(audio, lambda text: loop.call_soon_threadsafe(settle, text, False),
+                               lambda message: loop.call_soon_threadsafe(settle, message, True), source=source,
+                               group="socket")
+    deadline = loop.time() + TRANSCRIBE_TIMEOUT_S
+    try:
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(done), HANG_UP_CHECK_S)
+            except asyncio.TimeoutError:
+                if gone():
+                    raise ConnectionResetError("the client hung up") from None
+                if loop.time() >= deadline:
+                    raise
+    finally:
+        asr_worker.cancel(ticket)  # timed out or the client went away: nobody waits for it any more
+
+
+class SocketLimits:
+    """The server's open /api/asr sockets, counted in all and per client address."""
+
+    def __init__(self, total: int = MAX_SOCKETS, per_address: int = MAX_SOCKETS_PER_ADDRESS):
+        self.total = total
+        self.per_address = per_address
+        self.open: dict[str, int] = {}
+
+    def admit(self, address: str) -> None:
+        if sum(self.open.values()) >= self.total:
+            raise BadRequest(f"{self.total} speech sockets are open: try again when one closes", status=429)
+        if self.open.get(address, 0) >= self.per_address:
+            raise BadRequest(f"{self.per_address} speech sockets are open from this address: close one first",
+                             status=429)
+        self.open[address] = self.open.get(address, 0) + 1
+
+    def release(self, address: str) -> None:
+        left = self.open.get(address, 0) - 1
+        if left > 0:
+            self.open[address] = left
+        else:
+            self.open.pop(address, None)
+
+
+async def receive(socket: web.WebSocketResponse):
+    """The next message, or None when the client sent nothing (not even a pong) for IDLE_TIMEOUT_S."""
+    try:
+        async with asyncio.timeout(IDLE_TIMEOUT_S):
+            return await socket.receive()
+    except TimeoutError:
+        return None
 
 
 async def funasr_socket(request: web.Request, asr_worker: Callable[[], "ASRWorker"]) -> web.WebSocketResponse:
     socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=HEARTBEAT_S)
     await socket.prepare(request)
+    worker = asr_worker()
+
+    def gone() -> bool:
+        return request.transport is None or request.transport.is_closing()
+
+    try:
+        await serve(socket, worker, gone)
+    except ConnectionResetError:
+        logger.debug("/api/asr: the client hung up while its utterance was transcribed")
+    finally:
+        worker.cancel_source(socket)
+    return socket
+
+
+async def serve(socket: web.WebSocketResponse, worker: "ASRWorker", gone: Callable[[], bool]) -> None:
     utterance: Utterance | None = None
-    async for message in socket:
+    while True:
+        message = await receive(socket)
+        if message is None:
+            await socket.close(code=IDLE_CLOSE_CODE, message=b"idle")
+            return
         if message.type == WSMsgType.BINARY:
             if utterance is not None:
                 utterance.add(message.data)
             continue
         if message.type != WSMsgType.TEXT:
-            break
+            return
         try:
             config = json.loads(message.data)
         except (ValueError, RecursionError):
@@ -115,15 +191,21 @@ async def funasr_socket(request: web.Request, asr_worker: Callable[[], "ASRWorke
         audio = finished.audio()
         if audio.size:
             try:
-                reply["text"] = await transcribe(asr_worker, audio)
+                reply["text"] = await transcribe(worker, audio, socket, gone)
             except (ASRBusy, RuntimeError, asyncio.TimeoutError) as exc:
                 reply["error"] = str(exc) or "speech recognition timed out"
         await socket.send_json(reply)
-    return socket
 
 
 def register(app: web.Application, asr_worker: Callable[[], "ASRWorker"]) -> None:
+    limits = SocketLimits()
+
     async def handler(request: web.Request) -> web.WebSocketResponse:
-        return await funasr_socket(request, asr_worker)
+        address = request.remote or "?"
+        limits.admit(address)
+        try:
+            return await funasr_socket(request, asr_worker)
+        finally:
+            limits.release(address)
 
     app.router.add_get("/api/asr", handler)

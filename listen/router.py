@@ -30,6 +30,7 @@ from ttsreal import QueueFull
 
 if TYPE_CHECKING:
     from listen.asr import ASRWorker
+    from listen.asrqueue import ASRRequest
     from listen.echo import EchoCanceller
     from listen.settings import ListenSettings
     from listen.vad import SileroModel
@@ -62,6 +63,7 @@ class Speculation:
     superseded: bool = False  # the user spoke on: this is a partial transcript of the turn so far
     text: str | None = None
     error: str | None = None
+    request: "ASRRequest | None" = None  # the recogniser's ticket, to withdraw it while it waits
 
 
 class SessionListening:
@@ -154,13 +156,16 @@ class SessionListening:
             if speculation is not None:  # the pause was the end: its transcription is this turn's
                 self.speculations_used += 1
                 speculation.wanted = True
+                if speculation.request is not None:
+                    self.service.asr_worker().keep(speculation.request)
                 if speculation.done:
                     self._finish(speculation)
                 return
         elif speculation is not None:
             self.speculations_wasted += 1
         try:
-            self.service.asr_worker().submit(event.audio, self._text_threadsafe(mode), self._error_threadsafe)
+            self.service.asr_worker().submit(event.audio, self._text_threadsafe(mode), self._error_threadsafe,
+                                             source=self.session.id)
         except ASRBusy as exc:
             events.publish({"type": "error", "source": "asr", "msg": str(exc)})
 
@@ -175,7 +180,9 @@ class SessionListening:
                 self._loop.call_soon_threadsafe(self._speculated, speculation, text, error)
 
         try:
-            self.service.asr_worker().submit(event.audio, lambda text: done(text=text), lambda msg: done(error=msg))
+            speculation.request = self.service.asr_worker().submit(
+                event.audio, lambda text: done(text=text), lambda msg: done(error=msg), source=self.session.id,
+                speculative=True)  # replaces this session's waiting speculation, if any
         except ASRBusy:
             return  # the end of the turn will ask again (and report if still busy)
         self._speculation = speculation
@@ -188,6 +195,8 @@ class SessionListening:
             speculation.superseded = True
             if speculation.done:
                 self._partial(speculation)
+            elif speculation.request is not None:
+                self.service.asr_worker().cancel(speculation.request)  # not started yet: nobody needs it now
 
     def _speculated(self, speculation: "Speculation", text: str | None, error: str | None) -> None:
         speculation.done, speculation.text, speculation.error = True, text, error
@@ -268,3 +277,4 @@ class SessionListening:
                 await part.close()
         if self.listener is not None:
             await self._loop.run_in_executor(None, self.listener.close)
+            self.service.asr_worker().cancel_source(self.session.id)  # its utterances are for nobody now

@@ -27,6 +27,7 @@ from tests.support.attacks import (
     Attacker,
     ScriptedSpeechServer,
     avatar_form,
+    flood_asr_socket,
     black_clip,
     bomb_png,
     NoiseCamera,
@@ -37,6 +38,7 @@ from tests.support.attacks import (
     silent_flac,
     status_of,
     tone_wav,
+    transcribed,
     wait_until,
     wav_declaring,
 )
@@ -820,3 +822,67 @@ async def test_slow_headers_are_cut_off(header_target, http):
     assert all(t is not None and t < HEADER_TIMEOUT_S + 2 for t in closed_after), closed_after
     await wait_until(lambda: target.fds() <= base_fds + FD_SLACK, 5, "the server's sockets closed")
     assert target.alive()
+
+
+# ---- recognition shared fairly ----
+
+FLOOD_ADDRESSES = ("127.0.0.1", "127.0.0.2")  # two loopback clients, each up to the per-address cap
+FLOOD_SOCKETS_PER_ADDRESS = 4  # the per-address cap: a fifth is refused
+TALKER_SENTENCES = ["Please tell me the weather for tomorrow morning.",
+                    "I would like to visit the museum on Sunday.",
+                    "The train leaves the station at seven o'clock."]
+
+
+async def test_asr_sockets_flooding_the_recogniser_do_not_lock_out_a_talker(target, http):
+    from tests.support.speech_helpers import channel_events
+    from tests.support.speech_sender import speak, word_error_rate
+
+    words = np.concatenate([speak(" ".join(TALKER_SENTENCES)), np.zeros(8000, np.float32)])
+    # 10 s utterances: short enough that no socket waits out its deadline, so a queue served first come
+    # first served would hold the talker behind every socket's utterance
+    flood_audio = np.resize(words, 10 * 16000)
+    pcm = (np.clip(flood_audio, -1, 1) * 32767).astype("<i2").tobytes()
+    stop, replies = asyncio.Event(), []
+    clients = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+               for address in FLOOD_ADDRESSES]
+    floods = [asyncio.create_task(flood_asr_socket(client, target.url, pcm, stop, replies))
+              for client in clients for _ in range(FLOOD_SOCKETS_PER_ADDRESS)]
+    track = SpeechTrack()
+    talker = ReceiverClient(target.url, keep_video=False)
+    try:
+        await talker.connect(http, data_channel=True, uplink=track, listen="echo")
+        await talker.wait_for(video_frames=5, audio_frames=10)
+        await asyncio.sleep(1.0)  # every flooding socket is connected
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await clients[0].ws_connect(f"{target.url}/api/asr")
+        assert refused.value.status == 429
+        await wait_until(lambda: replies, 120, "a first flood utterance transcribed (the model is loaded)")
+
+        def finals() -> list[str]:
+            return [e["text"] for e in channel_events(talker) if e["type"] == "transcript" and e["final"]]
+
+        waited_for = []  # flood utterances answered while each sentence of the talker waited for its text
+        for index, sentence in enumerate(TALKER_SENTENCES):
+            track.play(speak(sentence))
+            await wait_until(lambda: sum(e["type"] == "user_end" for e in channel_events(talker)) > index,
+                             30, "the end of the talker's turn")
+            answered = transcribed(replies)
+            with contextlib.suppress(AssertionError):
+                await wait_until(lambda: len(finals()) > index, 120, "the talker's transcript")
+            waited_for.append(transcribed(replies) - answered)
+        heard = finals()
+        # Sessions go before waiting sockets: the talker waits for the flood utterance being transcribed
+        # (and one answer may be in flight when the turn ends); first come first served, it waits for all eight.
+        assert max(waited_for) <= 2, waited_for
+        refusals = [e for e in channel_events(talker) if e["type"] == "error" and e.get("source") == "asr"]
+        assert len(heard) >= 2, (heard, refusals)
+        assert all(min(word_error_rate(s, text) for s in TALKER_SENTENCES) <= 0.25 for text in heard), heard
+        assert transcribed(replies) >= len(waited_for), replies  # the sockets were served too
+    finally:
+        stop.set()
+        await talker.close()
+        for task in floods:
+            task.cancel()
+        await asyncio.gather(*floods, return_exceptions=True)
+        for client in clients:
+            await client.close()

@@ -96,7 +96,7 @@ async def test_drain_ends_early_when_the_last_session_leaves(data_dir, tmp_path,
         client = await connect(process.url, http)
         process.signal()
         await asyncio.sleep(0.5)
-        assert process.process.poll() is None, "exited without waiting for the session"
+        assert process.proc.poll() is None, "exited without waiting for the session"
         await client.close()
         assert await process.wait_exit(30) == 0
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.support.speech_sender import speak, word_error_rate
 
@@ -44,3 +45,29 @@ async def test_a_2pass_client_gets_its_final_result_as_2pass_offline(server, htt
                                     "chunk_interval": 10, "mode": asked})
             reply = await socket.receive_json(timeout=10)
         assert reply == {"mode": answered, "wav_name": "h5", "is_final": True, "text": ""}, asked
+
+
+async def test_sockets_are_capped_per_address_and_an_idle_one_is_closed(server, http, monkeypatch):
+    import aiohttp
+
+    import listen.funasr_ws as funasr_ws
+
+    monkeypatch.setattr(funasr_ws, "IDLE_TIMEOUT_S", 1.0)
+    sockets = [await http.ws_connect(f"{server.url}/api/asr", autoping=True)
+               for _ in range(funasr_ws.MAX_SOCKETS_PER_ADDRESS)]
+    try:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{server.url}/api/asr")
+        assert refused.value.status == 429
+        closing = await sockets[0].receive(timeout=10)  # it sent nothing: the server closes it
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert sockets[0].close_code == funasr_ws.IDLE_CLOSE_CODE
+        for socket in sockets[1:]:
+            await socket.receive(timeout=10)
+        async with http.ws_connect(f"{server.url}/api/asr") as again:  # their places are free again
+            await again.send_json({"is_speaking": True})
+            await again.send_json({"is_speaking": False})
+            assert (await again.receive_json(timeout=10))["is_final"] is True
+    finally:
+        for socket in sockets:
+            await socket.close()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from listen.asrqueue import FairQueue
 from listen.asr import ASRBusy, ASRWorker, OpenAIASR, WhisperASR, ASRError, default_whisper_model
 from listen.settings import ListenSettings
 from listen.turns import TurnDetector
@@ -118,7 +119,7 @@ class SlowBackend:
 
 def test_the_worker_queue_is_bounded_and_answers_in_order():
     gate = threading.Event()
-    worker = ASRWorker(lambda: SlowBackend(gate), queue_size=2)
+    worker = ASRWorker(lambda: SlowBackend(gate), requests=FairQueue(max_waiting=2))
     texts: list[str] = []
     try:
         worker.submit(np.zeros(1, np.float32), texts.append, texts.append)

@@ -225,3 +225,22 @@ async def wait_until(predicate, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s} s")
         await asyncio.sleep(0.05)
+
+
+async def flood_asr_socket(client: aiohttp.ClientSession, url: str, pcm: bytes, stop: asyncio.Event, replies: list,
+                           max_utterances: int = 30, reply_timeout_s: float = 120.0) -> None:
+    """One /api/asr socket sending the same utterance back to back (bounded), each reply kept in `replies`."""
+    async with client.ws_connect(f"{url}/api/asr") as socket:
+        for _ in range(max_utterances):
+            if stop.is_set():
+                return
+            await socket.send_json({"is_speaking": True, "mode": "offline", "wav_name": "flood"})
+            for start in range(0, len(pcm), 64 * 1024):
+                await socket.send_bytes(pcm[start:start + 64 * 1024])
+            await socket.send_json({"is_speaking": False})
+            replies.append(await socket.receive_json(timeout=reply_timeout_s))
+
+
+def transcribed(replies: list[dict]) -> int:
+    """Flood utterances the recogniser worked on (a socket that waited too long is told so, with no text)."""
+    return sum(1 for reply in replies if reply.get("text") and not reply.get("error"))

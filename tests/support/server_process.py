@@ -21,16 +21,24 @@ STOP_TIMEOUT_S = 10.0
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, log_path: Path, *extra: str):
+    """`python app.py` on a free loopback port, started at once unless `start=False` (then `launch()`)."""
+
+    def __init__(self, data_dir: Path, log_path: Path, *extra: str, start: bool = True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--listenport", str(self.port),
-                   "--data-dir", str(data_dir), "--avatar_id", TEST_AVATAR_ID, "--model", "lite",
-                   "--models-dir", str(data_dir / "no-models"), *extra]
+        self.command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--listenport", str(self.port),
+                        "--data-dir", str(data_dir), "--avatar_id", TEST_AVATAR_ID, "--model", "lite",
+                        "--models-dir", str(data_dir / "no-models"), *extra]
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+        if start:
+            self.launch()
+
+    def launch(self) -> None:
         env = {**os.environ, "NO_PROXY": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     async def wait_ready(self, http: aiohttp.ClientSession) -> None:
         def exited() -> None:
@@ -72,7 +80,9 @@ class ServerProcess:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def stop(self) -> int:
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
