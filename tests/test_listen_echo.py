@@ -87,6 +87,11 @@ async def test_the_avatar_never_interrupts_or_repeats_itself(echo_server, http, 
         assert echo.erle_db is not None and echo.erle_db > 10, echo.stats()
         reported = [e for e in channel_events(client) if e["type"] == "echo"]
         assert reported and reported[-1]["delay_ms"] is not None
+        async with http.get(f"{echo_server.url}/metrics") as response:
+            exposition = await response.text()
+        tag = client.sessionid[:8]
+        assert f'avatar_echo_delay_ms{{session="{tag}"}}' in exposition
+        assert f'avatar_echo_erle_db{{session="{tag}"}}' in exposition
     finally:
         await client.close()
 
