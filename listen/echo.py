@@ -55,6 +55,7 @@ LINEAR_TRUSTED = 100.0  # the linear filter's output goes to the VAD under doubl
 LINEAR_YOUNG = 100  # blocks the linear filter adapts on unconditionally (1 s of echo alone) after a (re)alignment
 RESIDUAL_GATE = 4.0  # a block the linear filter took 6 dB or more out of, while the avatar speaks, is echo alone
 NO_ECHO_ESTIMATES = 5  # estimates over the avatar's voice that find no echo of it: none to cancel, no half duplex
+IDLE_MARGIN = SAMPLE_RATE // 2  # after the avatar's last voiced chunk + the longest echo delay + this, AEC3 rests
 RING_S = 4.0  # far-end and microphone history kept
 ANCHOR_S = 10.0  # the mic timeline's anchor is the earliest arrival over this long
 FAR_ACTIVE_RMS = 0.003  # far-end level (full scale 1.0) above which the avatar counts as speaking
@@ -252,6 +253,7 @@ class EchoCanceller:
         self._recent_out = 0.0
         self.muted_blocks = 0  # blocks silenced while the canceller was still converging
         self.gated_blocks = 0  # blocks of residual echo silenced for the VAD
+        self.idle_blocks = 0  # blocks passed through untouched: the avatar long silent
         self.on_stats: Callable[[dict], None] | None = None  # called on the listener thread
         self._next_stats = int(STATS_EVERY_S * SAMPLE_RATE)
         self._far_blocks_reported = 0
@@ -373,6 +375,11 @@ class EchoCanceller:
         index = self._block_index
         self._block_index += BLOCK
         self.blocks += 1
+        if self._far_index(index) - self.far.last_voiced > self._max_lag + IDLE_MARGIN:
+            # The avatar has been silent for longer than any echo takes: nothing to cancel, and no AEC3
+            # call (two FFI calls per 10 ms) while a session only listens.
+            self.idle_blocks += 1
+            return mic.copy(), mic.copy()
         delay = self.tracker.delay
         shift = self._shift(delay)
         lead = 0 if delay is None else max(0, delay - shift)  # how long after its reference AEC3 sees the echo
