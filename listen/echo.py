@@ -343,7 +343,10 @@ class EchoCanceller:
         end = self.clock.samples
         mic = self._mic.read(end - window, window)
         ref = self.far.read(self._far_index(end - window) - self._max_lag, window + self._max_lag)
-        if float(np.sqrt(np.mean(ref ** 2))) < FAR_ACTIVE_RMS or float(np.sqrt(np.mean(mic ** 2))) < FAR_ACTIVE_RMS / 4:
+        if float(np.sqrt(np.mean(ref ** 2))) < FAR_ACTIVE_RMS:
+            return
+        if float(np.sqrt(np.mean(mic ** 2))) < FAR_ACTIVE_RMS / 4:  # the avatar spoke, the microphone stayed quiet
+            self._untrusted += 1
             return
         estimate = gcc_phat(decimate(mic), decimate(ref), self._max_lag // 2, SAMPLE_RATE // 2)
         if estimate.confidence < self.tracker.min_ratio:

@@ -158,11 +158,12 @@ def test_the_vad_hears_the_user_over_the_echo_but_not_the_echo_alone(avatar_spee
     assert sum(heard) >= 0.3 * speech_windows(user_speech, model)
 
 
-def test_a_client_that_hears_no_echo_is_half_duplex_only_at_first(avatar_speech, user_speech):
+@pytest.mark.parametrize("noise", [0.0, 0.001], ids=["silent-mic", "noisy-mic"])
+def test_a_client_that_hears_no_echo_is_half_duplex_only_at_first(avatar_speech, user_speech, noise):
     """A headset (or an aiortc client) sends no echo: after the avatar's first second or so the canceller
     knows, stops silencing the microphone while the avatar speaks, and the user is heard over it."""
     total = len(avatar_speech) + SR
-    mic = np.random.default_rng(2).normal(0, 0.001, total).astype(np.float32)
+    mic = np.random.default_rng(2).normal(0, noise, total).astype(np.float32)
     at = 5 * SR
     mic[at:at + len(user_speech)] += user_speech
     canceller, out = run_canceller(avatar_speech, mic)
