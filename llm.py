@@ -277,16 +277,18 @@ class Conversation:
         settings = client.settings
         self.history = history or ChatHistory(settings.max_history_turns, settings.max_history_chars)
         self._readers: set[asyncio.Task] = set()  # HTTP streams of replies in progress
+        self._current: Turn | None = None  # the exchange of the newest reply
 
-    async def reply(self, user_text: str, image: str | None = None) -> AsyncIterator[str]:
-        """Sentences of the answer, each as soon as it is complete.
+    async def reply(self, user_text: str, image: str | None = None,
+                    first_delta: Callable[[], None] | None = None) -> AsyncIterator[str]:
+        """Sentences of the answer, each as soon as it is complete (`first_delta()` at the first text).
 
         Ends quietly, without another sentence, once `interrupt()` is called. Cancelling the
         task that iterates it, or closing the generator, also closes the HTTP stream.
         """
         if not self.client.configured:
             raise LLMError(self.client.settings.problem() or NOT_CONFIGURED, LLMErrorKind.NOT_CONFIGURED)
-        turn = self.history.start(user_text, image)
+        turn = self._current = self.history.start(user_text, image)
         aggregator = SentenceAggregator(self.client.settings.min_comma_chars)
         deltas: asyncio.Queue[str | LLMError | None] = asyncio.Queue()  # holds at most one reply
         reader = asyncio.create_task(self._read_stream(self.history.messages(self.client.settings.system_prompt), deltas))
@@ -296,6 +298,9 @@ class Conversation:
             while (delta := await deltas.get()) is not None:
                 if isinstance(delta, LLMError):
                     raise delta
+                if first_delta is not None:
+                    first_delta()
+                    first_delta = None
                 for sentence in aggregator.push(delta):
                     if turn.interrupted:
                         return
@@ -337,6 +342,15 @@ class Conversation:
                 turn.spoken += 1
                 return
         logger.debug("llm: spoken sentence not awaited by any turn: %r", sentence)
+
+    def retract(self) -> None:
+        """The reply in progress was prepared for a turn the user did not end: its exchange
+        (the user's words included) leaves the history, its HTTP stream is closed."""
+        turn, self._current = self._current, None
+        if turn is not None and turn in self.history.turns:
+            self.history.turns.remove(turn)
+        for reader in self._readers:
+            reader.cancel()
 
     def interrupt(self) -> None:
         """Playback was cut: sentences not yet heard leave the history; a running reply ends

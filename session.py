@@ -23,6 +23,7 @@ from basereal import BaseReal
 from llm import Conversation, LLMClient, LLMError
 from media import SpeechEvent
 from speech.budget import SpeechBudget
+from sync.gate import Gate
 from ttsreal import QueueFull, TTSWorker
 from tts.base import TTSBackend
 from webrtc import HumanPlayer
@@ -134,6 +135,7 @@ class Session:
         self.conversation = Conversation(llm)
         self._reply_sentences: dict[str, str] = {}  # utterance id -> chat sentence awaiting playout
         self._reply_task: asyncio.Task | None = None
+        self._reply_gate: Gate | None = None  # the gate of the chat reply in _reply_task, when it was prepared
         self._playing: SpeechEvent | None = None  # the utterance on the wire now
         self.created = time.monotonic()
         self.last_activity = self.created
@@ -176,35 +178,55 @@ class Session:
         if event.kind == "end" and event.utterance_id in self._reply_sentences:
             self.conversation.mark_spoken(self._reply_sentences.pop(event.utterance_id))
 
-    def chat(self, text: str, backend: TTSBackend, image: str | None = None) -> None:
+    def chat(self, text: str, backend: TTSBackend, image: str | None = None, gate: Gate | None = None) -> None:
         """Answer through the LLM: each sentence is spoken as soon as it is complete.
 
         Replies run one at a time; a new question waits for the reply before it
         (unless the caller interrupted first, which ends that reply at once).
         `image` (a data: or https: URL) goes with this turn only, as an image part.
+        With a `gate` the reply is prepared (LLM streaming, TTS of its sentences) but nothing
+        plays before the gate is released; `drop_prepared(gate)` removes every trace of it.
         """
         previous = self._reply_task
-        self._reply_task = asyncio.create_task(self._reply(text, backend, previous, image), name=f"chat-{self.id[:8]}")
+        self._reply_task = asyncio.create_task(self._reply(text, backend, previous, image, gate),
+                                               name=f"chat-{self.id[:8]}")
+        self._reply_gate = gate
 
-    async def _reply(self, text: str, backend: TTSBackend, previous: asyncio.Task | None, image: str | None) -> None:
+    async def _reply(self, text: str, backend: TTSBackend, previous: asyncio.Task | None, image: str | None,
+                     gate: Gate | None = None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         epoch = self.engine.epoch
+        first_delta = (lambda: gate.mark("llm_first_token")) if gate is not None else None
         try:
-            async with contextlib.aclosing(self.conversation.reply(text, image)) as sentences:
+            async with contextlib.aclosing(self.conversation.reply(text, image, first_delta)) as sentences:
                 async for sentence in sentences:
                     if self.engine.epoch != epoch:
                         return
                     try:
-                        utterance_id, _ = self.tts.say(sentence, backend)
+                        utterance_id, _ = self.tts.say(sentence, backend, gate)
                     except ValueError:
                         continue  # only emoji or markup: nothing to speak
                     self._reply_sentences[utterance_id] = sentence
+                    if gate is not None:
+                        gate.tags.append(utterance_id)
         except LLMError as exc:
             logger.warning("chat failed in session %s: %s", self.tag, exc)
             self.events.publish({"type": "error", "source": "llm", "kind": exc.kind.name.lower(), "msg": str(exc)})
         except QueueFull as exc:
             self.events.publish({"type": "error", "source": "tts", "msg": str(exc)})
+
+    def drop_prepared(self, gate: Gate) -> None:
+        """A reply prepared behind `gate` for a turn the user did not end: gone without a trace
+        (its audio never reaches the engine, its exchange leaves the chat history)."""
+        if not gate.drop():
+            return
+        for utterance_id in gate.tags:
+            self._reply_sentences.pop(utterance_id, None)
+        if self._reply_gate is gate and self._reply_task is not None:
+            self._reply_task.cancel()
+            self._reply_gate = None
+            self.conversation.retract()
 
     def interrupt(self) -> int:
         """Silence the avatar now: drop queued speech everywhere, keep the stream running."""

@@ -28,11 +28,13 @@ from speech.budget import SpeechBudget
 from speech.textproc import clean_for_speech, split_sentences
 from tts.base import TTSBackend, TTSError
 from speech.visemes import LabelledAudio, Viseme, downsample_codes
+from sync.gate import DROPPED, HELD, Gate
 from sync.queues import BoundedQueue
 
 logger = logging.getLogger(__name__)
 
 SEGMENT_QUEUE_SIZE = 256
+GATE_POLL_S = 0.02  # a held segment checks for an interrupt or a stop this often
 S16_MAX = 32767.0
 JOIN_TIMEOUT_S = 1.0
 
@@ -49,6 +51,7 @@ class Segment:
     text: str = ""
     audio: np.ndarray | None = None
     backend: TTSBackend | None = None
+    gate: Gate | None = None  # a prepared reply: synthesised at once, handed to the engine only once released
 
     @property
     def audio_seconds(self) -> float:
@@ -74,19 +77,24 @@ class TTSWorker:
         self._open: str | None = None  # utterance whose start went out and whose end has not
         self._open_chunks = 0
         self._start: SpeechEvent | None = None
+        self._first_audio_s: float | None = None  # of the segment being spoken, until it reaches the engine
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     # ---- producers (event loop side) --------------------------------------
-    def say(self, text: str, backend: TTSBackend) -> tuple[str, int]:
-        """Queue text as one utterance; returns (utterance id, sentence count)."""
+    def say(self, text: str, backend: TTSBackend, gate: Gate | None = None) -> tuple[str, int]:
+        """Queue text as one utterance; returns (utterance id, sentence count).
+
+        With a `gate`, its first audio is made now but waits for the gate: released, it plays
+        as if just queued; dropped, it vanishes without an event."""
         sentences = split_sentences(clean_for_speech(text))
         if not sentences:
             raise ValueError("nothing speakable in the text (only markup, emoji or punctuation)")
         utterance_id = uuid.uuid4().hex[:12]
         epoch = self.engine.epoch
         segments = [
-            Segment(utterance_id, text, epoch, first=i == 0, last=i == len(sentences) - 1, text=s, backend=backend)
+            Segment(utterance_id, text, epoch, first=i == 0, last=i == len(sentences) - 1, text=s, backend=backend,
+                    gate=gate)
             for i, s in enumerate(sentences)
         ]
         self._enqueue(segments)
@@ -135,7 +143,7 @@ class TTSWorker:
                 segment = self._segments.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if segment.epoch != self.engine.epoch:
+            if segment.epoch != self.engine.epoch or (segment.gate is not None and segment.gate.state == DROPPED):
                 self.budget.release(segment.audio_seconds)
                 continue
             try:
@@ -170,12 +178,15 @@ class TTSWorker:
         pending: list[tuple[np.ndarray, np.ndarray | None]] = []  # the newest full chunk waits: it may need the end event
         buffer = np.zeros(0, np.float32)
         requested = time.perf_counter()
+        self._first_audio_s: float | None = None
         labels: np.ndarray | None = None  # per-sample viseme codes of `buffer`, when the backend gives them
         for piece in self._audio_of(segment):
             if cancelled():
                 return
-            if requested is not None and segment.backend is not None and self._on_first_audio is not None:
-                self._on_first_audio(segment.backend.name, time.perf_counter() - requested)
+            if requested is not None and segment.backend is not None:
+                self._first_audio_s = time.perf_counter() - requested  # reported once handed over (not if dropped)
+                if segment.gate is not None:
+                    segment.gate.mark("tts_first_audio")
             requested = None
             samples, codes = (piece.samples, piece.codes) if isinstance(piece, LabelledAudio) else (piece, None)
             samples = np.asarray(samples, np.float32).reshape(-1)
@@ -205,6 +216,11 @@ class TTSWorker:
 
     def _hand_over(self, chunks: list[tuple[np.ndarray, np.ndarray | None]], segment: Segment, end: bool) -> bool:
         """Queue chunks into the engine, the start event on the first, end on the last."""
+        if segment.gate is not None and not self._passed(segment):
+            return False
+        if self._first_audio_s is not None and segment.backend is not None and self._on_first_audio is not None:
+            self._on_first_audio(segment.backend.name, self._first_audio_s)
+        self._first_audio_s = None
         for i, (samples, visemes) in enumerate(chunks):
             events: tuple[SpeechEvent, ...] = ()
             if self._start is not None:
@@ -216,6 +232,15 @@ class TTSWorker:
                 return False
             self._open_chunks += 1
         return True
+
+    def _passed(self, segment: Segment) -> bool:
+        """Wait at a prepared reply's gate: True once released; False when dropped, interrupted or stopping."""
+        assert segment.gate is not None
+        cancelled = self._cancelled(segment.epoch)
+        while (state := segment.gate.wait(GATE_POLL_S)) == HELD:
+            if cancelled():
+                return False
+        return state != DROPPED and not cancelled()
 
     def _close_utterance(self, segment: Segment) -> None:
         """After a failure: skip the utterance's other sentences and end it if it had started."""

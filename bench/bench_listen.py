@@ -2,9 +2,14 @@
 
 (a) echo: end of the user's speech (its last sample leaves the client) -> first voiced reply frame
     received, with its parts as the client sees the events: VAD end (-> user_end), ASR
-    (user_end -> transcript), reply (transcript -> first voiced frame: TTS + engine + wire).
+    (user_end -> transcript), reply (transcript -> first voiced frame: TTS + engine + wire); and
+    the server's own breakdown (the `turn` event: speech end -> decision, transcript, first LLM
+    token, first TTS audio, first voiced frame handed to WebRTC).
     Floor: POST /human with the same text -> first voiced frame (TTS + engine + wire, no listening).
-(b) the same in chat, with a local fake LLM whose first sentence is instant.
+(b) the same in chat, with a local fake LLM whose first token takes 200 ms (the floor waits for it too).
+(h) hesitations: 12 sentences with 0.7 s of silence inside (tests/support/hesitations.py): turns
+    split, voiced reply frames while the user was still speaking, and end of speech -> first
+    voiced reply.
 (c) barge-in: the user's speech onset -> the avatar's last voiced frame at the client; floor:
     POST /interrupt_talk -> last voiced frame (the same interrupt without listening).
 (d) lips: the user's audio -> the same audio back at the client (the whole clip aligned by envelope
@@ -13,7 +18,7 @@
 (e) ASR real-time factor (tiny.en, this machine), and the delay user_end -> transcript when
     N sessions finish an utterance at the same moment.
 
-    python -m bench.bench_listen --trials 8 [--avatar default] [--sessions 1 2 4]
+    python -m bench.bench_listen --trials 8 [--avatar default] [--sessions 1 2 4] [--turn smart|silence]
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import logging
 import statistics
 import time
+from collections import Counter
 
 import aiohttp
 import numpy as np
@@ -32,6 +38,7 @@ from bench.common import ROOT, speech_bench_parser, start_server, summary_ms
 import app as server_app
 from listen.service import LISTEN_KEY
 from media import CHUNK_SAMPLES, AudioChunk
+from tests.support.hesitations import HESITATIONS, hesitant
 from tests.support.llm_server import FakeLLMServer, Script
 from tests.support.rtc_client import ReceiverClient
 from tests.support.speech_helpers import channel_events, is_voiced, wait_voiced
@@ -41,7 +48,9 @@ SENTENCES = ["Please tell me the weather for tomorrow morning.", "I would like t
              "The train leaves the station at seven o'clock."]
 LONG_TEXT = "This is a long answer that goes on for a while so that the user can cut in. " * 5
 REPLY = "Sure."
-PARTS = ("echo", "chat", "barge-in", "lips", "asr")
+LLM_FIRST_TOKEN_S = 0.2
+PARTS = ("echo", "chat", "hesitation", "barge-in", "lips", "asr")
+STAGES = ("decision", "transcript", "llm_first_token", "tts_first_audio", "first_voiced_frame")
 
 
 async def wait_event(client: ReceiverClient, kind: str, count: int, timeout: float = 30.0) -> None:
@@ -96,6 +105,10 @@ async def turn_latency(url, http, avatar, listen, trials, clips, results, key):
         results[key + "_asr"].append(transcript - user_end)
         results[key + "_reply"].append(first.arrival - transcript)
         await wait_event(client, "end", trial + 1)
+        turn = [e for _, e in stamped if e["type"] == "turn"]
+        for stage, ms in (turn[-1]["ms"].items() if turn else ()):
+            results.setdefault(f"{key}_stage_{stage}", []).append(ms / 1000)
+        results.setdefault(key + "_reasons", []).append(turn[-1]["reason"] if turn else "?")
         await asyncio.sleep(0.8)
     for trial in range(trials):  # floor: the same text typed, no listening
         since = len(client.audio)
@@ -107,6 +120,33 @@ async def turn_latency(url, http, avatar, listen, trials, clips, results, key):
         first = await wait_voiced(client, since, timeout=20)
         results[key + "_floor"].append(first.arrival - posted)
         await asyncio.sleep(3.0)
+    await client.close()
+
+
+async def hesitations(url, http, avatar, results):
+    """Each hesitation sentence once: split turns, speech over the user, end of speech -> reply."""
+    track = SpeechTrack()
+    client = await connect(url, http, track, "echo", avatar)
+    stamped = timestamp_events(client)
+    for first, second in HESITATIONS:
+        since = len(client.audio)
+        mark = len(stamped)
+        ends = len(track.speech_ended)
+        track.play(hesitant(first, second))
+        while len(track.speech_ended) <= ends:
+            await asyncio.sleep(0.005)
+        started, spoken = track.speech_started[-1], track.speech_ended[-1]
+        reply = await wait_voiced(client, len(client.audio), timeout=20)
+        await asyncio.sleep(0.3)
+        while any(is_voiced(f) for f in client.audio[-10:]):  # the reply plays out
+            await asyncio.sleep(0.1)
+        events = [e for _, e in stamped[mark:]]
+        over = [f for f in client.audio[since:] if is_voiced(f) and started <= f.arrival <= spoken]
+        results["hesitation_split"].append(sum(e["type"] == "user_end" for e in events) > 1)
+        results["hesitation_over"].append(bool(over))
+        results["hesitation"].append(reply.arrival - spoken)
+        results["hesitation_reasons"].append(",".join(e["reason"] for e in events if e["type"] == "user_end"))
+        await asyncio.sleep(1.0)
     await client.close()
 
 
@@ -217,13 +257,14 @@ async def concurrent_asr(url, http, avatar, counts, application, results):
 
 
 async def run(args) -> dict:
-    llm = FakeLLMServer(Script(deltas=[REPLY]))
+    llm = FakeLLMServer(Script(deltas=[REPLY], delay=LLM_FIRST_TOKEN_S))
     await llm.start()
     application, runner, url = await start_server(
         "--model", args.model, "--tts", "espeak", "--avatar_id", args.avatar, "--max_session", "8",
-        "--llm-base-url", llm.base_url, "--llm-model", "test-model")
+        "--llm-base-url", llm.base_url, "--llm-model", "test-model", *(["--turn", args.turn] if args.turn else []))
     keys = ["echo", "echo_vad", "echo_asr", "echo_reply", "echo_floor", "chat", "chat_vad", "chat_asr",
-            "chat_reply", "chat_floor", "barge_in", "barge_in_floor", "lips", "lips_onset", "lips_floor", "asr_direct_rtf"]
+            "chat_reply", "chat_floor", "barge_in", "barge_in_floor", "lips", "lips_onset", "lips_floor", "asr_direct_rtf",
+            "hesitation", "hesitation_split", "hesitation_over", "hesitation_reasons"]
     results: dict = {k: [] for k in keys}
     clips = [trimmed(speak(s)) for s in SENTENCES]
     async with aiohttp.ClientSession() as http:
@@ -231,6 +272,8 @@ async def run(args) -> dict:
             await turn_latency(url, http, args.avatar, "echo", args.trials, clips, results, "echo")
         if "chat" in args.parts:
             await turn_latency(url, http, args.avatar, "chat", args.trials, clips, results, "chat")
+        if "hesitation" in args.parts:
+            await hesitations(url, http, args.avatar, results)
         if "barge-in" in args.parts:
             await barge_in(url, http, args.avatar, args.trials, results)
         if "lips" in args.parts:
@@ -249,16 +292,24 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--json", help="also write raw results here")
+    parser.add_argument("--turn", choices=("smart", "silence"), default=None, help="the server's --turn (default its own)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     r = asyncio.run(run(args))
     med = lambda key: f"{statistics.median(r[key]) * 1000:.0f} ms"  # noqa: E731
-    print(f"engine {args.model}, avatar {args.avatar}, {args.trials} trials, espeak, tiny.en")
+    print(f"engine {args.model}, avatar {args.avatar}, {args.trials} trials, espeak, tiny.en, turn {args.turn or 'default'}")
     for mode in ("echo", "chat"):
         if not r[mode]:
             continue
         print(f"({mode}) end of speech -> first voiced reply: {summary_ms(r[mode])}; parts p50: VAD end {med(mode + '_vad')}, "
               f"ASR {med(mode + '_asr')}, reply {med(mode + '_reply')}; floor (/human) {summary_ms(r[mode + '_floor'])}")
+        stages = [f"{stage} {med(f'{mode}_stage_{stage}')}" for stage in STAGES if r.get(f"{mode}_stage_{stage}")]
+        print(f"    server breakdown p50, from the end of speech: {', '.join(stages)}; turns ended by "
+              f"{', '.join(f'{k} {v}' for k, v in sorted(Counter(r[mode + '_reasons']).items()))}")
+    if r["hesitation"]:
+        print(f"hesitations ({len(r['hesitation'])} sentences, 0.7 s pause): split {sum(r['hesitation_split'])}, "
+              f"spoke over the user {sum(r['hesitation_over'])}; end of speech -> first voiced reply "
+              f"{summary_ms(r['hesitation'])}; ended by {dict(Counter(r['hesitation_reasons']))}")
     if r["barge_in"]:
         print(f"barge-in: onset -> avatar silent {summary_ms(r['barge_in'])}; floor (/interrupt_talk) {summary_ms(r['barge_in_floor'])}")
     if r["lips"]:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Callable
 
 import av
 import numpy as np
 
 from basereal import BaseReal
+from listen.smartturn import COMPLETE_PROBABILITY, TurnModel
 from listen.turns import TurnDetector, TurnEvent
 from listen.uplink import FrameBuffer, MonoResampler, arrival_of
 from listen.vad import WINDOW_SAMPLES, VADStream
@@ -33,6 +35,7 @@ JOIN_TIMEOUT_S = 1.0
 LIPS_MAX_QUEUED_CHUNKS = 15  # 300 ms of user audio may wait for the renderer (uplink jitter); older is dropped
 LIPS_TARGET_CHUNKS = 2  # above this backlog, quiet chunks are skipped: latency drains in the user's pauses
 LIPS_QUIET_RMS = 0.01
+TEXT_VERDICTS_QUEUED = 4  # transcripts' verdicts waiting for the thread (one per pause at most)
 
 
 class Listener:
@@ -40,7 +43,7 @@ class Listener:
 
     def __init__(self, buffer: FrameBuffer, vad: VADStream, turns: TurnDetector, engine: BaseReal,
                  mode: Callable[[], str], on_turn: Callable[[TurnEvent], None], name: str,
-                 echo: "EchoCanceller | None" = None):
+                 turn_model: TurnModel | None = None, echo: "EchoCanceller | None" = None):
         self._buffer = buffer
         self._vad = vad
         self._turns = turns
@@ -48,9 +51,11 @@ class Listener:
         self._mode = mode
         self._on_turn = on_turn
         self.echo = echo  # removes the avatar's own voice from the uplink, before everything else
+        self._turn_model = turn_model  # judges each first pause when the detector is smart
         self.resample = MonoResampler()
         self._pending = np.zeros(0, np.float32)  # < one VAD window (or one lips chunk) of leftover audio
         self._pending_asr = np.zeros(0, np.float32)  # the same audio for recognition (differs only with `echo`)
+        self._texts: queue.Queue[tuple[int, bool]] = queue.Queue(maxsize=TEXT_VERDICTS_QUEUED)
         self._reset = threading.Event()
         self._stopping = threading.Event()
         self.lips_dropped = 0
@@ -61,6 +66,13 @@ class Listener:
     def reset(self) -> None:
         """Forget any turn in progress (the mode changed); done on the thread, between frames."""
         self._reset.set()
+
+    def judge_text(self, pause: int, trailing: bool) -> None:
+        """From the loop: the speculative transcript of pause number `pause` is back (see TurnDetector)."""
+        try:
+            self._texts.put_nowait((pause, trailing))
+        except queue.Full:
+            logger.warning("listener %s: a transcript's verdict was dropped", self._thread.name)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -78,6 +90,15 @@ class Listener:
             self._turns.reset()
             self._vad.reset()
             self._pending = self._pending_asr = np.zeros(0, np.float32)
+        while True:
+            try:
+                pause, trailing = self._texts.get_nowait()
+            except queue.Empty:
+                break
+            logger.debug("listener %s: pause %d transcript %s", self._thread.name, pause,
+                         "trails off" if trailing else "ends")
+            for event in self._turns.text_verdict(pause, trailing):
+                self._on_turn(event)
         if frame is None:
             return
         mode = self._mode()
@@ -106,6 +127,13 @@ class Listener:
             part = slice(i * WINDOW_SAMPLES, (i + 1) * WINDOW_SAMPLES)
             for event in self._turns.push(self._pending_asr[part], self._vad(self._pending[part])):
                 self._on_turn(event)
+            if self._turn_model is not None and self._turns.awaiting_verdict:
+                started = time.perf_counter()
+                probability = self._turn_model.probability(self._turns.heard())
+                logger.debug("listener %s: turn model %.2f in %.0f ms", self._thread.name, probability,
+                             1000 * (time.perf_counter() - started))
+                for event in self._turns.verdict(probability > COMPLETE_PROBABILITY):
+                    self._on_turn(event)
         self._pending = self._pending[count * WINDOW_SAMPLES:].copy()
         self._pending_asr = self._pending_asr[count * WINDOW_SAMPLES:].copy()
 

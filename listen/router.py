@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -23,16 +24,17 @@ from aiortc.mediastreams import MediaStreamTrack
 from listen.asr import ASRBusy
 from listen.camera import LatestFrame, jpeg_data_url
 from listen.listener import Listener
-from listen.turns import TurnDetector, TurnEvent
-from listen.uplink import FrameBuffer, UplinkReader
+from listen.reply import Reply, ReplyRefused, TurnClock
+from listen.turns import TurnDetector, TurnEvent, trails_off
+from listen.uplink import FrameBuffer, UplinkReader, fast_receive
 from listen.vad import VADStream
-from ttsreal import QueueFull
 
 if TYPE_CHECKING:
     from listen.asr import ASRWorker
     from listen.asrqueue import ASRRequest
     from listen.echo import EchoCanceller
     from listen.settings import ListenSettings
+    from listen.smartturn import TurnModel
     from listen.vad import SileroModel
     from session import Session
 
@@ -46,6 +48,8 @@ class ListenResources(Protocol):
 
     async def vad_model(self) -> "SileroModel": ...
 
+    async def turn_model(self) -> "TurnModel | None": ...
+
     def asr_worker(self) -> "ASRWorker": ...
 
 
@@ -58,11 +62,13 @@ class Speculation:
 
     mode: str
     turn: int
+    pause: int = 0  # the detector's number for the pause, quoted back with the transcript's verdict
     done: bool = False
     wanted: bool = False  # the pause ended the turn: this is the final transcript
     superseded: bool = False  # the user spoke on: this is a partial transcript of the turn so far
     text: str | None = None
     error: str | None = None
+    clock: TurnClock | None = None  # set when the pause became the end of the turn
     request: "ASRRequest | None" = None  # the recogniser's ticket, to withdraw it while it waits
 
 
@@ -86,6 +92,9 @@ class SessionListening:
         self._turn_open = False
         self.speculations_used = 0  # turns whose final transcript was started at their last pause
         self.speculations_wasted = 0  # pauses the user spoke on after (their text went out as partials)
+        self._prepared: Reply | None = None  # at most one reply prepared while the turn is pending
+        self.preparations_used = 0  # replies prepared at a pause and released when that pause ended the turn
+        self.preparations_dropped = 0  # replies prepared at a pause the user spoke on after (no trace left)
         self.closed = False
         if not service.settings.llm_vision:  # the camera is never used: aiortc does not even decode it
             for transceiver in session.pc.getTransceivers():
@@ -101,6 +110,7 @@ class SessionListening:
         if mode != self.mode:
             logger.info("session %s: listen %s -> %s", self.session.tag, self.mode, mode)
             self.mode = mode
+            self._drop_prepared()
             if self.listener is not None:
                 self.listener.reset()
 
@@ -110,6 +120,7 @@ class SessionListening:
             self.camera = LatestFrame()
             self.camera_reader = UplinkReader(track, self.camera, name=f"camera-{tag}")
         elif track.kind == "audio" and self.reader is None:
+            fast_receive(self.session.pc, track)
             buffer = FrameBuffer()
 
             def first_frame() -> None:  # the listener thread and the recogniser only for a peer that sends
@@ -119,13 +130,16 @@ class SessionListening:
 
     async def _start_listener(self, buffer: FrameBuffer) -> None:
         vad_model = await self.service.vad_model()
+        turn_model = await self.service.turn_model()
         self.service.asr_worker()  # start loading the recogniser before the user's first words
         if self.closed:
             return
         s = self.service.settings
-        turns = TurnDetector(s.vad_threshold, s.min_speech_ms, s.end_silence_ms, s.max_utterance_s)
+        fallback_ms = s.turn_fallback_silence_ms if turn_model is not None else None
+        turns = TurnDetector(s.vad_threshold, s.min_speech_ms, s.end_silence_ms, s.max_utterance_s, fallback_ms)
         self.listener = Listener(buffer, VADStream(vad_model), turns, self.session.engine, lambda: self.mode,
-                                 self._turn_threadsafe, name=f"listen-{self.session.id[:8]}", echo=self.echo)
+                                 self._turn_threadsafe, name=f"listen-{self.session.id[:8]}", turn_model=turn_model,
+                                 echo=self.echo)
 
     # ---- turns (listener thread -> loop) ----------------------------------
     def _turn_threadsafe(self, event: TurnEvent) -> None:
@@ -139,6 +153,7 @@ class SessionListening:
         if event.kind == "start":
             self._turn += 1
             self._turn_open = True
+            self._drop_prepared()
             events.publish({"type": "user_start"})
             if self.service.settings.barge_in:
                 self.session.interrupt()
@@ -148,14 +163,18 @@ class SessionListening:
             return
         if event.kind == "resume":
             self._drop_speculation()
+            self._drop_prepared()
             return
         speculation, self._speculation = self._speculation, None
+        clock: TurnClock | None = None
         if event.kind == "end":
             self._turn_open = False
-            events.publish({"type": "user_end"})
+            clock = TurnClock.ended(event.silence_ms, event.reason)
+            events.publish({"type": "user_end", "reason": event.reason})
             if speculation is not None:  # the pause was the end: its transcription is this turn's
                 self.speculations_used += 1
                 speculation.wanted = True
+                speculation.clock = clock
                 if speculation.request is not None:
                     self.service.asr_worker().keep(speculation.request)
                 if speculation.done:
@@ -164,7 +183,7 @@ class SessionListening:
         elif speculation is not None:
             self.speculations_wasted += 1
         try:
-            self.service.asr_worker().submit(event.audio, self._text_threadsafe(mode), self._error_threadsafe,
+            self.service.asr_worker().submit(event.audio, self._text_threadsafe(mode, clock), self._error_threadsafe,
                                              source=self.session.id)
         except ASRBusy as exc:
             events.publish({"type": "error", "source": "asr", "msg": str(exc)})
@@ -173,7 +192,7 @@ class SessionListening:
     def _speculate(self, event: TurnEvent, mode: str) -> None:
         """Start transcribing at the first short silence; the end of the turn, if it comes, reuses it."""
         self._drop_speculation()
-        speculation = Speculation(mode, self._turn)
+        speculation = Speculation(mode, self._turn, event.pause)
 
         def done(text: str | None = None, error: str | None = None) -> None:
             if not self._loop.is_closed():
@@ -184,6 +203,7 @@ class SessionListening:
                 event.audio, lambda text: done(text=text), lambda msg: done(error=msg), source=self.session.id,
                 speculative=True)  # replaces this session's waiting speculation, if any
         except ASRBusy:
+            self._judge_text(event.pause, trailing=False)  # no transcript to wait for: the audio's verdict stands
             return  # the end of the turn will ask again (and report if still busy)
         self._speculation = speculation
 
@@ -200,10 +220,43 @@ class SessionListening:
 
     def _speculated(self, speculation: "Speculation", text: str | None, error: str | None) -> None:
         speculation.done, speculation.text, speculation.error = True, text, error
+        if not speculation.superseded and not speculation.wanted:  # an error: the audio's verdict stands
+            self._judge_text(speculation.pause, trailing=error is None and trails_off(text or ""))
         if speculation.wanted:
             self._finish(speculation)
         elif speculation.superseded:
             self._partial(speculation)
+        else:
+            self._prepare(speculation)
+
+    def _judge_text(self, pause: int, trailing: bool) -> None:
+        """The second signal of the turn's end: does the pause's transcript trail off?"""
+        if self.listener is not None and not self.closed:
+            self.listener.judge_text(pause, trailing)
+
+    # ---- replies prepared before the end of the turn (loop) -----------------
+    def _prepare(self, speculation: "Speculation") -> None:
+        """The turn is still pending and its transcript is ready: start the reply behind a gate."""
+        mode = speculation.mode
+        if (self.closed or mode != self.mode or speculation.turn != self._turn or not self._turn_open
+                or not speculation.text or mode not in TURN_MODES):
+            return
+        if mode == "chat" and (self.service.chat_problem() or self._wants_image()):
+            return  # errors are reported at the end of the turn; a camera frame is taken then
+        self._drop_prepared()
+        try:
+            self._prepared = Reply(self.session, speculation.text, mode, prepared=True)
+        except ReplyRefused:
+            return  # said at the end of the turn, if it ends here
+
+    def _drop_prepared(self) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared.drop()
+            self.preparations_dropped += 1
+
+    def _wants_image(self) -> bool:
+        return self.service.settings.llm_vision and self.camera is not None and self.camera.frame is not None
 
     def _partial(self, speculation: "Speculation") -> None:
         """Publish the turn so far (final: false), only while that turn is still open."""
@@ -215,12 +268,12 @@ class SessionListening:
         if speculation.error is not None:
             self._on_error(speculation.error)
         else:
-            self._on_text(speculation.text or "", speculation.mode)
+            self._on_text(speculation.text or "", speculation.mode, speculation.clock)
 
-    def _text_threadsafe(self, mode: str):
+    def _text_threadsafe(self, mode: str, clock: TurnClock | None):
         def deliver(text: str) -> None:
             if not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._on_text, text, mode)
+                self._loop.call_soon_threadsafe(self._on_text, text, mode, clock)
         return deliver
 
     def _error_threadsafe(self, message: str) -> None:
@@ -232,29 +285,39 @@ class SessionListening:
             self.session.events.publish({"type": "error", "source": "asr", "msg": message})
 
     # ---- replies (loop) ---------------------------------------------------
-    def _on_text(self, text: str, mode: str) -> None:
+    def _on_text(self, text: str, mode: str, clock: TurnClock | None = None) -> None:
+        prepared, self._prepared = self._prepared, None
         if self.closed or mode != self.mode or not text:
+            if prepared is not None:
+                prepared.drop()
+                self.preparations_dropped += 1
             return
         session = self.session
+        if clock is not None:
+            clock.transcript = time.monotonic()
         session.events.publish({"type": "transcript", "text": text, "final": True})
-        if mode == "echo":
-            try:
-                session.tts.say(text, session.tts_backend)
-            except ValueError:
-                return  # only punctuation was recognised
-            except QueueFull as exc:
+        if prepared is not None and prepared.text == text and prepared.mode == mode:
+            self.preparations_used += 1
+            prepared.release(clock)  # prepared while the turn was pending: it plays now
+            return
+        if prepared is not None:
+            prepared.drop()
+            self.preparations_dropped += 1
+        if mode == "chat":
+            problem = self.service.chat_problem()
+            if problem:
+                session.events.publish({"type": "error", "source": "llm", "kind": "not_configured", "msg": problem})
+                return
+            if self._wants_image():
+                task = asyncio.create_task(self._chat_with_image(text), name=f"vision-{session.id[:8]}")
+                self._vision.add(task)
+                task.add_done_callback(self._vision.discard)
+                return
+        try:
+            Reply(session, text, mode, prepared=False).release(clock)
+        except ReplyRefused as exc:
+            if str(exc):
                 session.events.publish({"type": "error", "source": "tts", "msg": str(exc)})
-            return
-        problem = self.service.chat_problem()
-        if problem:
-            session.events.publish({"type": "error", "source": "llm", "kind": "not_configured", "msg": problem})
-            return
-        if self.service.settings.llm_vision and self.camera is not None and self.camera.frame is not None:
-            task = asyncio.create_task(self._chat_with_image(text), name=f"vision-{session.id[:8]}")
-            self._vision.add(task)
-            task.add_done_callback(self._vision.discard)
-        else:
-            session.chat(text, session.tts_backend)
 
     async def _chat_with_image(self, text: str) -> None:
         """The chat turn with the latest camera frame (JPEG encoding off the loop); without it if that fails."""
@@ -268,6 +331,7 @@ class SessionListening:
 
     async def close(self) -> None:
         self.closed = True
+        self._drop_prepared()
         pending = [task for task in (self._starting, *self._vision) if task is not None]
         for task in pending:
             task.cancel()

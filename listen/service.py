@@ -21,6 +21,7 @@ from listen.asr import ASRWorker, create_backend
 from listen.echo import EchoCanceller, wanted
 from listen.router import SessionListening
 from listen.settings import LISTEN_MODES, ListenConfigError, ListenSettings
+from listen.smartturn import TurnModel, installed as turn_model_installed
 from listen.vad import SileroModel
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ class ListenService:
         self.default_mode = settings.default_mode or ("echo" if chat_problem() else "chat")
         self._vad: SileroModel | None = None
         self._vad_lock = asyncio.Lock()
+        self.turn = settings.turn or ("smart" if turn_model_installed() else "silence")
+        self._turn_model: TurnModel | None = None
         self._asr: ASRWorker | None = None
         self.on_transcribed: Callable[[float], None] | None = None  # end of utterance -> text, seconds (metrics)
         self.sessions: dict[str, SessionListening] = {}
@@ -57,6 +60,15 @@ class ListenService:
                 self._vad = await asyncio.get_running_loop().run_in_executor(None, SileroModel)
                 logger.info("listen: Silero VAD loaded (onnxruntime)")
         return self._vad
+
+    async def turn_model(self) -> TurnModel | None:
+        """The Smart Turn model (loaded once, at start-up) with --turn smart; None with --turn silence."""
+        if self.turn != "smart":
+            return None
+        async with self._vad_lock:
+            if self._turn_model is None:
+                self._turn_model = await asyncio.get_running_loop().run_in_executor(None, TurnModel)
+        return self._turn_model
 
     def asr_worker(self) -> ASRWorker:
         if self._asr is None:
@@ -114,6 +126,8 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
     """Create the server's ListenService (from the flags) and its routes."""
     settings = ListenSettings.from_args(ctx.args)
     problem = settings.problem()
+    if not problem and settings.turn == "smart" and not turn_model_installed():
+        problem = "--turn smart needs the pipecat-ai package (pip install -r requirements.txt), or pass --turn silence"
     if problem:
         raise ListenConfigError(problem)
     service = ListenService(settings, ctx.llm.settings.problem, ctx.args.echo_cancel)
@@ -143,6 +157,8 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
         """Load the VAD before the first offer: the uplink buffers only about a second of audio,
         so a model still loading when the user starts talking would cost their first words."""
         await service.vad_model()
+        await service.turn_model()
+        logger.info("listen: turns end by %s", "the Smart Turn model" if service.turn == "smart" else "silence")
 
     async def shutdown(app: web.Application) -> None:
         await service.close()

@@ -1,7 +1,15 @@
 """Turn detection: speech probabilities per window -> the user's turns.
 
 A turn starts once speech has lasted `min_speech_ms` (a cough or a click is
-shorter and is forgotten), and ends after `end_silence_ms` of silence. The
+shorter and is forgotten), and ends after `end_silence_ms` of silence. With a
+turn model (`fallback_silence_ms` given: `--turn smart`), the first short pause
+asks for a verdict instead: the caller runs the model on `heard()` and passes
+the result to `verdict()`; "incomplete" keeps listening, up to
+`fallback_silence_ms` of silence (a hesitation). "Complete" ends the turn once the
+pause's speculative transcript is back too (`text_verdict()`, the second signal:
+Whisper ends a sentence it heard finished with . ? or !, and leaves speech that
+stops mid-sentence without it or with an ellipsis, which keeps the turn open);
+the reply needs that transcript anyway, so waiting for it costs no time. The
 audio of a turn (with a little audio from before its onset) is handed out at
 its end, or in pieces of `max_utterance_s` when the user talks on and on, so
 memory stays bounded however long the monologue.
@@ -20,6 +28,15 @@ PRE_ROLL_MS = 256  # audio kept from before the onset, so the first phoneme is n
 NEGATIVE_MARGIN = 0.15  # hysteresis: speech continues until the probability falls this far below the threshold
 ONSET_GAP_MS = 96  # a dip this long before the onset is confirmed drops the candidate
 EARLY_SILENCE_MS = 160  # silence after which the turn's audio is offered for a speculative transcription
+SENTENCE_ENDS = (".", "?", "!")  # how Whisper ends a sentence it heard finished
+TRAILING_MARKS = ("...", "\u2026")  # how it ends speech that trails off
+
+
+def trails_off(transcript: str) -> bool:
+    """The recogniser's own punctuation says the words stop mid-sentence ("I would like to...",
+    "Is it possible to"): its output read as is, no grammar of ours."""
+    text = transcript.rstrip()
+    return not text.endswith(SENTENCE_ENDS) or text.endswith(TRAILING_MARKS)
 
 
 @dataclass(frozen=True)
@@ -29,16 +46,21 @@ class TurnEvent:
 
     kind: str  # "start" | "pause" | "resume" | "end" | "cut"
     audio: np.ndarray | None = None
+    reason: str = ""  # end: "model" (judged complete), "silence" (--turn silence) or "fallback" (judged incomplete)
+    silence_ms: int = 0  # end: the silence heard after the last speech window when the turn ended
+    pause: int = 0  # pause: its number, which `text_verdict` quotes
 
 
 class TurnDetector:
     """Pure state machine fed one window (audio + speech probability) at a time."""
 
-    def __init__(self, threshold: float, min_speech_ms: int, end_silence_ms: int, max_utterance_s: float):
+    def __init__(self, threshold: float, min_speech_ms: int, end_silence_ms: int, max_utterance_s: float,
+                 fallback_silence_ms: int | None = None):
         self.threshold = threshold
         self.negative = max(threshold - NEGATIVE_MARGIN, 0.01)
         self.min_windows = max(1, -(-min_speech_ms // WINDOW_MS))
-        self.end_windows = max(1, -(-end_silence_ms // WINDOW_MS))
+        self.smart = fallback_silence_ms is not None  # a turn model gives its verdict at the pause
+        self.end_windows = max(1, -(-(fallback_silence_ms if self.smart else end_silence_ms) // WINDOW_MS))
         self.max_windows = int(max_utterance_s * 1000 // WINDOW_MS)
         self.gap_windows = max(1, ONSET_GAP_MS // WINDOW_MS)
         early = max(1, EARLY_SILENCE_MS // WINDOW_MS)
@@ -49,6 +71,9 @@ class TurnDetector:
         self._candidate_gap = 0
         self._utterance: list[np.ndarray] = []
         self._silence = 0
+        self._judged = False  # the model's verdict on this pause came back "incomplete"
+        self._audio_complete = False  # the model judged this pause complete: the transcript's word is awaited
+        self._pauses = 0  # pauses so far (their numbers)
         self.in_turn = False
 
     def push(self, window: np.ndarray, prob: float) -> list[TurnEvent]:
@@ -85,17 +110,57 @@ class TurnDetector:
         paused = self.early_windows is not None and self._silence >= self.early_windows
         self._silence = self._silence + 1 if prob < self.negative else 0
         if paused and self._silence == 0:
+            self._judged = self._audio_complete = False
             return [TurnEvent("resume")]
         if self._silence == self.early_windows:
-            return [TurnEvent("pause", np.concatenate(self._utterance[:self._spoken_windows()]))]
+            self._pauses += 1
+            return [TurnEvent("pause", np.concatenate(self._utterance[:self._spoken_windows()]), pause=self._pauses)]
         if self._silence >= self.end_windows:
-            audio = self._take(self._spoken_windows())
-            self.in_turn = False
-            self._silence = 0
-            return [TurnEvent("end", audio)]
+            return [self._end("fallback" if self.smart else "silence")]
         if len(self._utterance) >= self.max_windows:
             return [TurnEvent("cut", self._take(len(self._utterance)))]
         return []
+
+    @property
+    def _paused(self) -> bool:
+        return self.in_turn and self.early_windows is not None and self._silence >= self.early_windows
+
+    @property
+    def awaiting_verdict(self) -> bool:
+        """A pause the turn model has not judged yet (only with a turn model)."""
+        return self.smart and self._paused and not self._judged and not self._audio_complete
+
+    def heard(self) -> np.ndarray:
+        """The turn so far, its silence included: what the turn model judges."""
+        return np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.float32)
+
+    def verdict(self, complete: bool) -> list[TurnEvent]:
+        """The turn model's judgement of the pause now: complete ends the turn at once."""
+        if not self.awaiting_verdict:
+            return []  # the user spoke on (or the turn ended) before the verdict: it is moot
+        if not complete:
+            self._judged = True
+            return []
+        self._audio_complete = True
+        return []
+
+    def text_verdict(self, pause: int, trailing: bool) -> list[TurnEvent]:
+        """The speculative transcript of pause number `pause` is back; `trailing`: it trails off."""
+        if not (self.smart and self._paused and self._audio_complete and pause == self._pauses):
+            return []  # not judged complete, spoken on since, or an older pause: nothing to do
+        if trailing:
+            self._audio_complete = False
+            self._judged = True  # held open: the fallback silence ends it if the user says no more
+            return []
+        return [self._end("model")]
+
+    def _end(self, reason: str) -> TurnEvent:
+        silence_ms = self._silence * WINDOW_MS
+        audio = self._take(self._spoken_windows())
+        self.in_turn = False
+        self._silence = 0
+        self._judged = self._audio_complete = False
+        return TurnEvent("end", audio, reason, silence_ms)
 
     def _spoken_windows(self) -> int:
         """The turn up to its last speech window, plus one window of the silence after it."""
@@ -117,4 +182,5 @@ class TurnDetector:
         self._reset_candidate()
         self._utterance = []
         self._silence = 0
+        self._judged = self._audio_complete = False
         self.in_turn = False

@@ -59,6 +59,14 @@ class Metrics:
         self.asr = Histogram(
             f"{PREFIX}_asr_seconds", "ASR: from the end of an utterance to its transcript",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.turn_stage = Histogram(
+            f"{PREFIX}_turn_stage_seconds",
+            "Listening, per answered turn: from the end of the user's speech to each stage of the reply "
+            "(decision, transcript, llm_first_token, tts_first_audio, first_voiced_frame; a prepared reply's "
+            "stages can come before the decision)", ["stage", "mode"], buckets=LATENCY_BUCKETS, registry=r)
+        self.turns_ended = Counter(
+            f"{PREFIX}_turns_ended", "User turns ended, by what ended them (model, fallback, silence)", ["reason"],
+            registry=r)
         self.batch_time = Histogram(
             f"{PREFIX}_inference_batch_seconds",
             "Lip-sync inference per batch; stage=session (one session's render step) or worker (a shared GPU pass)",
@@ -153,8 +161,14 @@ class SessionProbe:  # an observers.SessionObserver
         self._metrics.observe_tts_first_audio(backend, seconds)
 
     def event(self, event: dict[str, Any]) -> None:
-        """Every event the session publishes: errors are counted by their source and kind."""
-        if event.get("type") == "error":
+        """Every event the session publishes: errors are counted by their source and kind, turns timed."""
+        kind = event.get("type")
+        if kind == "turn":
+            for stage, ms in event.get("ms", {}).items():
+                self._metrics.turn_stage.labels(stage, event.get("mode", "")).observe(ms / 1000)
+        elif kind == "user_end" and event.get("reason"):
+            self._metrics.turns_ended.labels(event["reason"]).inc()
+        elif kind == "error":
             kind = "_".join(str(part) for part in (event.get("source", "session"), event.get("kind")) if part)
             self._metrics.error(kind)
 

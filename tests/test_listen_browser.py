@@ -20,6 +20,11 @@ def write_wav(path, audio: np.ndarray) -> None:
         out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
 
 
+def collapse(states: list[str]) -> list[str]:
+    """Consecutive repeats removed."""
+    return [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
+
+
 async def test_talk_toggle_leads_to_a_transcript_bubble_and_an_answer(server, tmp_path):
     from playwright.async_api import async_playwright
 
@@ -37,13 +42,22 @@ async def test_talk_toggle_leads_to_a_transcript_bubble_and_an_answer(server, tm
             await page.select_option("#listen-mode", "echo")
             await page.click("#connect")
             await page.wait_for_function("document.getElementById('state').textContent === 'connected'", timeout=20000)
+            await page.evaluate("""() => {  // every change of the turn pill, in order
+                window.turns = [document.getElementById('turn').dataset.turn];
+                new MutationObserver(() => window.turns.push(document.getElementById('turn').dataset.turn))
+                    .observe(document.getElementById('turn'), {attributes: true, attributeFilter: ['data-turn']});
+            }""")
             await page.click("#mic")
             await page.wait_for_selector(".bubble.user:not(.partial)", timeout=30000)
             await page.wait_for_selector(".bubble.avatar", timeout=15000)
+            await page.wait_for_function("window.turns.includes('speaking') && window.turns.slice(-1)[0] === 'listening'",
+                                         timeout=15000)  # the answer played out: the turn is the user's again
+            turns = await page.evaluate("window.turns")
             heard = await page.text_content(".bubble.user:not(.partial)")
             answer = await page.text_content(".bubble.avatar")
             assert word_error_rate(SENTENCE, heard) <= 0.25, heard
             assert answer.strip() == heard.strip()
+            assert collapse(turns)[-3:] == ["thinking", "speaking", "listening"], turns  # whose turn, as it went
             assert "mic" not in (await page.text_content("#vad"))  # the VAD pill shows the mic is live
             # Chromium cancels echo with the page's defaults and says so: the server's canceller stays off,
             # the uplink goes to the VAD untouched, as before --echo-cancel existed (issue 19)

@@ -286,3 +286,21 @@ async def test_the_system_prompt_is_sent(llm_server):
     await collect(Conversation(client), "hi")
     assert llm_server.exchanges[0].body["messages"][0] == {"role": "system", "content": "You are a pirate."}
     await client.close()
+
+
+async def test_a_retracted_reply_leaves_no_trace_in_the_history(llm_server, client):
+    """A reply prepared for a turn the user did not end (issue 18): its question and answer go."""
+    llm_server.queue(Script(deltas=["Kept. "]), Script(deltas=["Prepared. ", "More."], stall_after=1),
+                     Script(deltas=["Ok."]))
+    conversation = Conversation(client)
+    speak_all(conversation, await collect(conversation, "first"))
+    task, got, first = start_reply(conversation)
+    await asyncio.wait_for(first.wait(), WAIT)
+    conversation.retract()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await collect(conversation, "second")
+    messages = llm_server.exchanges[2].body["messages"]
+    assert [(m["role"], m["content"]) for m in messages[1:]] == [
+        ("user", "first"), ("assistant", "Kept."), ("user", "second")]
+    await asyncio.wait_for(llm_server.disconnected.wait(), WAIT)  # the prepared request was closed

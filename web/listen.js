@@ -1,5 +1,7 @@
 // Talking to the avatar: the microphone (Talk), the camera, the listen mode,
-// the conversation as chat bubbles and the live VAD state.
+// the conversation as chat bubbles, the live VAD state and whose turn it is:
+// listening (the user's turn, hesitations included), thinking (the turn is over,
+// the reply is coming), speaking (the avatar's voice is playing).
 // avatar-client.js offers its audio and video transceivers as sendrecv when this file
 // is loaded; the mic and camera tracks are attached later with replaceTrack,
 // so toggling them needs no renegotiation.
@@ -14,6 +16,13 @@ const listenPage = (() => {
   function setVad(text, cls) {
     el("vad").textContent = text;
     el("vad").className = "pill " + (cls || "");
+  }
+
+  const TURN_TEXT = { listening: "listening", thinking: "thinking…", speaking: "speaking" };
+  function setTurn(turn) {
+    el("turn").dataset.turn = turn;
+    el("turn").textContent = TURN_TEXT[turn];
+    el("turn").className = "pill turn-" + turn;
   }
 
   function bubble(who, text) {
@@ -94,10 +103,12 @@ const listenPage = (() => {
     if (event.type === "echo") {
       showEcho(event);
     } else if (event.type === "user_start") {
+      setTurn("listening");
       setVad("you speak", "talk");
       state.avatarBubble = null;
       state.userBubble = null;
     } else if (event.type === "user_end") {
+      setTurn("thinking");
       setVad("thinking");
     } else if (event.type === "transcript") {
       // partial transcripts (final: false) fill a pending bubble that the final text replaces
@@ -107,10 +118,15 @@ const listenPage = (() => {
       state.userBubble.classList.remove("partial");
       state.userBubble = null;
       setVad(state.mic ? "listening" : "mic off", state.mic ? "ok" : "");
-    } else if (event.type === "start" && event.text) {
+    } else if (event.type === "start") {
+      setTurn("speaking");
+      if (!event.text) return;
       if (state.avatarBubble) state.avatarBubble.textContent += " " + event.text;
       else state.avatarBubble = bubble("avatar", event.text);
+    } else if (event.type === "end") {
+      setTurn("listening");
     } else if (event.type === "error" && event.source === "asr") {
+      setTurn("listening");
       setVad("asr error", "bad");
     }
   }

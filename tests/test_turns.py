@@ -1,0 +1,285 @@
+"""Taking turns (issue 18): the turn decision as a pure state machine, the Smart Turn model,
+the gate of a prepared reply, and loopback sessions where a user hesitates or asks a question."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from listen.smartturn import TurnModel
+from listen.turns import TurnDetector, trails_off
+from listen.vad import WINDOW_SAMPLES
+from sync.gate import DROPPED, HELD, RELEASED, Gate
+from tests.support.hesitations import HESITATIONS, full_text, hesitant, trimmed
+from tests.support.speech_sender import speak
+
+WINDOW = np.zeros(WINDOW_SAMPLES, np.float32)
+FALLBACK_MS = 1000
+
+
+def smart() -> TurnDetector:
+    return TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=30, fallback_silence_ms=FALLBACK_MS)
+
+
+def push(detector: TurnDetector, prob: float, windows: int) -> list:
+    return [event for _ in range(windows) for event in detector.push(WINDOW, prob)]
+
+
+def paused(detector: TurnDetector) -> int:
+    """Speech, then silence up to the first pause; returns the pause's number."""
+    assert [e.kind for e in push(detector, 0.9, 10)] == ["start"]
+    events = push(detector, 0.1, 5)
+    assert [e.kind for e in events] == ["pause"] and detector.awaiting_verdict
+    return events[0].pause
+
+
+# ---- the state machine -----------------------------------------------------------------------
+def test_complete_audio_and_a_finished_transcript_end_the_turn_at_the_pause():
+    detector = smart()
+    pause = paused(detector)
+    assert detector.verdict(True) == []  # the audio says complete: the transcript's word is awaited
+    assert push(detector, 0.1, 3) == []  # ...however long it takes, short of the fallback
+    [end] = detector.text_verdict(pause, trailing=False)
+    assert (end.kind, end.reason) == ("end", "model") and end.silence_ms == 8 * 32
+    assert not detector.in_turn
+
+
+def test_incomplete_audio_waits_for_the_fallback_silence():
+    detector = smart()
+    pause = paused(detector)
+    assert detector.verdict(False) == [] and not detector.awaiting_verdict
+    assert detector.text_verdict(pause, trailing=False) == []  # the transcript alone never ends a turn
+    windows = -(-FALLBACK_MS // 32) - 5  # the silence so far is the 5 windows of the pause
+    assert push(detector, 0.1, windows - 1) == []
+    [end] = push(detector, 0.1, 1)
+    assert (end.kind, end.reason) == ("end", "fallback")
+
+
+def test_a_transcript_that_trails_off_keeps_the_turn_open():
+    detector = smart()
+    pause = paused(detector)
+    detector.verdict(True)
+    assert detector.text_verdict(pause, trailing=True) == []
+    assert detector.in_turn and not detector.awaiting_verdict
+    assert [e.kind for e in push(detector, 0.9, 1)] == ["resume"]  # and the user goes on
+
+
+def test_verdicts_on_a_pause_the_user_spoke_on_after_are_moot():
+    detector = smart()
+    pause = paused(detector)
+    assert [e.kind for e in push(detector, 0.9, 1)] == ["resume"]
+    assert detector.verdict(True) == [] and detector.text_verdict(pause, trailing=False) == []
+    second = [e for e in push(detector, 0.1, 5) if e.kind == "pause"][0].pause
+    assert second == pause + 1
+    assert detector.verdict(True) == []
+    assert detector.text_verdict(pause, trailing=False) == []  # the older pause's transcript
+    assert [e.reason for e in detector.text_verdict(second, trailing=False)] == ["model"]
+
+
+def test_silence_mode_ignores_verdicts_and_ends_as_before():
+    detector = TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=30)
+    push(detector, 0.9, 10)
+    assert [e.kind for e in push(detector, 0.1, 5)] == ["pause"]
+    assert not detector.awaiting_verdict and detector.verdict(True) == []
+    assert detector.text_verdict(1, trailing=False) == []
+    [end] = push(detector, 0.1, 8)
+    assert (end.kind, end.reason) == ("end", "silence")
+
+
+def test_trailing_marks_are_the_recognisers_own():
+    assert trails_off("My favorite color is...") and trails_off("We went to the market and,")
+    assert trails_off("Is it possible to") and trails_off("")
+    assert not trails_off("What time is it?") and not trails_off("I would like to order.")
+
+
+def test_a_fallback_shorter_than_the_silence_end_is_refused_with_the_flag_named():
+    from listen.settings import ListenSettings
+
+    assert "--turn-fallback-silence-ms" in ListenSettings(turn_fallback_silence_ms=300).problem()
+    assert ListenSettings(turn="silence", turn_fallback_silence_ms=300).problem() is None  # not used then
+    assert ListenSettings().problem() is None
+
+
+def test_the_gate_decides_once():
+    gate = Gate()
+    assert gate.wait(0.01) == HELD
+    assert gate.drop() and not gate.release()
+    assert gate.wait(0.01) == DROPPED and not gate.open
+    other = Gate()
+    other.mark("x")
+    first = other.marks["x"]
+    other.mark("x")
+    assert other.release() and other.state == RELEASED and other.marks["x"] == first
+
+
+# ---- the model, on real speech -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def turn_model():
+    return TurnModel()
+
+
+def as_heard(audio: np.ndarray) -> np.ndarray:
+    """What the listener hands the model at a pause: pre-roll, the speech, 160 ms and a window of silence."""
+    return np.concatenate([np.zeros(4096, np.float32), trimmed(audio), np.zeros(3072, np.float32)])
+
+
+def test_smart_turn_tells_a_finished_question_from_words_that_stop_short(turn_model):
+    assert turn_model.complete(as_heard(speak("Please tell me the weather for tomorrow morning.")))
+    assert not turn_model.complete(as_heard(speak("What I really want is")))
+    assert not turn_model.complete(as_heard(speak("I would like to order")))
+
+
+# ---- loopback sessions: real aiortc peer, Silero, whisper tiny.en, Smart Turn --------------------
+from listen.service import LISTEN_KEY  # noqa: E402
+from tests.conftest import server_args, start_server  # noqa: E402
+from tests.support.speech_helpers import channel_events, is_voiced  # noqa: E402
+from tests.support.speech_sender import SpeechTrack, word_error_rate  # noqa: E402
+from tests.test_listen import talking_client, wait_events  # noqa: E402
+
+
+def of_type(client, *types: str) -> list[dict]:
+    return [e for e in channel_events(client) if e["type"] in types]
+
+
+def finals(client) -> list[dict]:
+    return [e for e in of_type(client, "transcript") if e["final"]]
+
+
+def spoke_over(client, track: SpeechTrack) -> list[float]:
+    """Arrival times of voiced reply frames while the user's clip was still going out."""
+    start, end = track.speech_started[-1], track.speech_ended[-1]
+    return [f.arrival for f in client.audio if is_voiced(f) and start <= f.arrival <= end]
+
+
+@pytest.fixture
+async def turn_server(data_dir):
+    running = await start_server(server_args(data_dir, "--listen", "echo"))
+    yield running
+    await running.runner.cleanup()
+
+
+@pytest.mark.parametrize("pair", [HESITATIONS[2], HESITATIONS[11]], ids=["audio-says-wait", "transcript-trails-off"])
+async def test_a_hesitation_is_one_turn_and_the_avatar_waits_for_its_end(turn_server, http, pair):
+    track = SpeechTrack()
+    client = await talking_client(turn_server.url, http, track)
+    try:
+        track.play(hesitant(*pair))
+        await wait_events(client, lambda e: e["type"] == "start", timeout=30)
+        await wait_events(client, lambda e: e["type"] == "turn", timeout=10)
+        assert [e["type"] for e in of_type(client, "user_start", "user_end")] == ["user_start", "user_end"]
+        [final] = finals(client)
+        assert word_error_rate(full_text(pair), final["text"]) <= 0.25, final  # both halves, one turn
+        assert not spoke_over(client, track)
+        order = [e["type"] for e in of_type(client, "user_end", "start")]
+        assert order[0] == "user_end", order
+    finally:
+        await client.close()
+
+
+async def test_a_complete_question_is_answered_at_the_model_s_word(data_dir, http):
+    """The model's "complete" (and a transcript that does not trail off) ends the turn, never the
+    fallback silence: set long here, so a slow shared machine's recogniser cannot outrun it."""
+    running = await start_server(server_args(data_dir, "--listen", "echo", "--turn-fallback-silence-ms", "5000"))
+    sentence = "Please tell me the weather for tomorrow morning."
+    track = SpeechTrack()
+    client = await talking_client(running.url, http, track)
+    try:
+        track.play(speak(sentence))
+        [timing] = await wait_events(client, lambda e: e["type"] == "turn", timeout=30)
+        [end] = of_type(client, "user_end")
+        assert end["reason"] == "model"  # not the fallback silence
+        [final] = finals(client)
+        assert word_error_rate(sentence, final["text"]) <= 0.25
+        assert [e["text"] for e in of_type(client, "start")][:1] == [final["text"]]
+        stages = timing["ms"]
+        assert set(stages) == {"decision", "transcript", "tts_first_audio", "first_voiced_frame"}, stages
+        assert max(stages.values()) == stages["first_voiced_frame"] and stages["decision"] <= stages["transcript"]
+        metrics = await (await http.get(f"{running.url}/metrics")).text()
+        assert 'avatar_turn_stage_seconds_count{mode="echo",stage="first_voiced_frame"} 1.0' in metrics
+        assert 'avatar_turns_ended_total{reason="model"} 1.0' in metrics
+    finally:
+        await client.close()
+        await running.runner.cleanup()
+
+
+async def test_turn_silence_ends_turns_by_silence_as_before(data_dir, http):
+    running = await start_server(server_args(data_dir, "--listen", "echo", "--turn", "silence"))
+    track = SpeechTrack()
+    client = await talking_client(running.url, http, track)
+    try:
+        track.play(speak("Please tell me the weather for tomorrow morning."))
+        await wait_events(client, lambda e: e["type"] == "start", timeout=30)
+        assert [e["reason"] for e in of_type(client, "user_end")] == ["silence"]
+        assert running.app[LISTEN_KEY].turn == "silence"
+    finally:
+        await client.close()
+        await running.runner.cleanup()
+
+
+async def test_a_reply_prepared_during_a_hesitation_leaves_no_trace(data_dir, llm_server, http):
+    """A long hesitation: the first half's transcript is back while the user is silent, so its
+    reply is prepared (the LLM asked, its first sentence synthesised); the user goes on, and the
+    prepared reply must vanish: not heard, not in the events, not in the chat history."""
+    from tests.support.llm_server import Script
+
+    llm_server.queue(Script(deltas=["Prepared too early. "]), Script(deltas=["The station is north of here."]))
+    running = await start_server(server_args(
+        data_dir, "--llm-base-url", llm_server.base_url, "--llm-model", "test-model", "--listen", "chat",
+        "--turn-fallback-silence-ms", "4000"))
+    pair = HESITATIONS[2]
+    track = SpeechTrack()
+    client = await talking_client(running.url, http, track)
+    try:
+        track.play(hesitant(*pair, pause_s=2.5))
+        await wait_events(client, lambda e: e["type"] == "end" and e["text"].startswith("The station"), timeout=40)
+        listening = running.app[LISTEN_KEY].sessions[client.sessionid]
+        assert listening.preparations_dropped == 1 and len(llm_server.exchanges) == 2
+        assert llm_server.exchanges[0].body["messages"][-1]["content"].lower().startswith("can you tell me where")
+        assert not spoke_over(client, track)
+        spoken = [e["text"] for e in of_type(client, "start", "end")]
+        assert "Prepared too early." not in spoken
+        [final] = finals(client)
+        history = running.context.sessions.get(client.sessionid).conversation.history.turns
+        assert [turn.user for turn in history] == [final["text"]]
+        assert word_error_rate(full_text(pair), final["text"]) <= 0.25
+        assert llm_server.exchanges[1].body["messages"][-1]["content"] == final["text"]
+        await asyncio.sleep(0.5)
+        assert len(of_type(client, "turn")) == 1  # the dropped reply reported nothing
+    finally:
+        await client.close()
+        await running.runner.cleanup()
+
+
+def test_the_tts_holds_a_prepared_utterance_at_its_gate_and_drops_it_without_an_event():
+    import time
+
+    from tests.test_visemes import RecordingEngine, wait_for_end
+    from ttsreal import TTSWorker
+    from tts.espeak import EspeakLibrary, EspeakTTS
+
+    engine = RecordingEngine()
+    firsts: list[float] = []
+    worker = TTSWorker(engine, on_error=lambda message: None, name="tts-gate",
+                       on_first_audio=lambda backend, seconds: firsts.append(seconds))
+    voice = EspeakTTS(EspeakLibrary.shared())
+    try:
+        dropped, released = Gate(), Gate()
+        worker.say("Never heard. Not at all.", voice, dropped)
+        deadline = time.monotonic() + 10
+        while "tts_first_audio" not in dropped.marks:  # synthesised while held...
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert engine.chunks == [] and firsts == []  # ...but nothing reached the engine or the metrics
+        dropped.drop()
+        worker.say("Heard.", voice, released)
+        time.sleep(0.3)
+        assert engine.chunks == []
+        released.release()
+        wait_for_end(engine)
+    finally:
+        worker.stop()
+    utterances = {e.text for c in engine.chunks for e in c.events}
+    assert utterances == {"Heard."} and len(firsts) == 1
