@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import av
+import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media import CHUNK_SAMPLES, SAMPLE_RATE, VIDEO_CLOCK_RATE, AVBundle, SpeechEvent, chunks_per_frame
@@ -201,6 +202,8 @@ class PlayerStreamTrack(MediaStreamTrack):
             frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
             if player.probe is not None:
                 player.probe.audio_sent(bundle)
+            if player.far_end is not None:  # the echo canceller's reference, stamped by the session clock
+                player.far_end(samples, player.clock.now())
             if bundle.events and bundle.events[part]:
                 for event in bundle.events[part]:
                     player.playout(event)
@@ -224,6 +227,7 @@ class HumanPlayer:
         probe: "SessionObserver | None" = None,
     ):
         self.probe = probe  # times the stages that end on the wire (metrics)
+        self.far_end: Callable[[np.ndarray, float], None] | None = None  # each audio chunk handed to WebRTC, and when
         self.clock = SessionClock(fps)
         self.chunks_per_frame = chunks_per_frame(fps)
         self.stats = StreamStats()

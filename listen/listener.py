@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import av
 import numpy as np
@@ -21,9 +21,12 @@ import numpy as np
 from basereal import BaseReal
 from listen.smartturn import COMPLETE_PROBABILITY, TurnModel
 from listen.turns import TurnDetector, TurnEvent
-from listen.uplink import FrameBuffer, MonoResampler
+from listen.uplink import FrameBuffer, MonoResampler, arrival_of
 from listen.vad import WINDOW_SAMPLES, VADStream
 from media import CHUNK_SAMPLES, AudioChunk
+
+if TYPE_CHECKING:
+    from listen.echo import EchoCanceller
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +43,18 @@ class Listener:
 
     def __init__(self, buffer: FrameBuffer, vad: VADStream, turns: TurnDetector, engine: BaseReal,
                  mode: Callable[[], str], on_turn: Callable[[TurnEvent], None], name: str,
-                 turn_model: TurnModel | None = None):
+                 turn_model: TurnModel | None = None, echo: "EchoCanceller | None" = None):
         self._buffer = buffer
         self._vad = vad
         self._turns = turns
         self._engine = engine
         self._mode = mode
         self._on_turn = on_turn
+        self.echo = echo  # removes the avatar's own voice from the uplink, before everything else
         self._turn_model = turn_model  # judges each first pause when the detector is smart
         self.resample = MonoResampler()
         self._pending = np.zeros(0, np.float32)  # < one VAD window (or one lips chunk) of leftover audio
+        self._pending_asr = np.zeros(0, np.float32)  # the same audio for recognition (differs only with `echo`)
         self._texts: queue.Queue[tuple[int, bool]] = queue.Queue(maxsize=TEXT_VERDICTS_QUEUED)
         self._reset = threading.Event()
         self._stopping = threading.Event()
@@ -75,7 +80,7 @@ class Listener:
                 self._step()
             except Exception:  # one bad frame must not end listening for the rest of the session
                 logger.exception("listener %s: frame dropped", threading.current_thread().name)
-                self._pending = np.zeros(0, np.float32)
+                self._pending = self._pending_asr = np.zeros(0, np.float32)
 
     def _step(self) -> None:
         """Take one uplink frame (or time out) and run it through the current mode."""
@@ -84,7 +89,7 @@ class Listener:
             self._reset.clear()
             self._turns.reset()
             self._vad.reset()
-            self._pending = np.zeros(0, np.float32)
+            self._pending = self._pending_asr = np.zeros(0, np.float32)
         while True:
             try:
                 pause, trailing = self._texts.get_nowait()
@@ -104,7 +109,13 @@ class Listener:
         except (ValueError, av.error.FFmpegError) as exc:
             logger.warning("uplink frame could not be resampled (%s): dropped", exc)
             return
+        for_asr = samples
+        if self.echo is not None and mode != "lips":  # lips plays the user back: not the avatar's own voice
+            # the VAD hears the canceller's output, recognition the echo subtracted but not suppressed
+            samples = self.echo.process(samples, arrival_of(frame))
+            for_asr = self.echo.for_asr
         self._pending = np.concatenate([self._pending, samples])
+        self._pending_asr = np.concatenate([self._pending_asr, for_asr])
         if mode == "lips":
             self._feed_lips()
         else:
@@ -113,8 +124,8 @@ class Listener:
     def _detect_turns(self) -> None:
         count = len(self._pending) // WINDOW_SAMPLES
         for i in range(count):
-            window = self._pending[i * WINDOW_SAMPLES:(i + 1) * WINDOW_SAMPLES]
-            for event in self._turns.push(window, self._vad(window)):
+            part = slice(i * WINDOW_SAMPLES, (i + 1) * WINDOW_SAMPLES)
+            for event in self._turns.push(self._pending_asr[part], self._vad(self._pending[part])):
                 self._on_turn(event)
             if self._turn_model is not None and self._turns.awaiting_verdict:
                 started = time.perf_counter()
@@ -124,6 +135,7 @@ class Listener:
                 for event in self._turns.verdict(probability > COMPLETE_PROBABILITY):
                     self._on_turn(event)
         self._pending = self._pending[count * WINDOW_SAMPLES:].copy()
+        self._pending_asr = self._pending_asr[count * WINDOW_SAMPLES:].copy()
 
     def _feed_lips(self) -> None:
         count = len(self._pending) // CHUNK_SAMPLES
@@ -148,6 +160,7 @@ class Listener:
             except queue.Full:
                 self.lips_dropped += 1
         self._pending = self._pending[count * CHUNK_SAMPLES:].copy()
+        self._pending_asr = self._pending_asr[count * CHUNK_SAMPLES:].copy()
 
     def close(self) -> None:
         self._stopping.set()

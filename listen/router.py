@@ -32,6 +32,7 @@ from listen.vad import VADStream
 if TYPE_CHECKING:
     from listen.asr import ASRWorker
     from listen.asrqueue import ASRRequest
+    from listen.echo import EchoCanceller
     from listen.settings import ListenSettings
     from listen.smartturn import TurnModel
     from listen.vad import SileroModel
@@ -81,6 +82,7 @@ class SessionListening:
         self._loop = asyncio.get_running_loop()
         self.reader: UplinkReader | None = None
         self.listener: Listener | None = None
+        self.echo: "EchoCanceller | None" = None  # set by the service when this session may cancel echo
         self.camera: LatestFrame | None = None
         self.camera_reader: UplinkReader | None = None
         self._starting: asyncio.Task | None = None
@@ -136,7 +138,8 @@ class SessionListening:
         fallback_ms = s.turn_fallback_silence_ms if turn_model is not None else None
         turns = TurnDetector(s.vad_threshold, s.min_speech_ms, s.end_silence_ms, s.max_utterance_s, fallback_ms)
         self.listener = Listener(buffer, VADStream(vad_model), turns, self.session.engine, lambda: self.mode,
-                                 self._turn_threadsafe, name=f"listen-{self.session.id[:8]}", turn_model=turn_model)
+                                 self._turn_threadsafe, name=f"listen-{self.session.id[:8]}", turn_model=turn_model,
+                                 echo=self.echo)
 
     # ---- turns (listener thread -> loop) ----------------------------------
     def _turn_threadsafe(self, event: TurnEvent) -> None:

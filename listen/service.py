@@ -18,6 +18,7 @@ from aiohttp import web
 from httpapi import BadRequest, ok, read_json
 from listen.funasr_ws import register as register_funasr_socket
 from listen.asr import ASRWorker, create_backend
+from listen.echo import EchoCanceller, wanted
 from listen.router import SessionListening
 from listen.settings import LISTEN_MODES, ListenConfigError, ListenSettings
 from listen.smartturn import TurnModel, installed as turn_model_installed
@@ -31,8 +32,9 @@ logger = logging.getLogger(__name__)
 
 
 class ListenService:
-    def __init__(self, settings: ListenSettings, chat_problem: Callable[[], str | None]):
+    def __init__(self, settings: ListenSettings, chat_problem: Callable[[], str | None], echo_cancel: str = "auto"):
         self.settings = settings
+        self.echo_cancel = echo_cancel  # --echo-cancel: auto, on or off
         self.chat_problem = chat_problem
         self.default_mode = settings.default_mode or ("echo" if chat_problem() else "chat")
         self._vad: SileroModel | None = None
@@ -73,16 +75,36 @@ class ListenService:
             self._asr = ASRWorker(lambda: create_backend(self.settings), on_done=self.on_transcribed)
         return self._asr
 
-    def attach(self, session: "Session", mode: str) -> SessionListening:
+    def attach(self, session: "Session", mode: str, client_cancels: bool | None = None) -> SessionListening:
+        """`client_cancels`: what the client said of its own echo cancellation (None: nothing)."""
         listening = SessionListening(self, session, mode)
+        if self.echo_cancel != "off":
+            listening.echo = self._canceller(session, client_cancels)
         self.sessions[session.id] = listening
 
         async def detach() -> None:
             self.sessions.pop(session.id, None)
+            session.player.far_end = None
             await listening.close()
 
         session.add_closer(detach)
         return listening
+
+    def _canceller(self, session: "Session", client_cancels: bool | None) -> EchoCanceller:
+        canceller = EchoCanceller(enabled=wanted(self.echo_cancel, client_cancels))
+        session.player.far_end = canceller.reference
+        canceller.on_stats = lambda stats: session.events.publish_threadsafe({"type": "echo", **stats})
+        return canceller
+
+    def client_reports(self, listening: SessionListening, client_cancels: bool) -> None:
+        """The client told (again) whether its microphone cancels echo, e.g. once the page's mic is on."""
+        if listening.echo is not None:
+            listening.echo.enabled = wanted(self.echo_cancel, client_cancels)
+
+    def echo_stats(self) -> dict[str, dict]:
+        """Session tag -> the canceller's figures, for the sessions that cancel echo (metrics)."""
+        return {listening.session.tag: listening.echo.stats() for listening in list(self.sessions.values())
+                if listening.echo is not None and listening.echo.enabled}
 
     async def close(self) -> None:
         if self._asr is not None:
@@ -90,6 +112,14 @@ class ListenService:
 
 
 LISTEN_KEY = web.AppKey("listen", ListenService)
+
+
+def client_cancels_from(body: dict[str, Any]) -> bool | None:
+    """The `echo_cancellation` a client reports of its microphone (the page: getSettings()); None when absent."""
+    value = body.get("echo_cancellation")
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest("'echo_cancellation' must be true or false (what the microphone's getSettings() says)")
+    return value
 
 
 def register(app: web.Application, ctx: "ServerContext") -> None:
@@ -100,21 +130,28 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
         problem = "--turn smart needs the pipecat-ai package (pip install -r requirements.txt), or pass --turn silence"
     if problem:
         raise ListenConfigError(problem)
-    service = ListenService(settings, ctx.llm.settings.problem)
+    service = ListenService(settings, ctx.llm.settings.problem, ctx.args.echo_cancel)
     session_from = ctx.session_from
     app[LISTEN_KEY] = service
 
     async def switch_mode(request: web.Request) -> web.Response:
         body = await read_json(request)
         session = session_from(body)
-        if "listen" not in body:
+        client_cancels = client_cancels_from(body)
+        if "listen" not in body and client_cancels is None:
             raise BadRequest("'listen' is required: one of " + ", ".join(LISTEN_MODES))
-        mode = service.mode_from(body)
+        mode = service.mode_from(body) if "listen" in body else None
         listening = service.sessions.get(session.id)
         if listening is None:
             raise BadRequest("this session is not listening", status=409)
-        listening.set_mode(mode)
-        return ok(data={"listen": mode})
+        if client_cancels is not None:
+            service.client_reports(listening, client_cancels)
+        if mode is not None:
+            listening.set_mode(mode)
+        data = {"listen": listening.mode}
+        if client_cancels is not None:
+            data["echo_cancel"] = listening.echo is not None and listening.echo.enabled
+        return ok(data=data)
 
     async def preload(app: web.Application) -> None:
         """Load the VAD before the first offer: the uplink buffers only about a second of audio,
@@ -132,8 +169,8 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
     app.on_cleanup.append(shutdown)
 
 
-def attach(app: web.Application, session: "Session", mode: str) -> SessionListening:
-    return app[LISTEN_KEY].attach(session, mode)
+def attach(app: web.Application, session: "Session", mode: str, client_cancels: bool | None = None) -> SessionListening:
+    return app[LISTEN_KEY].attach(session, mode, client_cancels)
 
 
 def mode_from(app: web.Application, body: dict[str, Any]) -> str:

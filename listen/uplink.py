@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import time
 from typing import Callable, Protocol
 
 import av
@@ -39,6 +40,7 @@ class FrameBuffer:
     def put(self, frame: av.AudioFrame) -> None:
         if not isinstance(frame, av.AudioFrame):
             return
+        frame.opaque = time.monotonic()  # its arrival: the echo canceller places the uplink on the wall clock
         while True:
             try:
                 self._queue.put_nowait(frame)
@@ -141,3 +143,9 @@ class MonoResampler:
         if not out:
             return np.zeros(0, np.float32)
         return np.concatenate([f.to_ndarray().reshape(-1) for f in out]).astype(np.float32, copy=False)
+
+
+def arrival_of(frame: av.AudioFrame) -> float:
+    """When `FrameBuffer.put` received the frame (now, for a frame that did not come through one)."""
+    stamp = frame.opaque
+    return stamp if isinstance(stamp, float) else time.monotonic()

@@ -59,6 +59,7 @@ def register(app: web.Application, ctx: "ServerContext") -> None:
     metrics.watch(ctx.sessions.all, lambda: ctx.sessions.starting)
     if LISTEN_KEY in app:
         app[LISTEN_KEY].on_transcribed = metrics.observe_asr
+        metrics.watch_echo(app[LISTEN_KEY].echo_stats)
     token = ctx.args.metrics_token or getattr(ctx.args, "auth_token", None)
 
     @public  # the middleware's --auth-token does not apply: the scraper may hold only --metrics-token

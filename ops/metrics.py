@@ -111,6 +111,10 @@ class Metrics:
         """Read session states and queue depths at scrape time from these callables."""
         self.registry.register(SessionCollector(sessions, starting))
 
+    def watch_echo(self, stats: Callable[[], dict[str, dict]]) -> None:
+        """Read each echo-cancelling session's delay and ERLE at scrape time (session tag -> figures)."""
+        self.registry.register(EchoCollector(stats))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -200,6 +204,28 @@ class SessionCollector(Collector):
         yield total
         yield peak
         yield from gpu_memory()
+
+
+class EchoCollector(Collector):
+    """Per session that cancels echo: the estimated echo delay and the echo reduction achieved."""
+
+    def __init__(self, stats: Callable[[], dict[str, dict]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        delay = GaugeMetricFamily(f"{PREFIX}_echo_delay_ms",
+                                  "Estimated echo delay: avatar audio handed to WebRTC -> its echo in the uplink",
+                                  labels=["session"])
+        erle = GaugeMetricFamily(f"{PREFIX}_echo_erle_db",
+                                 "Echo return loss enhancement over the last seconds of avatar speech",
+                                 labels=["session"])
+        for tag, figures in self._stats().items():
+            if figures.get("delay_ms") is not None:
+                delay.add_metric([tag], figures["delay_ms"])
+            if figures.get("erle_db") is not None:
+                erle.add_metric([tag], figures["erle_db"])
+        yield delay
+        yield erle
 
 
 def queue_depths(session: "Session") -> dict[str, int]:

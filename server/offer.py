@@ -102,6 +102,7 @@ async def offer(request: web.Request) -> web.Response:
     if body.get("type") != "offer":
         raise BadRequest("'type' must be \"offer\"")
     listen_mode = listen.mode_from(request.app, body)
+    client_cancels = listen.client_cancels_from(body)
     tts_choice = tts_choice_of(body)
     avatar_id = body.get("avatar") or ctx.args.avatar_id
     try:
@@ -128,7 +129,7 @@ async def offer(request: web.Request) -> web.Response:
             raise BadRequest(f"could not negotiate the offer SDP: {str(exc)[:200]}") from None
         session = await build_session(request.app, session_id, avatar_id, pc, client, clips,
                                       reference=(body.get("refaudio"), body.get("reftext")), tts=tts_choice)
-        listen.attach(request.app, session, listen_mode)
+        listen.attach(request.app, session, listen_mode, client_cancels)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:

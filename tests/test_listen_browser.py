@@ -59,6 +59,12 @@ async def test_talk_toggle_leads_to_a_transcript_bubble_and_an_answer(server, tm
             assert answer.strip() == heard.strip()
             assert collapse(turns)[-3:] == ["thinking", "speaking", "listening"], turns  # whose turn, as it went
             assert "mic" not in (await page.text_content("#vad"))  # the VAD pill shows the mic is live
+            # Chromium cancels echo with the page's defaults and says so: the server's canceller stays off,
+            # the uplink goes to the VAD untouched, as before --echo-cancel existed (issue 19)
+            from listen.service import LISTEN_KEY
+            [listening] = server.app[LISTEN_KEY].sessions.values()
+            assert listening.echo is not None and not listening.echo.enabled
+            assert not listening.echo.far.started and listening.echo.blocks == 0
             SCREENSHOT_DIR.mkdir(exist_ok=True)
             await page.screenshot(path=str(SCREENSHOT_DIR / "listen.png"))
         finally:

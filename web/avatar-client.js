@@ -174,6 +174,7 @@ async function connect() {
     const answer = await postJSON("/offer", {
       sdp: pc.localDescription.sdp, type: "offer", avatar, tts: $("voice").value ? JSON.parse($("voice").value) : undefined,
       listen: typeof listenPage === "undefined" ? undefined : listenPage.mode(),
+      echo_cancellation: typeof listenPage === "undefined" ? undefined : listenPage.echoCancellation(),
     });
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     client.sessionid = answer.sessionid;

@@ -57,10 +57,36 @@ const listenPage = (() => {
       state[key] = media.getTracks()[0];
       await target.replaceTrack(state[key]);
       button.classList.add("on");
-      if (kind === "audio") setVad("listening", "ok");
+      if (kind === "audio") {
+        setVad("listening", "ok");
+        reportEchoCancellation();
+      }
     } catch (err) {
       log(`${key} unavailable: ${err.message}`, "error");
     }
+  }
+
+  // What the microphone does about the avatar's voice from the loudspeaker: the server cancels
+  // the echo itself for a microphone that does not (or that says nothing).
+  function echoCancellation() {
+    if (!state.mic) return MIC_CONSTRAINTS.audio.echoCancellation;  // what the page will ask for
+    const value = state.mic.getSettings().echoCancellation;
+    return typeof value === "boolean" ? value : undefined;
+  }
+
+  async function reportEchoCancellation() {
+    const value = echoCancellation();
+    if (value === undefined || !client.sessionid) return;
+    try {
+      await postJSON("/listen", { sessionid: client.sessionid, echo_cancellation: value });
+    } catch (err) {
+      log(`echo cancellation: ${err.message}`, "error");
+    }
+  }
+
+  function showEcho(event) {  // the server's canceller: estimated delay and echo reduction
+    if (el("echo-delay")) el("echo-delay").textContent = event.delay_ms ?? "–";
+    if (el("echo-erle")) el("echo-erle").textContent = event.erle_db ?? "–";
   }
 
   async function switchMode() {
@@ -74,7 +100,9 @@ const listenPage = (() => {
   }
 
   function onEvent(event) {
-    if (event.type === "user_start") {
+    if (event.type === "echo") {
+      showEcho(event);
+    } else if (event.type === "user_start") {
       setTurn("listening");
       setVad("you speak", "talk");
       state.avatarBubble = null;
@@ -122,5 +150,5 @@ const listenPage = (() => {
   el("mic").addEventListener("click", () => toggle("audio"));
   el("camera").addEventListener("click", () => toggle("video"));
   el("listen-mode").addEventListener("change", switchMode);
-  return { onEvent, connected, disconnected, mode: () => el("listen-mode").value || undefined };
+  return { onEvent, connected, disconnected, echoCancellation, mode: () => el("listen-mode").value || undefined };
 })();
