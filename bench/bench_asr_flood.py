@@ -63,7 +63,7 @@ async def talker_under_flood(http: aiohttp.ClientSession, url: str, sockets: int
     clients = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0))) for address in ADDRESSES]
     tasks = [asyncio.create_task(flood(clients[i % len(clients)], url, pcm, stop, done)) for i in range(sockets)]
     track = SpeechTrack()
-    talker = ReceiverClient(url, keep_video=False)
+    talker = ReceiverClient(url, keep_video=False, offer_fields={"echo_cancellation": True})  # no loudspeaker
     rows = []
     try:
         await talker.connect(http, data_channel=True, uplink=track, listen="echo")

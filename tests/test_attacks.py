@@ -848,7 +848,7 @@ async def test_asr_sockets_flooding_the_recogniser_do_not_lock_out_a_talker(targ
     floods = [asyncio.create_task(flood_asr_socket(client, target.url, pcm, stop, replies))
               for client in clients for _ in range(FLOOD_SOCKETS_PER_ADDRESS)]
     track = SpeechTrack()
-    talker = ReceiverClient(target.url, keep_video=False)
+    talker = ReceiverClient(target.url, keep_video=False, offer_fields={"echo_cancellation": True})  # no loudspeaker
     try:
         await talker.connect(http, data_channel=True, uplink=track, listen="echo")
         await talker.wait_for(video_frames=5, audio_frames=10)
