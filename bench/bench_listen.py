@@ -9,7 +9,7 @@
 (b) the same in chat, with a local fake LLM whose first token takes 200 ms (the floor waits for it too).
 (h) hesitations: 12 sentences with 0.7 s of silence inside (tests/support/hesitations.py): turns
     split, voiced reply frames while the user was still speaking, and end of speech -> first
-    voiced reply.
+    voiced reply; then the same for its 12 held-out sentences (written after the turn rule was tuned).
 (c) barge-in: the user's speech onset -> the avatar's last voiced frame at the client; floor:
     POST /interrupt_talk -> last voiced frame (the same interrupt without listening).
 (d) lips: the user's audio -> the same audio back at the client (the whole clip aligned by envelope
@@ -38,7 +38,7 @@ from bench.common import ROOT, speech_bench_parser, start_server, summary_ms
 import app as server_app
 from listen.service import LISTEN_KEY
 from media import CHUNK_SAMPLES, AudioChunk
-from tests.support.hesitations import HESITATIONS, hesitant
+from tests.support.hesitations import HELD_OUT, HESITATIONS, hesitant
 from tests.support.llm_server import FakeLLMServer, Script
 from tests.support.rtc_client import ReceiverClient
 from tests.support.speech_helpers import channel_events, is_voiced, wait_voiced
@@ -79,7 +79,9 @@ def first_after(stamped, kind: str, after: float) -> float:
 
 
 async def connect(url: str, http, track: SpeechTrack | None, listen: str, avatar: str) -> ReceiverClient:
-    client = ReceiverClient(url, avatar=avatar, keep_video=False)
+    # the microphone hears no loudspeaker: the client says it cancels echo (else --echo-cancel auto
+    # treats it as a loudspeaker client, half duplex until the canceller finds no echo; bench_echo)
+    client = ReceiverClient(url, avatar=avatar, keep_video=False, offer_fields={"echo_cancellation": True})
     await client.connect(http, data_channel=True, uplink=track, listen=listen)
     await client.wait_for(video_frames=25, audio_frames=50)
     await asyncio.sleep(0.5)
@@ -123,12 +125,12 @@ async def turn_latency(url, http, avatar, listen, trials, clips, results, key):
     await client.close()
 
 
-async def hesitations(url, http, avatar, results):
+async def hesitations(url, http, avatar, results, sentences=HESITATIONS, key="hesitation"):
     """Each hesitation sentence once: split turns, speech over the user, end of speech -> reply."""
     track = SpeechTrack()
     client = await connect(url, http, track, "echo", avatar)
     stamped = timestamp_events(client)
-    for first, second in HESITATIONS:
+    for first, second in sentences:
         since = len(client.audio)
         mark = len(stamped)
         ends = len(track.speech_ended)
@@ -142,10 +144,13 @@ async def hesitations(url, http, avatar, results):
             await asyncio.sleep(0.1)
         events = [e for _, e in stamped[mark:]]
         over = [f for f in client.audio[since:] if is_voiced(f) and started <= f.arrival <= spoken]
-        results["hesitation_split"].append(sum(e["type"] == "user_end" for e in events) > 1)
-        results["hesitation_over"].append(bool(over))
-        results["hesitation"].append(reply.arrival - spoken)
-        results["hesitation_reasons"].append(",".join(e["reason"] for e in events if e["type"] == "user_end"))
+        split = sum(e["type"] == "user_end" for e in events) > 1
+        results[key + "_split"].append(split)
+        results[key + "_over"].append(bool(over))
+        results[key].append(reply.arrival - spoken)
+        results[key + "_reasons"].append(",".join(e["reason"] for e in events if e["type"] == "user_end"))
+        if split:
+            results[key + "_split_at"].append(first)
         await asyncio.sleep(1.0)
     await client.close()
 
@@ -264,7 +269,7 @@ async def run(args) -> dict:
         "--llm-base-url", llm.base_url, "--llm-model", "test-model", *(["--turn", args.turn] if args.turn else []))
     keys = ["echo", "echo_vad", "echo_asr", "echo_reply", "echo_floor", "chat", "chat_vad", "chat_asr",
             "chat_reply", "chat_floor", "barge_in", "barge_in_floor", "lips", "lips_onset", "lips_floor", "asr_direct_rtf",
-            "hesitation", "hesitation_split", "hesitation_over", "hesitation_reasons"]
+            *(k + part for k in ("hesitation", "held_out") for part in ("", "_split", "_over", "_reasons", "_split_at"))]
     results: dict = {k: [] for k in keys}
     clips = [trimmed(speak(s)) for s in SENTENCES]
     async with aiohttp.ClientSession() as http:
@@ -274,6 +279,7 @@ async def run(args) -> dict:
             await turn_latency(url, http, args.avatar, "chat", args.trials, clips, results, "chat")
         if "hesitation" in args.parts:
             await hesitations(url, http, args.avatar, results)
+            await hesitations(url, http, args.avatar, results, HELD_OUT, "held_out")
         if "barge-in" in args.parts:
             await barge_in(url, http, args.avatar, args.trials, results)
         if "lips" in args.parts:
@@ -306,10 +312,11 @@ def main() -> None:
         stages = [f"{stage} {med(f'{mode}_stage_{stage}')}" for stage in STAGES if r.get(f"{mode}_stage_{stage}")]
         print(f"    server breakdown p50, from the end of speech: {', '.join(stages)}; turns ended by "
               f"{', '.join(f'{k} {v}' for k, v in sorted(Counter(r[mode + '_reasons']).items()))}")
-    if r["hesitation"]:
-        print(f"hesitations ({len(r['hesitation'])} sentences, 0.7 s pause): split {sum(r['hesitation_split'])}, "
-              f"spoke over the user {sum(r['hesitation_over'])}; end of speech -> first voiced reply "
-              f"{summary_ms(r['hesitation'])}; ended by {dict(Counter(r['hesitation_reasons']))}")
+    for key, name in (("hesitation", "hesitations"), ("held_out", "held-out hesitations")):
+        if r[key]:
+            print(f"{name} ({len(r[key])} sentences, 0.7 s pause): split {sum(r[key + '_split'])} "
+                  f"{r[key + '_split_at']}, spoke over the user {sum(r[key + '_over'])}; end of speech -> first "
+                  f"voiced reply {summary_ms(r[key])}; ended by {dict(Counter(r[key + '_reasons']))}")
     if r["barge_in"]:
         print(f"barge-in: onset -> avatar silent {summary_ms(r['barge_in'])}; floor (/interrupt_talk) {summary_ms(r['barge_in_floor'])}")
     if r["lips"]:

@@ -35,6 +35,7 @@ MAX_WHISPER_THREADS = 4
 HOP_SAMPLES = 160  # Whisper's log-mel hop: 100 feature frames per second
 SHORT_WINDOW_S = 10  # an English model encodes a turn up to this long in a 10 s window, not Whisper's 30 s
 SHORT_MARGIN_S = 1.0  # ...when at least this much of the window is left as silence after the speech
+SENTENCE_END_MARKS = (".", "?", "!", " .", " ?", " !")  # the tokens that end a sentence, with and without a space
 MAX_NEW_TOKENS = 224  # Whisper's decoder holds 448 positions; faster-whisper allows half for the text
 
 
@@ -46,12 +47,26 @@ class ASRBusy(Exception):
     """The worker's queue is full."""
 
 
+@dataclass(frozen=True)
+class Transcript:
+    """What the recogniser heard. `sentence_end`: the probability its decoder gave to the sentence
+    end (. ? !) where the text ends, a language model's own judgement of whether the words are
+    finished (None: the backend cannot tell; `listen.turns.trails_off` reads it)."""
+
+    text: str
+    sentence_end: float | None = None
+
+
 class ASRBackend(ABC):
     name = "asr"
 
     @abstractmethod
     def transcribe(self, audio: np.ndarray) -> str:
         """Text of 16 kHz mono float32 audio (blocking; runs on the worker thread)."""
+
+    def transcribe_turn(self, audio: np.ndarray) -> Transcript:
+        """The text with what the backend can tell about its ending (the worker calls this)."""
+        return Transcript(self.transcribe(audio))
 
     def close(self) -> None:
         """Release connections held by the backend."""
@@ -75,9 +90,10 @@ class WhisperASR(ASRBackend):
     and decoded greedily without timestamps, through faster-whisper's own feature extractor,
     tokenizer and CTranslate2 model (`WhisperModel.feature_extractor`, `.hf_tokenizer`,
     `.model`: attributes, not its documented API). Measured (bench/bench_asr_settings.py):
-    ~3x faster on this machine, the same word error rate; shorter windows (1-5 s) made the
-    decoder repeat itself, so 10 s it is. Longer turns and multilingual models (which detect
-    the language first) go through `transcribe` as before.
+    ~3x faster on this machine, the same word error rate; shorter windows made the decoder
+    repeat itself (1-5 s; and 6 s on a 1.2 s turn: "Can you tell me where? Can you tell me
+    where? ..."), so 10 s it is. Longer turns and multilingual models (which detect the
+    language first) go through `transcribe` as before.
     """
 
     name = "whisper"
@@ -101,17 +117,23 @@ class WhisperASR(ASRBackend):
             from faster_whisper.tokenizer import Tokenizer
 
             self._tokenizer = Tokenizer(self._model.hf_tokenizer, False, task="transcribe", language="en")
+            marks = (self._tokenizer.encode(mark) for mark in SENTENCE_END_MARKS)
+            self._sentence_ends = sorted({ids[0] for ids in marks if len(ids) == 1})
         logger.info("asr: whisper model %s loaded in %.1f s (%d threads)", source, time.perf_counter() - started, threads)
 
     def transcribe(self, audio: np.ndarray) -> str:
+        return self.transcribe_turn(audio).text
+
+    def transcribe_turn(self, audio: np.ndarray) -> Transcript:
         if self._tokenizer is not None and audio.size <= (SHORT_WINDOW_S - SHORT_MARGIN_S) * SAMPLE_RATE:
             return self._transcribe_short(audio)
         segments, _ = self._model.transcribe(
             audio, beam_size=1, vad_filter=False, condition_on_previous_text=False, without_timestamps=True)
-        return " ".join(segment.text.strip() for segment in segments).strip()
+        return Transcript(" ".join(segment.text.strip() for segment in segments).strip())
 
-    def _transcribe_short(self, audio: np.ndarray) -> str:
-        """One greedy pass over a 10 s window (see the class docstring)."""
+    def _transcribe_short(self, audio: np.ndarray) -> Transcript:
+        """One greedy pass over a 10 s window (see the class docstring), with the decoder's
+        probability of the sentence end where the text ends (its log-probabilities per step)."""
         import ctranslate2
 
         frames = SHORT_WINDOW_S * SAMPLE_RATE // HOP_SAMPLES
@@ -123,8 +145,15 @@ class WhisperASR(ASRBackend):
         tokenizer = self._tokenizer
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         result = self._model.model.generate(encoded, [prompt], beam_size=1, max_length=MAX_NEW_TOKENS,
-                                            suppress_blank=True, suppress_tokens=[-1])
-        return tokenizer.decode([t for t in result[0].sequences_ids[0] if t < tokenizer.eot]).strip()
+                                            suppress_blank=True, suppress_tokens=[-1], return_logits_vocab=True)
+        tokens = [t for t in result[0].sequences_ids[0] if t < tokenizer.eot]
+        text = tokenizer.decode(tokens).strip()
+        if not tokens or tokens[-1] not in self._sentence_ends:
+            return Transcript(text, 0.0)  # no sentence end where the text ends
+        steps = result[0].logits[0]  # one vector of log-probabilities per generated token
+        log_probs = np.asarray(steps[len(tokens) - 1], np.float64)
+        probs = np.exp(log_probs - log_probs.max())
+        return Transcript(text, float(probs[self._sentence_ends].sum() / probs.sum()))
 
 
 def wav_bytes(audio: np.ndarray) -> bytes:
@@ -207,7 +236,7 @@ class ASRWorker:
         self._thread = threading.Thread(target=self._run, name="asr-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, audio: np.ndarray, on_text: Callable[[str], None], on_error: Callable[[str], None],
+    def submit(self, audio: np.ndarray, on_text: Callable[[Transcript], None], on_error: Callable[[str], None],
                source: Hashable | None = None, speculative: bool = False, group: str = "session") -> ASRRequest:
         """Queue an utterance of `source` (None: a source of its own) in `group` ("session", "socket");
         raises ASRBusy when that source, or the whole queue, has as much waiting as it may. A speculative
@@ -260,7 +289,7 @@ class ASRWorker:
             return
         started = time.perf_counter()
         try:
-            text = self._backend.transcribe(request.audio)
+            transcript = self._backend.transcribe_turn(request.audio)
         except ASRError as exc:
             request.on_error(str(exc))
             return
@@ -273,10 +302,10 @@ class ASRWorker:
         self.stats.audio_s += request.audio.size / SAMPLE_RATE
         self.stats.busy_s += elapsed
         logger.info("asr: %.2f s of speech in %.0f ms (waited %.0f ms): %r", request.audio.size / SAMPLE_RATE,
-                    1000 * elapsed, 1000 * (started - request.submitted), text)
+                    1000 * elapsed, 1000 * (started - request.submitted), transcript.text)
         if self._on_done is not None:
             self._on_done(time.perf_counter() - request.submitted)
-        request.on_text(text)
+        request.on_text(transcript)
 
     def close(self) -> None:
         for request in self._requests.drain():

@@ -93,7 +93,7 @@ async def transcribe(asr_worker: "ASRWorker", audio: np.ndarray, source: object,
         else:
             done.set_result(result)
 
-    ticket = asr_worker.submit(audio, lambda text: loop.call_soon_threadsafe(settle, text, False),
+    ticket = asr_worker.submit(audio, lambda transcript: loop.call_soon_threadsafe(settle, transcript.text, False),
                                lambda message: loop.call_soon_threadsafe(settle, message, True), source=source,
                                group="socket")
     deadline = loop.time() + TRANSCRIBE_TIMEOUT_S

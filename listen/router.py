@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from aiortc.mediastreams import MediaStreamTrack
 
-from listen.asr import ASRBusy
+from listen.asr import ASRBusy, Transcript
 from listen.camera import LatestFrame, jpeg_data_url
 from listen.listener import Listener
 from listen.reply import Reply, ReplyRefused, TurnClock
@@ -194,13 +194,14 @@ class SessionListening:
         self._drop_speculation()
         speculation = Speculation(mode, self._turn, event.pause)
 
-        def done(text: str | None = None, error: str | None = None) -> None:
+        def done(transcript: Transcript | None = None, error: str | None = None) -> None:
             if not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._speculated, speculation, text, error)
+                self._loop.call_soon_threadsafe(self._speculated, speculation, transcript, error)
 
         try:
             speculation.request = self.service.asr_worker().submit(
-                event.audio, lambda text: done(text=text), lambda msg: done(error=msg), source=self.session.id,
+                event.audio, lambda transcript: done(transcript=transcript), lambda msg: done(error=msg),
+                source=self.session.id,
                 speculative=True)  # replaces this session's waiting speculation, if any
         except ASRBusy:
             self._judge_text(event.pause, trailing=False)  # no transcript to wait for: the audio's verdict stands
@@ -218,10 +219,12 @@ class SessionListening:
             elif speculation.request is not None:
                 self.service.asr_worker().cancel(speculation.request)  # not started yet: nobody needs it now
 
-    def _speculated(self, speculation: "Speculation", text: str | None, error: str | None) -> None:
-        speculation.done, speculation.text, speculation.error = True, text, error
+    def _speculated(self, speculation: "Speculation", transcript: Transcript | None, error: str | None) -> None:
+        speculation.done, speculation.error = True, error
+        speculation.text = transcript.text if transcript is not None else None
         if not speculation.superseded and not speculation.wanted:  # an error: the audio's verdict stands
-            self._judge_text(speculation.pause, trailing=error is None and trails_off(text or ""))
+            trailing = transcript is not None and trails_off(transcript.text, transcript.sentence_end)
+            self._judge_text(speculation.pause, trailing=trailing)
         if speculation.wanted:
             self._finish(speculation)
         elif speculation.superseded:
@@ -271,9 +274,9 @@ class SessionListening:
             self._on_text(speculation.text or "", speculation.mode, speculation.clock)
 
     def _text_threadsafe(self, mode: str, clock: TurnClock | None):
-        def deliver(text: str) -> None:
+        def deliver(transcript: Transcript) -> None:
             if not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._on_text, text, mode, clock)
+                self._loop.call_soon_threadsafe(self._on_text, transcript.text, mode, clock)
         return deliver
 
     def _error_threadsafe(self, message: str) -> None:

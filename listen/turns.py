@@ -8,7 +8,9 @@ the result to `verdict()`; "incomplete" keeps listening, up to
 `fallback_silence_ms` of silence (a hesitation). "Complete" ends the turn once the
 pause's speculative transcript is back too (`text_verdict()`, the second signal:
 Whisper ends a sentence it heard finished with . ? or !, and leaves speech that
-stops mid-sentence without it or with an ellipsis, which keeps the turn open);
+stops mid-sentence without it or with an ellipsis, which keeps the turn open; and its
+decoder, a language model, must have been sure enough of that sentence end — the
+way LiveKit's turn detector reads an LLM's probability of the end of an utterance);
 the reply needs that transcript anyway, so waiting for it costs no time. The
 audio of a turn (with a little audio from before its onset) is handed out at
 its end, or in pieces of `max_utterance_s` when the user talks on and on, so
@@ -30,13 +32,20 @@ ONSET_GAP_MS = 96  # a dip this long before the onset is confirmed drops the can
 EARLY_SILENCE_MS = 160  # silence after which the turn's audio is offered for a speculative transcription
 SENTENCE_ENDS = (".", "?", "!")  # how Whisper ends a sentence it heard finished
 TRAILING_MARKS = ("...", "\u2026")  # how it ends speech that trails off
+# Below this probability of its own sentence end the recogniser was guessing: "Please send the report
+# to." (0.26), "My flight leave." (0.29) against 0.52-0.96 for finished sentences (espeak, tiny.en)
+SENTENCE_END_MIN_PROBABILITY = 0.4
 
 
-def trails_off(transcript: str) -> bool:
-    """The recogniser's own punctuation says the words stop mid-sentence ("I would like to...",
-    "Is it possible to"): its output read as is, no grammar of ours."""
-    text = transcript.rstrip()
-    return not text.endswith(SENTENCE_ENDS) or text.endswith(TRAILING_MARKS)
+def trails_off(text: str, sentence_end: float | None = None) -> bool:
+    """The recogniser's own output says the words stop mid-sentence ("I would like to...",
+    "Is it possible to"), or that the sentence end it wrote was a guess (`sentence_end`: its
+    decoder's probability of that end; None when the backend cannot tell). Its output read as
+    is, no grammar of ours."""
+    text = text.rstrip()
+    if not text.endswith(SENTENCE_ENDS) or text.endswith(TRAILING_MARKS):
+        return True
+    return sentence_end is not None and sentence_end < SENTENCE_END_MIN_PROBABILITY
 
 
 @dataclass(frozen=True)

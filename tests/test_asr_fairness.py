@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from listen.asr import ASRBusy, ASRWorker
+from listen.asr import ASRBackend, ASRBusy, ASRWorker
 from listen.asrqueue import SESSION_TURNS, ASRRequest, FairQueue, QueueFull
 
 
@@ -110,7 +110,7 @@ def test_drain_stops_a_waiting_get():
     assert got == [None]
 
 
-class GatedBackend:
+class GatedBackend(ASRBackend):
     name = "gated"
 
     def __init__(self, gate: threading.Event, order: list):
@@ -138,16 +138,19 @@ def test_the_worker_serves_a_talker_between_a_floods_utterances_and_tells_the_ab
     order: list[int] = []
     worker = ASRWorker(lambda: GatedBackend(gate, order))
     answers: list[str] = []
+
+    def heard(transcript):
+        answers.append(transcript.text)
     try:
-        worker.submit(np.zeros(100, np.float32), answers.append, answers.append, source="flood")
+        worker.submit(np.zeros(100, np.float32), heard, answers.append, source="flood")
         wait_for(lambda: worker.pending == 0)  # the worker holds the first one
         for size in (101, 102, 103):
-            worker.submit(np.zeros(size, np.float32), answers.append, answers.append, source="flood")
+            worker.submit(np.zeros(size, np.float32), heard, answers.append, source="flood")
         with pytest.raises(ASRBusy, match="say it again"):
             for size in range(104, 110):
-                worker.submit(np.zeros(size, np.float32), answers.append, answers.append, source="flood")
-        talker = worker.submit(np.zeros(7, np.float32), answers.append, answers.append, source="talker")
-        gone = worker.submit(np.zeros(8, np.float32), answers.append, answers.append, source="gone")
+                worker.submit(np.zeros(size, np.float32), heard, answers.append, source="flood")
+        talker = worker.submit(np.zeros(7, np.float32), heard, answers.append, source="talker")
+        gone = worker.submit(np.zeros(8, np.float32), heard, answers.append, source="gone")
         assert worker.cancel(gone)
         assert not talker.cancelled
         gate.set()

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from listen.asrqueue import FairQueue
-from listen.asr import ASRBusy, ASRWorker, OpenAIASR, WhisperASR, ASRError, default_whisper_model
+from listen.asr import ASRBackend, ASRBusy, ASRWorker, OpenAIASR, WhisperASR, ASRError, default_whisper_model
 from listen.settings import ListenSettings
 from listen.turns import TurnDetector
 from listen.uplink import FrameBuffer, MonoResampler
@@ -103,7 +103,7 @@ def test_whisper_loads_a_model_folder_and_says_what_to_do_with_a_bad_one(tmp_pat
     assert "no such folder" in ListenSettings(asr_model=str(tmp_path / "missing")).problem()
 
 
-class SlowBackend:
+class SlowBackend(ASRBackend):
     name = "slow"
 
     def __init__(self, gate: threading.Event):
@@ -121,15 +121,18 @@ def test_the_worker_queue_is_bounded_and_answers_in_order():
     gate = threading.Event()
     worker = ASRWorker(lambda: SlowBackend(gate), requests=FairQueue(max_waiting=2))
     texts: list[str] = []
+
+    def heard(transcript):
+        texts.append(transcript.text)
     try:
-        worker.submit(np.zeros(1, np.float32), texts.append, texts.append)
+        worker.submit(np.zeros(1, np.float32), heard, texts.append)
         deadline = time.monotonic() + 5
         while worker.pending and time.monotonic() < deadline:  # the worker holds the first one
             time.sleep(0.01)
-        worker.submit(np.zeros(2, np.float32), texts.append, texts.append)
-        worker.submit(np.zeros(3, np.float32), texts.append, texts.append)
+        worker.submit(np.zeros(2, np.float32), heard, texts.append)
+        worker.submit(np.zeros(3, np.float32), heard, texts.append)
         with pytest.raises(ASRBusy, match="busy"):
-            worker.submit(np.zeros(4, np.float32), texts.append, texts.append)
+            worker.submit(np.zeros(4, np.float32), heard, texts.append)
         gate.set()
         while len(texts) < 3 and time.monotonic() < deadline:
             time.sleep(0.01)

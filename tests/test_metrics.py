@@ -162,6 +162,6 @@ async def test_asr_time_reaches_its_histogram(metered, http, monkeypatch):
     monkeypatch.setattr(listen.service, "create_backend", lambda settings: Scripted())
     worker = metered.app[LISTEN_KEY].asr_worker()
     texts: list[str] = []
-    worker.submit(np.zeros(16000, np.float32), texts.append, texts.append)
+    worker.submit(np.zeros(16000, np.float32), lambda transcript: texts.append(transcript.text), texts.append)
     found = await wait_metric(http, metered.url, ("avatar_asr_seconds_count", ()), 1)
     assert texts == ["hello"] and found[("avatar_asr_seconds_sum", ())] >= 0.05

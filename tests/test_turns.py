@@ -8,6 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from listen.asr import WhisperASR
 from listen.smartturn import TurnModel
 from listen.turns import TurnDetector, trails_off
 from listen.vad import WINDOW_SAMPLES
@@ -94,6 +95,21 @@ def test_trailing_marks_are_the_recognisers_own():
     assert not trails_off("What time is it?") and not trails_off("I would like to order.")
 
 
+def test_a_sentence_end_the_recogniser_only_guessed_keeps_the_turn_open():
+    assert trails_off("Please send the report to.", sentence_end=0.26)
+    assert not trails_off("What time is it?", sentence_end=0.96)
+    assert trails_off("Is it possible to", sentence_end=0.99)  # no sentence end at all: the text decides
+    assert not trails_off("What time is it?", sentence_end=None)  # a backend that cannot tell
+
+
+def test_whisper_is_surer_of_a_finished_sentence_end_than_of_one_cut_short(whisper):
+    finished = whisper.transcribe_turn(as_heard(speak("Is it possible to change my appointment to Thursday?")))
+    cut_short = whisper.transcribe_turn(as_heard(speak("My flight leaves at")))
+    assert finished.text.endswith("?") and not trails_off(finished.text, finished.sentence_end)
+    assert cut_short.sentence_end is not None and cut_short.sentence_end < finished.sentence_end
+    assert trails_off(cut_short.text, cut_short.sentence_end)
+
+
 def test_a_fallback_shorter_than_the_silence_end_is_refused_with_the_flag_named():
     from listen.settings import ListenSettings
 
@@ -118,6 +134,11 @@ def test_the_gate_decides_once():
 @pytest.fixture(scope="module")
 def turn_model():
     return TurnModel()
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    return WhisperASR()
 
 
 def as_heard(audio: np.ndarray) -> np.ndarray:
