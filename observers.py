@@ -28,5 +28,8 @@ class SessionObserver(Protocol):
     def tts_first_audio(self, backend: str, seconds: float) -> None:
         """The first audio of a sentence came from `backend` after `seconds`."""
 
+    def reply_prepared(self, used: bool) -> None:
+        """A reply prepared before the end of the user's turn was released (`used`) or dropped without a trace."""
+
     def event(self, event: dict[str, Any]) -> None:
         """Every event the session publishes."""

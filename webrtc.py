@@ -203,7 +203,7 @@ class PlayerStreamTrack(MediaStreamTrack):
             if player.probe is not None:
                 player.probe.audio_sent(bundle)
             if player.far_end is not None:  # the echo canceller's reference, stamped by the session clock
-                player.far_end(samples, player.clock.now())
+                player.far_end(samples, player.clock.now(), frame.pts)
             if bundle.events and bundle.events[part]:
                 for event in bundle.events[part]:
                     player.playout(event)
@@ -227,7 +227,7 @@ class HumanPlayer:
         probe: "SessionObserver | None" = None,
     ):
         self.probe = probe  # times the stages that end on the wire (metrics)
-        self.far_end: Callable[[np.ndarray, float], None] | None = None  # each audio chunk handed to WebRTC, and when
+        self.far_end: Callable[[np.ndarray, float, int], None] | None = None  # each audio chunk handed to WebRTC: when, at which pts
         self.clock = SessionClock(fps)
         self.chunks_per_frame = chunks_per_frame(fps)
         self.stats = StreamStats()

@@ -57,7 +57,7 @@ def offline(gain_db: float, delay_s: float) -> dict:
     outs, converged_at = [], None
     start = time.thread_time()  # read twice only: on these VMs one read costs ~0.2 ms
     for k in range(frames):
-        canceller.reference(chunks[k], float(handed[k]))
+        canceller.reference(chunks[k], float(handed[k]), k * FRAME)
         outs.append(canceller.process(mic[k * FRAME:(k + 1) * FRAME], float(arrived[k])))
         if converged_at is None and canceller.converged:
             converged_at = k * FRAME

@@ -148,44 +148,6 @@ class Ring:
         return out
 
 
-class FarEnd:
-    """The avatar's audio as handed to WebRTC, on the wall-clock timeline a client plays it by; thread-safe.
-
-    A chunk plays when it is handed over, or right after the chunk before it if that one is
-    still playing (a track that ran late and catches up in a burst does not play faster: the
-    client's buffer absorbs the burst, and its latency grows by the lateness, as a device's does).
-    """
-
-    def __init__(self, seconds: float = RING_S):
-        self._ring = Ring(int(seconds * SAMPLE_RATE))
-        self._lock = threading.Lock()
-        self.t0: float | None = None  # wall time of ring position 0
-        self._next = 0  # ring position where the previous chunk ended
-        self.chunks = 0
-        self.last_voiced = -(1 << 40)  # position just past the newest chunk with the avatar's voice in it
-
-    def push(self, samples: np.ndarray, handed: float) -> None:
-        """One chunk (int16 or float) handed to WebRTC at wall time `handed`."""
-        data = samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples.astype(np.float32)
-        with self._lock:
-            if self.t0 is None:
-                self.t0 = handed
-            position = max(round((handed - self.t0) * SAMPLE_RATE), self._next)
-            self._ring.write(position, data)
-            self._next = position + len(data)
-            self.chunks += 1
-            if float(np.sqrt(np.mean(data ** 2))) >= FAR_ACTIVE_RMS:
-                self.last_voiced = position + len(data)
-
-    @property
-    def started(self) -> bool:
-        return self.t0 is not None
-
-    def read(self, position: int, count: int) -> np.ndarray:
-        with self._lock:
-            return self._ring.read(position, count)
-
-
 class StreamClock:
     """Wall time of a stream's samples: `stamp(end, t)` says sample `end` was reached at t (or later);
     the anchor (wall time of sample 0) is the earliest such claim over the last `window_s`."""
@@ -204,6 +166,45 @@ class StreamClock:
             self._candidates.popleft()
         self.anchor = self._candidates[0][1]
         return self.anchor
+
+
+class FarEnd:
+    """The avatar's audio as handed to WebRTC, on the wall-clock timeline a client plays it by; thread-safe.
+
+    A client plays the audio by its RTP timestamps, continuously, behind a jitter buffer: so a
+    chunk's place on the timeline is its position in the track (its pts, in samples), and the
+    wall time of position 0 (`t0`) is the earliest hand-over over the last ANCHOR_S (`StreamClock`):
+    a chunk handed over a few ms late, or a burst after the track ran late, does not move the
+    audio the client plays. Placing chunks by their own hand-over time instead warps the reference
+    by the hand-over jitter (gaps of silence, shifts), which AEC3 survives and a linear filter does not.
+    Positions the track skipped read as silence.
+    """
+
+    def __init__(self, seconds: float = RING_S):
+        self._ring = Ring(int(seconds * SAMPLE_RATE))
+        self._lock = threading.Lock()
+        self._clock = StreamClock()
+        self.t0: float | None = None  # wall time of ring position 0
+        self.chunks = 0
+        self.last_voiced = -(1 << 40)  # position just past the newest chunk with the avatar's voice in it
+
+    def push(self, samples: np.ndarray, handed: float, position: int) -> None:
+        """One chunk (int16 or float) at sample `position` of the track, handed to WebRTC at wall time `handed`."""
+        data = samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples.astype(np.float32)
+        with self._lock:
+            self.t0 = self._clock.stamp(position, handed)
+            self._ring.write(position, data)
+            self.chunks += 1
+            if float(np.sqrt(np.mean(data ** 2))) >= FAR_ACTIVE_RMS:
+                self.last_voiced = position + len(data)
+
+    @property
+    def started(self) -> bool:
+        return self.t0 is not None
+
+    def read(self, position: int, count: int) -> np.ndarray:
+        with self._lock:
+            return self._ring.read(position, count)
 
 
 class MicClock(StreamClock):
@@ -258,10 +259,11 @@ class EchoCanceller:
         self._next_stats = int(STATS_EVERY_S * SAMPLE_RATE)
         self._far_blocks_reported = 0
 
-    def reference(self, samples: np.ndarray, handed: float) -> None:
-        """The audio track's tap: one chunk handed to WebRTC at wall time `handed` (kept only when enabled)."""
+    def reference(self, samples: np.ndarray, handed: float, position: int) -> None:
+        """The audio track's tap: the chunk at sample `position` of the track, handed to WebRTC at wall time
+        `handed` (kept only when enabled)."""
         if self.enabled:
-            self.far.push(samples, handed)
+            self.far.push(samples, handed, position)
 
     # ---- figures ---------------------------------------------------------------
     @property

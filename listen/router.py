@@ -255,8 +255,14 @@ class SessionListening:
     def _drop_prepared(self) -> None:
         prepared, self._prepared = self._prepared, None
         if prepared is not None:
-            prepared.drop()
-            self.preparations_dropped += 1
+            self._dropped(prepared)
+
+    def _dropped(self, prepared: Reply) -> None:
+        """A prepared reply goes without a trace; only the count (and the metric) remembers it."""
+        prepared.drop()
+        self.preparations_dropped += 1
+        if self.session.probe is not None:
+            self.session.probe.reply_prepared(used=False)
 
     def _wants_image(self) -> bool:
         return self.service.settings.llm_vision and self.camera is not None and self.camera.frame is not None
@@ -292,8 +298,7 @@ class SessionListening:
         prepared, self._prepared = self._prepared, None
         if self.closed or mode != self.mode or not text:
             if prepared is not None:
-                prepared.drop()
-                self.preparations_dropped += 1
+                self._dropped(prepared)
             return
         session = self.session
         if clock is not None:
@@ -301,11 +306,12 @@ class SessionListening:
         session.events.publish({"type": "transcript", "text": text, "final": True})
         if prepared is not None and prepared.text == text and prepared.mode == mode:
             self.preparations_used += 1
+            if session.probe is not None:
+                session.probe.reply_prepared(used=True)
             prepared.release(clock)  # prepared while the turn was pending: it plays now
             return
         if prepared is not None:
-            prepared.drop()
-            self.preparations_dropped += 1
+            self._dropped(prepared)
         if mode == "chat":
             problem = self.service.chat_problem()
             if problem:

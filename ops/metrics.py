@@ -64,6 +64,10 @@ class Metrics:
             "Listening, per answered turn: from the end of the user's speech to each stage of the reply "
             "(decision, transcript, llm_first_token, tts_first_audio, first_voiced_frame; a prepared reply's "
             "stages can come before the decision)", ["stage", "mode"], buckets=LATENCY_BUCKETS, registry=r)
+        self.preparations = Counter(
+            f"{PREFIX}_turn_preparations", "Replies prepared before the end of a user's turn, by outcome: used "
+            "(released when the turn ended) or dropped (the user spoke on: the work was wasted)", ["outcome"],
+            registry=r)
         self.turns_ended = Counter(
             f"{PREFIX}_turns_ended", "User turns ended, by what ended them (model, fallback, silence)", ["reason"],
             registry=r)
@@ -159,6 +163,9 @@ class SessionProbe:  # an observers.SessionObserver
     def tts_first_audio(self, backend: str, seconds: float) -> None:
         """From the session's TTS thread (histograms are thread-safe)."""
         self._metrics.observe_tts_first_audio(backend, seconds)
+
+    def reply_prepared(self, used: bool) -> None:
+        self._metrics.preparations.labels("used" if used else "dropped").inc()
 
     def event(self, event: dict[str, Any]) -> None:
         """Every event the session publishes: errors are counted by their source and kind, turns timed."""

@@ -51,7 +51,8 @@ def run_canceller(far: np.ndarray, mic: np.ndarray, jitter_ms: float = 5.0, seed
     outs = []
     for k in range(len(mic) // FRAME):
         late = abs(rng.normal(0, jitter_ms / 1000))  # the track hands chunks over a little late, never early
-        canceller.reference((far[k * FRAME:(k + 1) * FRAME] * 32767).astype(np.int16), t0 + k * 0.02 + late)
+        canceller.reference((far[k * FRAME:(k + 1) * FRAME] * 32767).astype(np.int16), t0 + k * 0.02 + late,
+                            k * FRAME)
         arrival = t0 + (k + 1) * 0.02 + abs(rng.normal(0, jitter_ms / 1000))
         outs.append(canceller.process(mic[k * FRAME:(k + 1) * FRAME], arrival))
     return canceller, np.concatenate(outs)
@@ -176,7 +177,7 @@ def test_a_client_that_hears_no_echo_is_half_duplex_only_at_first(avatar_speech,
 def test_disabled_it_is_the_identity_and_keeps_no_reference(avatar_speech):
     canceller = EchoCanceller(enabled=False)
     mic = avatar_speech[:FRAME * 10]
-    canceller.reference(np.ones(FRAME, np.int16), 1.0)
+    canceller.reference(np.ones(FRAME, np.int16), 1.0, 0)
     assert not canceller.far.started
     assert canceller.process(mic, 1.0) is mic
 
@@ -190,11 +191,27 @@ def test_ring_and_far_end_fill_gaps_with_silence():
     assert ring.read(0, 10).tolist() == [0.0] * 10  # older than the ring holds
     assert ring.read(195, 20).tolist() == [0.0] * 5 + [3.0] * 10 + [0.0] * 5
     far = FarEnd()
-    far.push(np.full(FRAME, 16384, np.int16), 10.0)
-    far.push(np.full(FRAME, 16384, np.int16), 10.06)  # two chunks skipped by the track: silence
+    far.push(np.full(FRAME, 16384, np.int16), 10.0, 0)
+    far.push(np.full(FRAME, 16384, np.int16), 10.06, 3 * FRAME)  # two chunks skipped by the track: silence
     assert far.read(0, 4 * FRAME).tolist() == [0.5] * FRAME + [0.0] * 2 * FRAME + [0.5] * FRAME
-    far.push(np.full(FRAME, 8192, np.int16), 10.065)  # a late track's burst: plays after the one before
+    far.push(np.full(FRAME, 8192, np.int16), 10.095, 4 * FRAME)  # a late track's burst: plays after the one before
     assert far.read(4 * FRAME, FRAME).tolist() == [0.25] * FRAME
+    assert far.t0 == pytest.approx(10.0)
+
+
+def test_hand_over_jitter_does_not_warp_the_reference(avatar_speech):
+    """The client plays by the track's timestamps: chunks handed over 0-15 ms late land where their
+    pts says, end to end, and the timeline's origin is the earliest hand-over."""
+    rng = np.random.default_rng(1)
+    far = FarEnd()
+    chunks = len(avatar_speech) // FRAME
+    for k in range(chunks):
+        far.push((avatar_speech[k * FRAME:(k + 1) * FRAME] * 32767).astype(np.int16),
+                 20.0 + k * 0.02 + abs(rng.normal(0, 0.005)), k * FRAME)
+    back = far.read(chunks * FRAME - far._ring.size, far._ring.size)
+    sent = avatar_speech[chunks * FRAME - far._ring.size:chunks * FRAME]
+    assert np.max(np.abs(back - sent)) < 1e-4
+    assert far.t0 == pytest.approx(20.0, abs=0.001)
 
 
 def test_the_mic_clock_takes_the_earliest_arrival():

@@ -220,6 +220,7 @@ async def test_a_complete_question_is_answered_at_the_model_s_word(data_dir, htt
         metrics = await (await http.get(f"{running.url}/metrics")).text()
         assert 'avatar_turn_stage_seconds_count{mode="echo",stage="first_voiced_frame"} 1.0' in metrics
         assert 'avatar_turns_ended_total{reason="model"} 1.0' in metrics
+        assert 'avatar_turn_preparations_total{outcome="used"} 1.0' in metrics  # prepared at the pause, released
     finally:
         await client.close()
         await running.runner.cleanup()
@@ -245,7 +246,9 @@ async def test_a_reply_prepared_during_a_hesitation_leaves_no_trace(data_dir, ll
     prepared reply must vanish: not heard, not in the events, not in the chat history."""
     from tests.support.llm_server import Script
 
-    llm_server.queue(Script(deltas=["Prepared too early. "]), Script(deltas=["The station is north of here."]))
+    # every answer is the same: a pause inside a word or two of the second half may prepare (and drop)
+    # another reply, so which exchange becomes the answer is not fixed; how many there were is checked
+    llm_server.default = Script(deltas=["The station is north of here."])
     running = await start_server(server_args(
         data_dir, "--llm-base-url", llm_server.base_url, "--llm-model", "test-model", "--listen", "chat",
         "--turn-fallback-silence-ms", "4000"))
@@ -256,11 +259,11 @@ async def test_a_reply_prepared_during_a_hesitation_leaves_no_trace(data_dir, ll
         track.play(hesitant(*pair, pause_s=2.5))
         await wait_events(client, lambda e: e["type"] == "end" and e["text"].startswith("The station"), timeout=40)
         listening = running.app[LISTEN_KEY].sessions[client.sessionid]
-        assert listening.preparations_dropped == 1 and len(llm_server.exchanges) == 2
+        dropped = listening.preparations_dropped
+        assert dropped >= 1 and len(llm_server.exchanges) == dropped + 1  # each asked the LLM once, one answered
         assert llm_server.exchanges[0].body["messages"][-1]["content"].lower().startswith("can you tell me where")
         assert not spoke_over(client, track)
-        spoken = [e["text"] for e in of_type(client, "start", "end")]
-        assert "Prepared too early." not in spoken
+        assert len(of_type(client, "start")) == 1  # the dropped replies were never spoken
         [final] = finals(client)
         history = running.context.sessions.get(client.sessionid).conversation.history.turns
         assert [turn.user for turn in history] == [final["text"]]
@@ -268,6 +271,8 @@ async def test_a_reply_prepared_during_a_hesitation_leaves_no_trace(data_dir, ll
         assert llm_server.exchanges[1].body["messages"][-1]["content"] == final["text"]
         await asyncio.sleep(0.5)
         assert len(of_type(client, "turn")) == 1  # the dropped reply reported nothing
+        metrics = await (await http.get(f"{running.url}/metrics")).text()
+        assert f'avatar_turn_preparations_total{{outcome="dropped"}} {dropped}.0' in metrics  # counted, though
     finally:
         await client.close()
         await running.runner.cleanup()
