@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import wave
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Hashable
@@ -37,6 +38,9 @@ SHORT_WINDOW_S = 10  # an English model encodes a turn up to this long in a 10 s
 SHORT_MARGIN_S = 1.0  # ...when at least this much of the window is left as silence after the speech
 SENTENCE_END_MARKS = (".", "?", "!", " .", " ?", " !")  # the tokens that end a sentence, with and without a space
 MAX_NEW_TOKENS = 224  # Whisper's decoder holds 448 positions; faster-whisper allows half for the text
+TOKENS_PER_SECOND = 10  # a fast talker makes ~6 text tokens a second: more is a decoder repeating itself
+TOKENS_BASE = 16
+COMPRESSION_RATIO_LIMIT = 2.4  # Whisper's own test for repeated text (faster-whisper's default threshold)
 
 
 class ASRError(Exception):
@@ -148,12 +152,28 @@ class WhisperASR(ASRBackend):
                                             suppress_blank=True, suppress_tokens=[-1], return_logits_vocab=True)
         tokens = [t for t in result[0].sequences_ids[0] if t < tokenizer.eot]
         text = tokenizer.decode(tokens).strip()
+        steps = result[0].logits[0]  # one vector of log-probabilities per generated token, the end's included
+        ended = len(steps) > len(result[0].sequences_ids[0])  # the decoder ended the text itself
+        most = TOKENS_BASE + TOKENS_PER_SECOND * audio.size / SAMPLE_RATE
+        if not ended or len(tokens) > most or compression_ratio(text) > COMPRESSION_RATIO_LIMIT:
+            # The greedy pass ran away ("... something like the brand palace... something like the ...",
+            # seen on a turn with a long pause inside): faster-whisper's own path, whose temperature
+            # fallback re-decodes text that fails this same test. No sentence-end figure from it.
+            logger.info("asr: the short pass repeated itself (%d tokens); transcribing again", len(tokens))
+            segments, _ = self._model.transcribe(
+                audio, beam_size=1, vad_filter=False, condition_on_previous_text=False, without_timestamps=True)
+            return Transcript(" ".join(segment.text.strip() for segment in segments).strip())
         if not tokens or tokens[-1] not in self._sentence_ends:
             return Transcript(text, 0.0)  # no sentence end where the text ends
-        steps = result[0].logits[0]  # one vector of log-probabilities per generated token
         log_probs = np.asarray(steps[len(tokens) - 1], np.float64)
         probs = np.exp(log_probs - log_probs.max())
         return Transcript(text, float(probs[self._sentence_ends].sum() / probs.sum()))
+
+
+def compression_ratio(text: str) -> float:
+    """How well the text compresses: high for text that repeats itself (Whisper's hallucination test)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def wav_bytes(audio: np.ndarray) -> bytes:
