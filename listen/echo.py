@@ -432,9 +432,11 @@ class EchoCanceller:
                 # it is residual echo. The VAD hears silence.
                 self.gated_blocks += 1
                 out[:] = 0.0
-            elif self._lin_out * LINEAR_TRUSTED < self._lin_mic:
+            elif self._lin_out * LINEAR_TRUSTED < self._lin_mic and self._recent_out * CONVERGED_ERLE < self._recent_mic:
                 # A voice over the echo, and the linear filter removes the echo well: the VAD hears its
-                # output, the voice whole (AEC3's suppressor would gate its first words as well).
+                # output, the voice whole (AEC3's suppressor would gate its first words as well). Not
+                # while AEC3 itself lost track (the echo moved: its last ~0.5 s under 15 dB): then the
+                # linear filter, which learns only from blocks AEC3 calls echo alone, may be off too.
                 out = linear.copy()
         return out, linear
 

@@ -73,7 +73,8 @@ async def test_page_says_what_to_do_when_ice_fails(data_dir):
                 page = await browser.new_page()
                 await page.goto(f"{server.url}/?relay=1")
                 await page.click("#connect")
-                await page.wait_for_function("document.getElementById('ice').classList.contains('bad')", timeout=40000)
+                # the ice pill exists only once the page has built its peer connection (after /config)
+                await page.wait_for_function("document.getElementById('ice')?.classList.contains('bad')", timeout=40000)
                 log_text = await page.text_content("#log")
             finally:
                 await browser.close()
