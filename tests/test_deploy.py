@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 import pytest
@@ -88,7 +89,12 @@ async def test_offers_fill_both_workers_each_session_speaks_on_its_own_stream_an
         status, extra, body = await offer(url, http)  # both full: nginx tried each, the last 503 comes back
         await extra.close()
         assert status == 503 and "limit" in body["msg"], body
-        offers = [line for line in nginx.access_log() if line.startswith("POST /offer")]
+        deadline = time.monotonic() + 2.0  # nginx writes the access-log line once the response is done
+        while True:
+            offers = [line for line in nginx.access_log() if line.startswith("POST /offer")]
+            if len(offers) > 2 * SESSIONS_PER_WORKER or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         assert offers[-1].endswith("got=503, 503"), offers  # each full worker answered 503, nginx tried the next
         assert Counter(c.sessionid.split("-")[0] for c in clients) == {"w1": 2, "w2": 2}
         await asyncio.gather(*(c.wait_for(video_frames=5, audio_frames=10, timeout=30) for c in clients))
