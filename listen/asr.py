@@ -24,6 +24,7 @@ from typing import Callable, Hashable
 import numpy as np
 
 from listen.asrqueue import ASRRequest, FairQueue, QueueFull
+from listen.transcript import Transcript
 from listen.settings import ListenSettings
 from media import SAMPLE_RATE, float_to_s16
 
@@ -49,16 +50,6 @@ class ASRError(Exception):
 
 class ASRBusy(Exception):
     """The worker's queue is full."""
-
-
-@dataclass(frozen=True)
-class Transcript:
-    """What the recogniser heard. `sentence_end`: the probability its decoder gave to the sentence
-    end (. ? !) where the text ends, a language model's own judgement of whether the words are
-    finished (None: the backend cannot tell; `listen.turns.trails_off` reads it)."""
-
-    text: str
-    sentence_end: float | None = None
 
 
 class ASRBackend(ABC):

@@ -19,12 +19,11 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Hashable
+from typing import Callable, Hashable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from listen.asr import Transcript
+from listen.transcript import Transcript
 
 MAX_FINALS_PER_SOURCE = 4  # a 2-minute monologue's 30 s pieces wait; more means the source is flooding
 MAX_WAITING = 64  # every source together: beyond this the recogniser is refused for everyone

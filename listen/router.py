@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from aiortc.mediastreams import MediaStreamTrack
 
-from listen.asr import ASRBusy, Transcript
+from listen.asr import ASRBusy
 from listen.camera import LatestFrame, jpeg_data_url
 from listen.listener import Listener
 from listen.reply import Reply, ReplyRefused, TurnClock
+from listen.transcript import Transcript
 from listen.turns import TurnDetector, TurnEvent, trails_off
 from listen.uplink import FrameBuffer, UplinkReader, fast_receive
 from listen.vad import VADStream
