@@ -122,6 +122,10 @@ class WhisperASR(ASRBackend):
     def transcribe_turn(self, audio: np.ndarray) -> Transcript:
         if self._tokenizer is not None and audio.size <= (SHORT_WINDOW_S - SHORT_MARGIN_S) * SAMPLE_RATE:
             return self._transcribe_short(audio)
+        return self._transcribe_whole(audio)
+
+    def _transcribe_whole(self, audio: np.ndarray) -> Transcript:
+        """faster-whisper's own path: 30 s windows, its temperature fallback; no sentence-end figure."""
         segments, _ = self._model.transcribe(
             audio, beam_size=1, vad_filter=False, condition_on_previous_text=False, without_timestamps=True)
         return Transcript(" ".join(segment.text.strip() for segment in segments).strip())
@@ -149,11 +153,9 @@ class WhisperASR(ASRBackend):
         if not ended or len(tokens) > most or compression_ratio(text) > COMPRESSION_RATIO_LIMIT:
             # The greedy pass ran away ("... something like the brand palace... something like the ...",
             # seen on a turn with a long pause inside): faster-whisper's own path, whose temperature
-            # fallback re-decodes text that fails this same test. No sentence-end figure from it.
+            # fallback re-decodes text that fails this same test.
             logger.info("asr: the short pass repeated itself (%d tokens); transcribing again", len(tokens))
-            segments, _ = self._model.transcribe(
-                audio, beam_size=1, vad_filter=False, condition_on_previous_text=False, without_timestamps=True)
-            return Transcript(" ".join(segment.text.strip() for segment in segments).strip())
+            return self._transcribe_whole(audio)
         if not tokens or tokens[-1] not in self._sentence_ends:
             return Transcript(text, 0.0)  # no sentence end where the text ends
         log_probs = np.asarray(steps[len(tokens) - 1], np.float64)
