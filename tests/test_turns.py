@@ -115,12 +115,21 @@ def test_a_runaway_greedy_pass_is_transcribed_again_by_faster_whispers_own_path(
     assert word_error_rate(sentence, again.text) <= 0.25 and again.sentence_end is None
 
 
+# Words cut short that Whisper (tiny.en) often still ends with a sentence mark, at a low probability
+# (0.22-0.36 here). espeak's audio differs a little from call to call and the int8 kernels from CPU to
+# CPU (a CI machine heard "My flight leave that." at 0.41), so the rule must hold for most of them and
+# the ordering for all; the finished sentences sit at 0.67-0.96.
+CUT_SHORT = ("Please send the report to", "Could you remind me to", "My flight leaves at")
+FINISHED = ("Is it possible to change my appointment to Thursday?", "Please tell me the weather for tomorrow morning.",
+            "What time does the museum open?")
+
+
 def test_whisper_is_surer_of_a_finished_sentence_end_than_of_one_cut_short(whisper):
-    finished = whisper.transcribe_turn(as_heard(speak("Is it possible to change my appointment to Thursday?")))
-    cut_short = whisper.transcribe_turn(as_heard(speak("My flight leaves at")))
-    assert finished.text.endswith("?") and not trails_off(finished.text, finished.sentence_end)
-    assert cut_short.sentence_end is not None and cut_short.sentence_end < finished.sentence_end
-    assert trails_off(cut_short.text, cut_short.sentence_end)
+    finished = [whisper.transcribe_turn(as_heard(speak(text))) for text in FINISHED]
+    cut_short = [whisper.transcribe_turn(as_heard(speak(text))) for text in CUT_SHORT]
+    assert not any(trails_off(heard.text, heard.sentence_end) for heard in finished), finished
+    assert max(heard.sentence_end for heard in cut_short) < min(heard.sentence_end for heard in finished), cut_short
+    assert sum(trails_off(heard.text, heard.sentence_end) for heard in cut_short) >= 2, cut_short
 
 
 def test_a_fallback_shorter_than_the_silence_end_is_refused_with_the_flag_named():
