@@ -19,7 +19,8 @@ import av
 import numpy as np
 
 from basereal import BaseReal
-from listen.smartturn import COMPLETE_PROBABILITY, TurnModel
+from listen.smartturn import TurnModel
+from listen.transcript import Transcript
 from listen.turns import TurnDetector, TurnEvent
 from listen.uplink import FrameBuffer, MonoResampler, arrival_of
 from listen.vad import WINDOW_SAMPLES, VADStream
@@ -55,7 +56,7 @@ class Listener:
         self.resample = MonoResampler()
         self._pending = np.zeros(0, np.float32)  # < one VAD window (or one lips chunk) of leftover audio
         self._pending_asr = np.zeros(0, np.float32)  # the same audio for recognition (differs only with `echo`)
-        self._texts: queue.Queue[tuple[int, bool]] = queue.Queue(maxsize=TEXT_VERDICTS_QUEUED)
+        self._texts: queue.Queue[tuple[int, Transcript | None]] = queue.Queue(maxsize=TEXT_VERDICTS_QUEUED)
         self._reset = threading.Event()
         self._stopping = threading.Event()
         self.lips_dropped = 0
@@ -67,10 +68,10 @@ class Listener:
         """Forget any turn in progress (the mode changed); done on the thread, between frames."""
         self._reset.set()
 
-    def judge_text(self, pause: int, trailing: bool) -> None:
+    def judge_text(self, pause: int, transcript: Transcript | None) -> None:
         """From the loop: the speculative transcript of pause number `pause` is back (see TurnDetector)."""
         try:
-            self._texts.put_nowait((pause, trailing))
+            self._texts.put_nowait((pause, transcript))
         except queue.Full:
             logger.warning("listener %s: a transcript's verdict was dropped", self._thread.name)
 
@@ -92,12 +93,11 @@ class Listener:
             self._pending = self._pending_asr = np.zeros(0, np.float32)
         while True:
             try:
-                pause, trailing = self._texts.get_nowait()
+                pause, transcript = self._texts.get_nowait()
             except queue.Empty:
                 break
-            logger.debug("listener %s: pause %d transcript %s", self._thread.name, pause,
-                         "trails off" if trailing else "ends")
-            for event in self._turns.text_verdict(pause, trailing):
+            logger.debug("listener %s: pause %d transcript %s", self._thread.name, pause, transcript)
+            for event in self._turns.text_verdict(pause, transcript):
                 self._on_turn(event)
         if frame is None:
             return
@@ -132,8 +132,7 @@ class Listener:
                 probability = self._turn_model.probability(self._turns.heard())
                 logger.debug("listener %s: turn model %.2f in %.0f ms", self._thread.name, probability,
                              1000 * (time.perf_counter() - started))
-                for event in self._turns.verdict(probability > COMPLETE_PROBABILITY):
-                    self._on_turn(event)
+                self._turns.verdict(probability)
         self._pending = self._pending[count * WINDOW_SAMPLES:].copy()
         self._pending_asr = self._pending_asr[count * WINDOW_SAMPLES:].copy()
 

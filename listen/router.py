@@ -26,7 +26,7 @@ from listen.camera import LatestFrame, jpeg_data_url
 from listen.listener import Listener
 from listen.reply import Reply, ReplyRefused, TurnClock
 from listen.transcript import Transcript
-from listen.turns import TurnDetector, TurnEvent, trails_off
+from listen.turns import TurnDetector, TurnEvent
 from listen.uplink import FrameBuffer, UplinkReader, fast_receive
 from listen.vad import VADStream
 
@@ -205,7 +205,7 @@ class SessionListening:
                 source=self.session.id,
                 speculative=True)  # replaces this session's waiting speculation, if any
         except ASRBusy:
-            self._judge_text(event.pause, trailing=False)  # no transcript to wait for: the audio's verdict stands
+            self._judge_text(event.pause, None)  # no transcript to wait for: the audio's verdict stands
             return  # the end of the turn will ask again (and report if still busy)
         self._speculation = speculation
 
@@ -224,8 +224,7 @@ class SessionListening:
         speculation.done, speculation.error = True, error
         speculation.text = transcript.text if transcript is not None else None
         if not speculation.superseded and not speculation.wanted:  # an error: the audio's verdict stands
-            trailing = transcript is not None and trails_off(transcript.text, transcript.sentence_end)
-            self._judge_text(speculation.pause, trailing=trailing)
+            self._judge_text(speculation.pause, transcript)
         if speculation.wanted:
             self._finish(speculation)
         elif speculation.superseded:
@@ -233,10 +232,10 @@ class SessionListening:
         else:
             self._prepare(speculation)
 
-    def _judge_text(self, pause: int, trailing: bool) -> None:
-        """The second signal of the turn's end: does the pause's transcript trail off?"""
+    def _judge_text(self, pause: int, transcript: Transcript | None) -> None:
+        """The second signal of the turn's end: the pause's transcript (None: there is none)."""
         if self.listener is not None and not self.closed:
-            self.listener.judge_text(pause, trailing)
+            self.listener.judge_text(pause, transcript)
 
     # ---- replies prepared before the end of the turn (loop) -----------------
     def _prepare(self, speculation: "Speculation") -> None:

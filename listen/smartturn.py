@@ -19,13 +19,13 @@ import time
 
 import numpy as np
 
+from listen.turns import AUDIO_COMPLETE_PROBABILITY
 from media import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
 MODEL_THREADS = 1  # one core per call: ~50 ms for 8 s of audio on this 2-core machine
 MODEL_MAX_AUDIO_S = 8  # the model sees the newest 8 s (left-padded with silence when shorter)
-COMPLETE_PROBABILITY = 0.5  # pipecat's own threshold
 MODEL_FILE = "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"  # inside the pipecat package
 
 
@@ -67,4 +67,4 @@ class TurnModel:
         return float(result["probability"])
 
     def complete(self, audio: np.ndarray) -> bool:
-        return self.probability(audio) > COMPLETE_PROBABILITY
+        return self.probability(audio) > AUDIO_COMPLETE_PROBABILITY

@@ -4,14 +4,15 @@ A turn starts once speech has lasted `min_speech_ms` (a cough or a click is
 shorter and is forgotten), and ends after `end_silence_ms` of silence. With a
 turn model (`fallback_silence_ms` given: `--turn smart`), the first short pause
 asks for a verdict instead: the caller runs the model on `heard()` and passes
-the result to `verdict()`; "incomplete" keeps listening, up to
-`fallback_silence_ms` of silence (a hesitation). "Complete" ends the turn once the
-pause's speculative transcript is back too (`text_verdict()`, the second signal:
-Whisper ends a sentence it heard finished with . ? or !, and leaves speech that
-stops mid-sentence without it or with an ellipsis, which keeps the turn open; and its
-decoder, a language model, must have been sure enough of that sentence end — the
-way LiveKit's turn detector reads an LLM's probability of the end of an utterance);
-the reply needs that transcript anyway, so waiting for it costs no time. The
+its probability to `verdict()`, then the pause's speculative transcript to
+`text_verdict()` (the second signal; the reply needs that transcript anyway, so
+waiting for it costs no time). Whisper ends a sentence it heard finished with
+. ? or !, and leaves speech that stops mid-sentence without it or with an
+ellipsis, which keeps the turn open; its decoder, a language model, gives the
+probability of that sentence end (the way LiveKit's turn detector reads an LLM's
+probability of the end of an utterance). Both must call the turn complete
+(`ends_turn`) to end it at the pause; else it keeps listening, up to
+`fallback_silence_ms` of silence (a hesitation). The
 audio of a turn (with a little audio from before its onset) is handed out at
 its end, or in pieces of `max_utterance_s` when the user talks on and on, so
 memory stays bounded however long the monologue.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from listen.transcript import Transcript
 from listen.vad import WINDOW_MS
 
 PRE_ROLL_MS = 256  # audio kept from before the onset, so the first phoneme is not clipped
@@ -35,6 +37,7 @@ TRAILING_MARKS = ("...", "\u2026")  # how it ends speech that trails off
 # Below this probability of its own sentence end the recogniser was guessing: "Please send the report
 # to." (0.26), "My flight leave." (0.29) against 0.52-0.96 for finished sentences (espeak, tiny.en)
 SENTENCE_END_MIN_PROBABILITY = 0.4
+AUDIO_COMPLETE_PROBABILITY = 0.5  # the turn model's (pipecat's own threshold)
 
 
 def trails_off(text: str, sentence_end: float | None = None) -> bool:
@@ -46,6 +49,16 @@ def trails_off(text: str, sentence_end: float | None = None) -> bool:
     if not text.endswith(SENTENCE_ENDS) or text.endswith(TRAILING_MARKS):
         return True
     return sentence_end is not None and sentence_end < SENTENCE_END_MIN_PROBABILITY
+
+
+def ends_turn(audio: float, transcript: Transcript | None) -> bool:
+    """The turn is over at this pause: `audio`, the turn model's probability that it is; `transcript`,
+    the pause's speculative transcript (None: none came, recognition was busy or failed). Both must
+    say so: an unsure turn model or a transcript that trails off keeps the turn open. (The mean of the
+    two probabilities was tried: BENCHMARKS "Two probabilities, one verdict".)"""
+    if audio <= AUDIO_COMPLETE_PROBABILITY:
+        return False
+    return transcript is None or not trails_off(transcript.text, transcript.sentence_end)
 
 
 @dataclass(frozen=True)
@@ -80,8 +93,8 @@ class TurnDetector:
         self._candidate_gap = 0
         self._utterance: list[np.ndarray] = []
         self._silence = 0
-        self._judged = False  # the model's verdict on this pause came back "incomplete"
-        self._audio_complete = False  # the model judged this pause complete: the transcript's word is awaited
+        self._audio: float | None = None  # the turn model's probability for this pause: the transcript is awaited
+        self._judged = False  # this pause is decided (held open): no more verdicts until the user resumes
         self._pauses = 0  # pauses so far (their numbers)
         self.in_turn = False
 
@@ -119,7 +132,7 @@ class TurnDetector:
         paused = self.early_windows is not None and self._silence >= self.early_windows
         self._silence = self._silence + 1 if prob < self.negative else 0
         if paused and self._silence == 0:
-            self._judged = self._audio_complete = False
+            self._judged, self._audio = False, None
             return [TurnEvent("resume")]
         if self._silence == self.early_windows:
             self._pauses += 1
@@ -137,28 +150,24 @@ class TurnDetector:
     @property
     def awaiting_verdict(self) -> bool:
         """A pause the turn model has not judged yet (only with a turn model)."""
-        return self.smart and self._paused and not self._judged and not self._audio_complete
+        return self.smart and self._paused and not self._judged and self._audio is None
 
     def heard(self) -> np.ndarray:
         """The turn so far, its silence included: what the turn model judges."""
         return np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.float32)
 
-    def verdict(self, complete: bool) -> list[TurnEvent]:
-        """The turn model's judgement of the pause now: complete ends the turn at once."""
-        if not self.awaiting_verdict:
-            return []  # the user spoke on (or the turn ended) before the verdict: it is moot
-        if not complete:
-            self._judged = True
-            return []
-        self._audio_complete = True
-        return []
+    def verdict(self, probability: float) -> None:
+        """The turn model's probability that the user has finished, at this pause; the pause's
+        transcript (`text_verdict`) is awaited to decide."""
+        if self.awaiting_verdict:  # else the user spoke on (or the turn ended) before it: it is moot
+            self._audio = probability
 
-    def text_verdict(self, pause: int, trailing: bool) -> list[TurnEvent]:
-        """The speculative transcript of pause number `pause` is back; `trailing`: it trails off."""
-        if not (self.smart and self._paused and self._audio_complete and pause == self._pauses):
-            return []  # not judged complete, spoken on since, or an older pause: nothing to do
-        if trailing:
-            self._audio_complete = False
+    def text_verdict(self, pause: int, transcript: Transcript | None) -> list[TurnEvent]:
+        """The speculative transcript of pause number `pause` is back (None: there is none to wait for)."""
+        if not (self.smart and self._paused and self._audio is not None and pause == self._pauses):
+            return []  # no audio verdict on this pause, spoken on since, or an older pause: nothing to do
+        audio, self._audio = self._audio, None
+        if not ends_turn(audio, transcript):
             self._judged = True  # held open: the fallback silence ends it if the user says no more
             return []
         return [self._end("model")]
@@ -168,7 +177,7 @@ class TurnDetector:
         audio = self._take(self._spoken_windows())
         self.in_turn = False
         self._silence = 0
-        self._judged = self._audio_complete = False
+        self._judged, self._audio = False, None
         return TurnEvent("end", audio, reason, silence_ms)
 
     def _spoken_windows(self) -> int:

@@ -10,7 +10,8 @@ import pytest
 
 from listen.asr import COMPRESSION_RATIO_LIMIT, WhisperASR, compression_ratio
 from listen.smartturn import TurnModel
-from listen.turns import TurnDetector, trails_off
+from listen.transcript import Transcript
+from listen.turns import TurnDetector, ends_turn, trails_off
 from listen.vad import WINDOW_SAMPLES
 from sync.gate import DROPPED, HELD, RELEASED, Gate
 from tests.support.hesitations import HESITATIONS, full_text, hesitant, trimmed
@@ -37,54 +38,72 @@ def paused(detector: TurnDetector) -> int:
 
 
 # ---- the state machine -----------------------------------------------------------------------
+HEARD_FINISHED = Transcript("What time is it?", 0.9)
+HEARD_GUESSED = Transcript("Please send the report to.", 0.26)
+
+
 def test_complete_audio_and_a_finished_transcript_end_the_turn_at_the_pause():
     detector = smart()
     pause = paused(detector)
-    assert detector.verdict(True) == []  # the audio says complete: the transcript's word is awaited
+    assert detector.verdict(0.9) is None  # the audio says complete: the transcript's word is awaited
+    assert not detector.awaiting_verdict
     assert push(detector, 0.1, 3) == []  # ...however long it takes, short of the fallback
-    [end] = detector.text_verdict(pause, trailing=False)
+    [end] = detector.text_verdict(pause, HEARD_FINISHED)
     assert (end.kind, end.reason) == ("end", "model") and end.silence_ms == 8 * 32
     assert not detector.in_turn
 
 
-def test_incomplete_audio_waits_for_the_fallback_silence():
+def test_incomplete_audio_and_transcript_wait_for_the_fallback_silence():
     detector = smart()
     pause = paused(detector)
-    assert detector.verdict(False) == [] and not detector.awaiting_verdict
-    assert detector.text_verdict(pause, trailing=False) == []  # the transcript alone never ends a turn
+    detector.verdict(0.1)
+    assert detector.text_verdict(pause, Transcript("I would like to order.", 0.44)) == []
+    assert not detector.awaiting_verdict  # judged: the model is not asked again during this pause
     windows = -(-FALLBACK_MS // 32) - 5  # the silence so far is the 5 windows of the pause
     assert push(detector, 0.1, windows - 1) == []
     [end] = push(detector, 0.1, 1)
     assert (end.kind, end.reason) == ("end", "fallback")
 
 
-def test_a_transcript_that_trails_off_keeps_the_turn_open():
-    detector = smart()
-    pause = paused(detector)
-    detector.verdict(True)
-    assert detector.text_verdict(pause, trailing=True) == []
-    assert detector.in_turn and not detector.awaiting_verdict
-    assert [e.kind for e in push(detector, 0.9, 1)] == ["resume"]  # and the user goes on
+def test_a_transcript_that_trails_off_keeps_the_turn_open_however_sure_the_audio():
+    for heard in (Transcript("Is it possible to", 0.0), Transcript("My favourite colour is...", 0.0), HEARD_GUESSED):
+        detector = smart()
+        pause = paused(detector)
+        detector.verdict(0.99)
+        assert detector.text_verdict(pause, heard) == []
+        assert detector.in_turn and not detector.awaiting_verdict
+        assert [e.kind for e in push(detector, 0.9, 1)] == ["resume"]  # and the user goes on
+
+
+def test_both_signals_must_call_the_turn_complete():
+    assert ends_turn(0.6, HEARD_FINISHED)
+    assert not ends_turn(0.45, Transcript("I would like to visit the museum on Sunday.", 0.8))  # the audio unsure
+    assert not ends_turn(0.99, HEARD_GUESSED)  # a guessed sentence end
+    # no probability of the sentence end (--asr openai, faster-whisper's long path): the punctuation
+    assert ends_turn(0.6, Transcript("What time is it?")) and not ends_turn(0.9, Transcript("Is it possible to"))
+    assert ends_turn(0.6, None) and not ends_turn(0.4, None)  # no transcript at all (busy, failed): the audio
 
 
 def test_verdicts_on_a_pause_the_user_spoke_on_after_are_moot():
     detector = smart()
     pause = paused(detector)
     assert [e.kind for e in push(detector, 0.9, 1)] == ["resume"]
-    assert detector.verdict(True) == [] and detector.text_verdict(pause, trailing=False) == []
+    detector.verdict(0.9)
+    assert detector.text_verdict(pause, HEARD_FINISHED) == []
     second = [e for e in push(detector, 0.1, 5) if e.kind == "pause"][0].pause
-    assert second == pause + 1
-    assert detector.verdict(True) == []
-    assert detector.text_verdict(pause, trailing=False) == []  # the older pause's transcript
-    assert [e.reason for e in detector.text_verdict(second, trailing=False)] == ["model"]
+    assert second == pause + 1 and detector.awaiting_verdict
+    detector.verdict(0.9)
+    assert detector.text_verdict(pause, HEARD_FINISHED) == []  # the older pause's transcript
+    assert [e.reason for e in detector.text_verdict(second, HEARD_FINISHED)] == ["model"]
 
 
 def test_silence_mode_ignores_verdicts_and_ends_as_before():
     detector = TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=30)
     push(detector, 0.9, 10)
     assert [e.kind for e in push(detector, 0.1, 5)] == ["pause"]
-    assert not detector.awaiting_verdict and detector.verdict(True) == []
-    assert detector.text_verdict(1, trailing=False) == []
+    assert not detector.awaiting_verdict
+    detector.verdict(0.9)
+    assert detector.text_verdict(1, HEARD_FINISHED) == []
     [end] = push(detector, 0.1, 8)
     assert (end.kind, end.reason) == ("end", "silence")
 
