@@ -49,6 +49,7 @@ SENTENCES = ["Please tell me the weather for tomorrow morning.", "I would like t
 LONG_TEXT = "This is a long answer that goes on for a while so that the user can cut in. " * 5
 REPLY = "Sure."
 LLM_FIRST_TOKEN_S = 0.2
+BARGE_IN_WINDOW_S = 1.2  # the avatar's voice is looked for up to this long after the user's onset
 PARTS = ("echo", "chat", "hesitation", "barge-in", "lips", "asr")
 STAGES = ("decision", "transcript", "llm_first_token", "tts_first_audio", "first_voiced_frame")
 
@@ -175,8 +176,16 @@ async def barge_in(url, http, avatar, trials, results):
                 onset = time.monotonic()
                 async with http.post(f"{url}/interrupt_talk", json={"sessionid": client.sessionid}) as r:
                     assert r.status == 200
-            await asyncio.sleep(1.2)
-            last = [f for f in client.audio if is_voiced(f) and f.arrival < onset + 1.2][-1]
+            # the avatar's voice up to 1.2 s after the onset, but not its answer to the interjection, which
+            # may begin within that time (its "start" event comes before its first voiced frame)
+            seen, until = len(client.channel_messages), onset + BARGE_IN_WINDOW_S
+            while time.monotonic() < until:
+                if any(json.loads(m)["type"] == "start" for m in client.channel_messages[seen:]):
+                    until = time.monotonic()
+                    break
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(max(0.0, onset + BARGE_IN_WINDOW_S - time.monotonic()))
+            last = [f for f in client.audio if is_voiced(f) and f.arrival < until][-1]
             results["barge_in" if interrupt_by_voice else "barge_in_floor"].append(last.arrival - onset)
             await asyncio.sleep(3.0)  # the echo of the interjection plays out
     await client.close()

@@ -132,7 +132,8 @@ class Listener:
                 probability = self._turn_model.probability(self._turns.heard())
                 logger.debug("listener %s: turn model %.2f in %.0f ms", self._thread.name, probability,
                              1000 * (time.perf_counter() - started))
-                self._turns.verdict(probability)
+                for event in self._turns.verdict(probability):
+                    self._on_turn(event)
         self._pending = self._pending[count * WINDOW_SAMPLES:].copy()
         self._pending_asr = self._pending_asr[count * WINDOW_SAMPLES:].copy()
 

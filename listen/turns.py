@@ -2,11 +2,11 @@
 
 A turn starts once speech has lasted `min_speech_ms` (a cough or a click is
 shorter and is forgotten), and ends after `end_silence_ms` of silence. With a
-turn model (`fallback_silence_ms` given: `--turn smart`), the first short pause
-asks for a verdict instead: the caller runs the model on `heard()` and passes
-its probability to `verdict()`, then the pause's speculative transcript to
-`text_verdict()` (the second signal; the reply needs that transcript anyway, so
-waiting for it costs no time). Whisper ends a sentence it heard finished with
+turn model (`fallback_silence_ms` given: `--turn smart`), a short pause asks
+for two verdicts instead: the pause's speculative transcript (`text_verdict()`,
+asked for after SPECULATE_SILENCE_MS; the reply needs it anyway, so waiting for
+it costs no time) and, after JUDGE_SILENCE_MS, the turn model's probability
+(the caller runs the model on `heard()` and passes it to `verdict()`). Whisper ends a sentence it heard finished with
 . ? or !, and leaves speech that stops mid-sentence without it or with an
 ellipsis, which keeps the turn open; its decoder, a language model, gives the
 probability of that sentence end (the way LiveKit's turn detector reads an LLM's
@@ -31,7 +31,8 @@ from listen.vad import WINDOW_MS
 PRE_ROLL_MS = 256  # audio kept from before the onset, so the first phoneme is not clipped
 NEGATIVE_MARGIN = 0.15  # hysteresis: speech continues until the probability falls this far below the threshold
 ONSET_GAP_MS = 96  # a dip this long before the onset is confirmed drops the candidate
-EARLY_SILENCE_MS = 160  # silence after which the turn's audio is offered for a speculative transcription
+SPECULATE_SILENCE_MS = 96  # silence after which the turn's audio is offered for a speculative transcription
+JUDGE_SILENCE_MS = 160  # silence after which the turn model judges the pause (it is less sure of less silence)
 SENTENCE_ENDS = (".", "?", "!")  # how Whisper ends a sentence it heard finished
 TRAILING_MARKS = ("...", "\u2026")  # how it ends speech that trails off
 # Below this probability of its own sentence end the recogniser was guessing: "Please send the report
@@ -80,20 +81,23 @@ class TurnDetector:
                  fallback_silence_ms: int | None = None):
         self.threshold = threshold
         self.negative = max(threshold - NEGATIVE_MARGIN, 0.01)
-        self.min_windows = max(1, -(-min_speech_ms // WINDOW_MS))
+        self.min_windows = max(1, round(min_speech_ms / WINDOW_MS))  # the nearest whole window: 200 ms -> 192
         self.smart = fallback_silence_ms is not None  # a turn model gives its verdict at the pause
         self.end_windows = max(1, -(-(fallback_silence_ms if self.smart else end_silence_ms) // WINDOW_MS))
         self.max_windows = int(max_utterance_s * 1000 // WINDOW_MS)
         self.gap_windows = max(1, ONSET_GAP_MS // WINDOW_MS)
-        early = max(1, EARLY_SILENCE_MS // WINDOW_MS)
-        self.early_windows = early if early < self.end_windows else None  # no pause when the end comes as soon
+        speculate, judge = max(1, SPECULATE_SILENCE_MS // WINDOW_MS), max(1, JUDGE_SILENCE_MS // WINDOW_MS)
+        self.early_windows = speculate if speculate < self.end_windows else None  # no pause when the end comes as soon
+        self.judge_windows = max(judge, speculate)
         self._pre_roll: deque[np.ndarray] = deque(maxlen=max(1, PRE_ROLL_MS // WINDOW_MS))
         self._candidate: list[np.ndarray] = []
         self._candidate_speech = 0
         self._candidate_gap = 0
         self._utterance: list[np.ndarray] = []
         self._silence = 0
-        self._audio: float | None = None  # the turn model's probability for this pause: the transcript is awaited
+        self._audio: float | None = None  # the turn model's probability for this pause
+        self._text: Transcript | None = None  # this pause's transcript (`_text_back`: it came, None or not)
+        self._text_back = False
         self._judged = False  # this pause is decided (held open): no more verdicts until the user resumes
         self._pauses = 0  # pauses so far (their numbers)
         self.in_turn = False
@@ -132,7 +136,7 @@ class TurnDetector:
         paused = self.early_windows is not None and self._silence >= self.early_windows
         self._silence = self._silence + 1 if prob < self.negative else 0
         if paused and self._silence == 0:
-            self._judged, self._audio = False, None
+            self._forget_pause()
             return [TurnEvent("resume")]
         if self._silence == self.early_windows:
             self._pauses += 1
@@ -149,35 +153,47 @@ class TurnDetector:
 
     @property
     def awaiting_verdict(self) -> bool:
-        """A pause the turn model has not judged yet (only with a turn model)."""
-        return self.smart and self._paused and not self._judged and self._audio is None
+        """A pause long enough for the turn model, which has not judged it yet (only with a turn model)."""
+        return (self.smart and self._paused and self._silence >= self.judge_windows and not self._judged
+                and self._audio is None)
 
     def heard(self) -> np.ndarray:
         """The turn so far, its silence included: what the turn model judges."""
         return np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.float32)
 
-    def verdict(self, probability: float) -> None:
-        """The turn model's probability that the user has finished, at this pause; the pause's
-        transcript (`text_verdict`) is awaited to decide."""
-        if self.awaiting_verdict:  # else the user spoke on (or the turn ended) before it: it is moot
-            self._audio = probability
+    def verdict(self, probability: float) -> list[TurnEvent]:
+        """The turn model's probability that the user has finished, at this pause: the turn ends
+        if the pause's transcript (`text_verdict`) is back and agrees, else the transcript decides."""
+        if not self.awaiting_verdict:
+            return []  # the user spoke on (or the turn ended) before it: it is moot
+        self._audio = probability
+        return self._decide()
 
     def text_verdict(self, pause: int, transcript: Transcript | None) -> list[TurnEvent]:
-        """The speculative transcript of pause number `pause` is back (None: there is none to wait for)."""
-        if not (self.smart and self._paused and self._audio is not None and pause == self._pauses):
-            return []  # no audio verdict on this pause, spoken on since, or an older pause: nothing to do
-        audio, self._audio = self._audio, None
-        if not ends_turn(audio, transcript):
+        """The speculative transcript of pause number `pause` is back (None: there is none to wait
+        for); it may come before the turn model's verdict (it is asked for at a shorter silence)."""
+        if not (self.smart and self._paused and pause == self._pauses and not self._judged and not self._text_back):
+            return []  # spoken on since, an older pause, or decided: nothing to do
+        self._text, self._text_back = transcript, True
+        return self._decide()
+
+    def _decide(self) -> list[TurnEvent]:
+        if self._audio is None or not self._text_back:
+            return []  # the other signal is awaited
+        if not ends_turn(self._audio, self._text):
             self._judged = True  # held open: the fallback silence ends it if the user says no more
             return []
         return [self._end("model")]
+
+    def _forget_pause(self) -> None:
+        self._judged, self._audio, self._text, self._text_back = False, None, None, False
 
     def _end(self, reason: str) -> TurnEvent:
         silence_ms = self._silence * WINDOW_MS
         audio = self._take(self._spoken_windows())
         self.in_turn = False
         self._silence = 0
-        self._judged, self._audio = False, None
+        self._forget_pause()
         return TurnEvent("end", audio, reason, silence_ms)
 
     def _spoken_windows(self) -> int:

@@ -29,8 +29,8 @@ def feed(detector: TurnDetector, probs: list[float]) -> list[str]:
 def test_a_turn_needs_the_minimum_speech_and_ends_after_the_silence():
     detector = TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=30)
     assert feed(detector, [0.9] * 3 + [0.1] * 20) == []  # 96 ms: a cough
-    events = feed(detector, [0.9] * 7)
-    assert events == ["start"]
+    assert feed(detector, [0.9] * 5) == []  # 160 ms
+    assert feed(detector, [0.9]) == ["start"]  # 192 ms: the whole number of windows nearest to 200 ms
     assert feed(detector, [0.1] * 12) == ["pause"]  # 384 ms of silence: still the user's turn
     assert feed(detector, [0.1]) == ["end"]
 

@@ -45,12 +45,29 @@ HEARD_GUESSED = Transcript("Please send the report to.", 0.26)
 def test_complete_audio_and_a_finished_transcript_end_the_turn_at_the_pause():
     detector = smart()
     pause = paused(detector)
-    assert detector.verdict(0.9) is None  # the audio says complete: the transcript's word is awaited
+    assert detector.verdict(0.9) == []  # the audio says complete: the transcript's word is awaited
     assert not detector.awaiting_verdict
     assert push(detector, 0.1, 3) == []  # ...however long it takes, short of the fallback
     [end] = detector.text_verdict(pause, HEARD_FINISHED)
     assert (end.kind, end.reason) == ("end", "model") and end.silence_ms == 8 * 32
     assert not detector.in_turn
+
+
+def test_the_transcript_is_asked_for_before_the_turn_model_and_may_come_first():
+    detector = smart()
+    assert [e.kind for e in push(detector, 0.9, 10)] == ["start"]
+    [pause] = push(detector, 0.1, 3)  # 96 ms: transcribe now; the turn model waits for more silence
+    assert pause.kind == "pause" and not detector.awaiting_verdict
+    assert detector.text_verdict(pause.pause, HEARD_FINISHED) == []
+    assert push(detector, 0.1, 1) == [] and not detector.awaiting_verdict
+    assert push(detector, 0.1, 1) == [] and detector.awaiting_verdict  # 160 ms
+    [end] = detector.verdict(0.9)
+    assert (end.kind, end.reason) == ("end", "model")
+    detector = smart()
+    pause = paused(detector)
+    detector.text_verdict(pause, HEARD_FINISHED)
+    assert detector.verdict(0.3) == [] and not detector.awaiting_verdict  # the audio says wait: held open
+    assert detector.text_verdict(pause, HEARD_FINISHED) == [] and detector.in_turn
 
 
 def test_incomplete_audio_and_transcript_wait_for_the_fallback_silence():
@@ -101,8 +118,7 @@ def test_silence_mode_ignores_verdicts_and_ends_as_before():
     detector = TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=30)
     push(detector, 0.9, 10)
     assert [e.kind for e in push(detector, 0.1, 5)] == ["pause"]
-    assert not detector.awaiting_verdict
-    detector.verdict(0.9)
+    assert not detector.awaiting_verdict and detector.verdict(0.9) == []
     assert detector.text_verdict(1, HEARD_FINISHED) == []
     [end] = push(detector, 0.1, 8)
     assert (end.kind, end.reason) == ("end", "silence")
