@@ -46,7 +46,7 @@ class TurnClock:
 class Reply:
     """One turn's answer, echo or chat, behind a gate."""
 
-    def __init__(self, session: "Session", text: str, mode: str, prepared: bool):
+    def __init__(self, session: "Session", text: str, mode: str, prepared: bool, image: str | None = None):
         self.session = session
         self.text = text
         self.mode = mode
@@ -62,7 +62,7 @@ class Reply:
                 raise ReplyRefused(str(exc)) from None
             self.gate.tags.append(utterance_id)
         else:
-            session.chat(text, session.tts_backend, gate=self.gate)
+            session.chat(text, session.tts_backend, image=image, gate=self.gate)  # image: a chat turn's camera frame
 
     def release(self, clock: TurnClock | None) -> None:
         """The turn is over: play the reply, and time it (when the turn's clock is known)."""

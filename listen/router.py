@@ -240,15 +240,32 @@ class SessionListening:
     # ---- replies prepared before the end of the turn (loop) -----------------
     def _prepare(self, speculation: "Speculation") -> None:
         """The turn is still pending and its transcript is ready: start the reply behind a gate."""
-        mode = speculation.mode
-        if (self.closed or mode != self.mode or speculation.turn != self._turn or not self._turn_open
-                or not speculation.text or mode not in TURN_MODES):
+        if not self._pending(speculation):
             return
-        if mode == "chat" and (self.service.chat_problem() or self._wants_image()):
-            return  # errors are reported at the end of the turn; a camera frame is taken then
+        if speculation.mode == "chat" and self.service.chat_problem():
+            return  # reported at the end of the turn
+        if speculation.mode == "chat" and self._wants_image():  # the camera frame at the pause goes with it
+            task = asyncio.create_task(self._prepare_with_image(speculation), name=f"vision-{self.session.id[:8]}")
+            self._vision.add(task)
+            task.add_done_callback(self._vision.discard)
+            return
+        self._start_prepared(speculation, image=None)
+
+    def _pending(self, speculation: "Speculation") -> bool:
+        """The speculation's turn is still open and still this session's current one."""
+        return not (self.closed or speculation.mode != self.mode or speculation.turn != self._turn
+                    or not self._turn_open or speculation.superseded or speculation.wanted
+                    or not speculation.text or speculation.mode not in TURN_MODES)
+
+    async def _prepare_with_image(self, speculation: "Speculation") -> None:
+        image = await self._camera_jpeg()
+        if self._pending(speculation):  # else the user spoke on, or the turn ended meanwhile (it asks itself)
+            self._start_prepared(speculation, image)
+
+    def _start_prepared(self, speculation: "Speculation", image: str | None) -> None:
         self._drop_prepared()
         try:
-            self._prepared = Reply(self.session, speculation.text, mode, prepared=True)
+            self._prepared = Reply(self.session, speculation.text, speculation.mode, prepared=True, image=image)
         except ReplyRefused:
             return  # said at the end of the turn, if it ends here
 
@@ -329,14 +346,18 @@ class SessionListening:
                 session.events.publish({"type": "error", "source": "tts", "msg": str(exc)})
 
     async def _chat_with_image(self, text: str) -> None:
-        """The chat turn with the latest camera frame (JPEG encoding off the loop); without it if that fails."""
-        image: str | None = None
-        try:
-            image = await self._loop.run_in_executor(None, jpeg_data_url, self.camera.frame)
-        except ValueError as exc:
-            logger.warning("session %s: camera frame not sent: %s", self.session.id[:8], exc)
+        """The chat turn with the latest camera frame; without it if that fails."""
+        image = await self._camera_jpeg()
         if not self.closed:
             self.session.chat(text, self.session.tts_backend, image=image)
+
+    async def _camera_jpeg(self) -> str | None:
+        """The latest camera frame as a JPEG data: URL, encoded off the loop (None if it cannot be)."""
+        try:
+            return await self._loop.run_in_executor(None, jpeg_data_url, self.camera.frame)
+        except ValueError as exc:
+            logger.warning("session %s: camera frame not sent: %s", self.session.id[:8], exc)
+            return None
 
     async def close(self) -> None:
         self.closed = True

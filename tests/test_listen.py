@@ -294,7 +294,10 @@ async def test_camera_frame_goes_with_the_chat_turn_only_with_llm_vision(data_di
             assert reader is not None and reader.frames > 3
         else:  # never used, so never received: the answer says sendonly and nothing is decoded
             assert reader is None and "a=sendonly" in client.pc.remoteDescription.sdp.split("m=audio")[0]
-        content = llm_server.exchanges[0].body["messages"][-1]["content"]
+        if vision:  # the reply was prepared at the pause, the camera frame taken then, and released at the end
+            metrics = await (await http.get(f"{running.url}/metrics")).text()
+            assert 'avatar_turn_preparations_total{outcome="used"} 1.0' in metrics
+        content = llm_server.exchanges[-1].body["messages"][-1]["content"]  # a pause inside may have asked first
         if not vision:
             assert isinstance(content, str)
             return
