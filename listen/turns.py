@@ -6,13 +6,13 @@ turn model (`fallback_silence_ms` given: `--turn smart`), a short pause asks
 for two verdicts instead: the pause's speculative transcript (`text_verdict()`,
 asked for after SPECULATE_SILENCE_MS; the reply needs it anyway, so waiting for
 it costs no time) and, after JUDGE_SILENCE_MS, the turn model's probability
-(the caller runs the model on `heard()` and passes it to `verdict()`). Whisper ends a sentence it heard finished with
-. ? or !, and leaves speech that stops mid-sentence without it or with an
-ellipsis, which keeps the turn open; its decoder, a language model, gives the
-probability of that sentence end (the way LiveKit's turn detector reads an LLM's
-probability of the end of an utterance). Both must call the turn complete
-(`ends_turn`) to end it at the pause; else it keeps listening, up to
-`fallback_silence_ms` of silence (a hesitation). The
+(the caller runs the model on `heard()` and passes it to `verdict()`). Whisper
+ends a sentence it heard finished with . ? or !, and leaves speech that stops
+mid-sentence without it or with an ellipsis, which keeps the turn open; its
+decoder, a language model, gives the probability of that sentence end (the way
+LiveKit's turn detector reads an LLM's probability of the end of an utterance).
+Both must call the turn complete (`ends_turn`) to end it at the pause; else it
+keeps listening, up to `fallback_silence_ms` of silence (a hesitation). The
 audio of a turn (with a little audio from before its onset) is handed out at
 its end, or in pieces of `max_utterance_s` when the user talks on and on, so
 memory stays bounded however long the monologue.
@@ -87,7 +87,7 @@ class TurnDetector:
         self.max_windows = int(max_utterance_s * 1000 // WINDOW_MS)
         self.gap_windows = max(1, ONSET_GAP_MS // WINDOW_MS)
         speculate, judge = max(1, SPECULATE_SILENCE_MS // WINDOW_MS), max(1, JUDGE_SILENCE_MS // WINDOW_MS)
-        self.early_windows = speculate if speculate < self.end_windows else None  # no pause when the end comes as soon
+        self.speculate_windows = speculate if speculate < self.end_windows else None  # no pause when the end comes as soon
         self.judge_windows = max(judge, speculate)
         self._pre_roll: deque[np.ndarray] = deque(maxlen=max(1, PRE_ROLL_MS // WINDOW_MS))
         self._candidate: list[np.ndarray] = []
@@ -133,12 +133,12 @@ class TurnDetector:
 
     def _in_turn(self, window: np.ndarray, prob: float) -> list[TurnEvent]:
         self._utterance.append(window)
-        paused = self.early_windows is not None and self._silence >= self.early_windows
+        paused = self.speculate_windows is not None and self._silence >= self.speculate_windows
         self._silence = self._silence + 1 if prob < self.negative else 0
         if paused and self._silence == 0:
             self._forget_pause()
             return [TurnEvent("resume")]
-        if self._silence == self.early_windows:
+        if self._silence == self.speculate_windows:
             self._pauses += 1
             return [TurnEvent("pause", np.concatenate(self._utterance[:self._spoken_windows()]), pause=self._pauses)]
         if self._silence >= self.end_windows:
@@ -149,7 +149,7 @@ class TurnDetector:
 
     @property
     def _paused(self) -> bool:
-        return self.in_turn and self.early_windows is not None and self._silence >= self.early_windows
+        return self.in_turn and self.speculate_windows is not None and self._silence >= self.speculate_windows
 
     @property
     def awaiting_verdict(self) -> bool:
@@ -162,8 +162,8 @@ class TurnDetector:
         return np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.float32)
 
     def verdict(self, probability: float) -> list[TurnEvent]:
-        """The turn model's probability that the user has finished, at this pause: the turn ends
-        if the pause's transcript (`text_verdict`) is back and agrees, else the transcript decides."""
+        """The turn model's probability that the user has finished, at this pause: decided now if the
+        pause's transcript (`text_verdict`) is back, else when it comes."""
         if not self.awaiting_verdict:
             return []  # the user spoke on (or the turn ended) before it: it is moot
         self._audio = probability
