@@ -71,6 +71,7 @@ class Speculation:
     error: str | None = None
     clock: TurnClock | None = None  # set when the pause became the end of the turn
     request: "ASRRequest | None" = None  # the recogniser's ticket, to withdraw it while it waits
+    preparing: "asyncio.Task | None" = None  # its reply waits for the camera frame's JPEG (--llm-vision)
 
 
 class SessionListening:
@@ -246,6 +247,7 @@ class SessionListening:
             return  # reported at the end of the turn
         if speculation.mode == "chat" and self._wants_image():  # the camera frame at the pause goes with it
             task = asyncio.create_task(self._prepare_with_image(speculation), name=f"vision-{self.session.id[:8]}")
+            speculation.preparing = task
             self._vision.add(task)
             task.add_done_callback(self._vision.discard)
             return
@@ -258,9 +260,16 @@ class SessionListening:
                     or not speculation.text or speculation.mode not in TURN_MODES)
 
     async def _prepare_with_image(self, speculation: "Speculation") -> None:
-        image = await self._camera_jpeg()
-        if self._pending(speculation):  # else the user spoke on, or the turn ended meanwhile (it asks itself)
+        try:
+            image = await self._camera_jpeg()
+        finally:
+            speculation.preparing = None
+        if self._pending(speculation):
             self._start_prepared(speculation, image)
+        elif speculation.wanted and not self.closed:  # the turn ended while the frame was encoded: answer now
+            if speculation.mode == self.mode:
+                self._start_prepared(speculation, image)
+            self._finish(speculation)
 
     def _start_prepared(self, speculation: "Speculation", image: str | None) -> None:
         self._drop_prepared()
@@ -291,6 +300,8 @@ class SessionListening:
             self.session.events.publish({"type": "transcript", "text": speculation.text, "final": False})
 
     def _finish(self, speculation: "Speculation") -> None:
+        if speculation.preparing is not None:
+            return  # its reply is being prepared with the camera frame: that finishes the turn
         if speculation.error is not None:
             self._on_error(speculation.error)
         else:

@@ -296,7 +296,7 @@ async def test_camera_frame_goes_with_the_chat_turn_only_with_llm_vision(data_di
             assert reader is None and "a=sendonly" in client.pc.remoteDescription.sdp.split("m=audio")[0]
         if vision:  # the reply was prepared at the pause, the camera frame taken then, and released at the end
             metrics = await (await http.get(f"{running.url}/metrics")).text()
-            assert 'avatar_turn_preparations_total{outcome="used"} 1.0' in metrics
+            assert 'avatar_turn_preparations_total{outcome="used"} 1.0' in metrics, [l for l in metrics.splitlines() if "prepar" in l or "turns_ended" in l]
         content = llm_server.exchanges[-1].body["messages"][-1]["content"]  # a pause inside may have asked first
         if not vision:
             assert isinstance(content, str)
