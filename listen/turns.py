@@ -95,10 +95,10 @@ class TurnDetector:
         self._candidate_gap = 0
         self._utterance: list[np.ndarray] = []
         self._silence = 0
-        self._audio: float | None = None  # the turn model's probability for this pause
-        self._text: Transcript | None = None  # this pause's transcript (`_text_back`: it came, None or not)
+        # this pause's two verdicts; once both are in and it is held open, no more until the user resumes
+        self._audio: float | None = None  # the turn model's probability
+        self._text: Transcript | None = None  # the transcript (`_text_back`: it came, None or not)
         self._text_back = False
-        self._judged = False  # this pause is decided (held open): no more verdicts until the user resumes
         self._pauses = 0  # pauses so far (their numbers)
         self.in_turn = False
 
@@ -154,8 +154,7 @@ class TurnDetector:
     @property
     def awaiting_verdict(self) -> bool:
         """A pause long enough for the turn model, which has not judged it yet (only with a turn model)."""
-        return (self.smart and self._paused and self._silence >= self.judge_windows and not self._judged
-                and self._audio is None)
+        return self.smart and self._paused and self._silence >= self.judge_windows and self._audio is None
 
     def heard(self) -> np.ndarray:
         """The turn so far, its silence included: what the turn model judges."""
@@ -172,7 +171,7 @@ class TurnDetector:
     def text_verdict(self, pause: int, transcript: Transcript | None) -> list[TurnEvent]:
         """The speculative transcript of pause number `pause` is back (None: there is none to wait
         for); it may come before the turn model's verdict (it is asked for at a shorter silence)."""
-        if not (self.smart and self._paused and pause == self._pauses and not self._judged and not self._text_back):
+        if not (self.smart and self._paused and pause == self._pauses and not self._text_back):
             return []  # spoken on since, an older pause, or decided: nothing to do
         self._text, self._text_back = transcript, True
         return self._decide()
@@ -181,12 +180,11 @@ class TurnDetector:
         if self._audio is None or not self._text_back:
             return []  # the other signal is awaited
         if not ends_turn(self._audio, self._text):
-            self._judged = True  # held open: the fallback silence ends it if the user says no more
-            return []
+            return []  # held open: the fallback silence ends it if the user says no more
         return [self._end("model")]
 
     def _forget_pause(self) -> None:
-        self._judged, self._audio, self._text, self._text_back = False, None, None, False
+        self._audio, self._text, self._text_back = None, None, False
 
     def _end(self, reason: str) -> TurnEvent:
         silence_ms = self._silence * WINDOW_MS
@@ -216,5 +214,5 @@ class TurnDetector:
         self._reset_candidate()
         self._utterance = []
         self._silence = 0
-        self._judged = self._audio_complete = False
+        self._forget_pause()
         self.in_turn = False
