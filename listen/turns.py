@@ -138,13 +138,13 @@ class TurnDetector:
         if paused and self._silence == 0:
             self._forget_pause()
             return [TurnEvent("resume")]
+        if self._silence >= self.end_windows:
+            return [self._end("fallback" if self.smart else "silence")]
+        if len(self._utterance) >= self.max_windows:  # before the pause: a piece never outgrows max_utterance_s
+            return [TurnEvent("cut", self._take(len(self._utterance)))]
         if self._silence == self.speculate_windows:
             self._pauses += 1
             return [TurnEvent("pause", np.concatenate(self._utterance[:self._spoken_windows()]), pause=self._pauses)]
-        if self._silence >= self.end_windows:
-            return [self._end("fallback" if self.smart else "silence")]
-        if len(self._utterance) >= self.max_windows:
-            return [TurnEvent("cut", self._take(len(self._utterance)))]
         return []
 
     @property

@@ -35,6 +35,14 @@ def test_a_turn_needs_the_minimum_speech_and_ends_after_the_silence():
     assert feed(detector, [0.1]) == ["end"]
 
 
+def test_a_piece_is_cut_at_the_limit_even_when_a_pause_falls_on_it():
+    detector = TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=1)  # 31 windows
+    assert feed(detector, [0.9] * 6) == ["start"]
+    feed(detector, [0.9] * 22)  # 28 windows so far
+    assert feed(detector, [0.1] * 3) == ["cut"]  # the 31st window is also a 96 ms pause: the cut comes first
+    assert feed(detector, [0.1] * 10) == ["end"]
+
+
 def test_a_pause_offers_the_same_audio_the_end_will_carry():
     detector = TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=30)
     loud = [np.full(WINDOW_SAMPLES, i, np.float32) for i in range(1, 11)]
