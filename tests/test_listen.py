@@ -361,9 +361,12 @@ async def test_a_pause_inside_a_turn_gives_a_partial_transcript_before_the_final
     try:
         # The rest of the turn lasts seconds, so the pause's transcription is back while it is
         # still open however slow the machine: only then is a partial transcript meaningful.
-        rest = [trimmed(speak(text)) for text in ("the museum on Sunday.", SENTENCES[2], SENTENCES[0])]
+        # The pause comes after "the": Whisper leaves it without a sentence end on every machine, where
+        # "I would like to visit." is a finished sentence to both models about half the time (a
+        # hesitation they split, BENCHMARKS "Taking turns"); this test is about the partial transcript.
+        rest = [trimmed(speak(text)) for text in ("museum on Sunday.", SENTENCES[2], SENTENCES[0])]
         short_gap = np.zeros(1600, np.float32)
-        track.play(np.concatenate([trimmed(speak("I would like to visit")), gap,
+        track.play(np.concatenate([trimmed(speak("I would like to visit the")), gap,
                                    *[part for clip in rest for part in (clip, short_gap)]]))
         final = await wait_events(client, lambda e: e["type"] == "transcript" and e["final"], timeout=30)
         events = [e for e in channel_events(client) if e["type"] in ("user_start", "user_end", "transcript")]
