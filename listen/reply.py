@@ -34,7 +34,7 @@ class TurnClock:
 
     speech_end: float  # the end of the user's last speech window (the decision time less the silence heard)
     decided: float  # the turn was judged over
-    reason: str  # model | fallback | silence
+    reason: str  # model | transcript | fallback | silence
     transcript: float | None = None
 
     @classmethod

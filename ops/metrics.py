@@ -69,7 +69,7 @@ class Metrics:
             "(released when the turn ended) or dropped (the user spoke on: the work was wasted)", ["outcome"],
             registry=r)
         self.turns_ended = Counter(
-            f"{PREFIX}_turns_ended", "User turns ended, by what ended them (model, fallback, silence)", ["reason"],
+            f"{PREFIX}_turns_ended", "User turns ended, by what ended them (model, transcript, fallback, silence)", ["reason"],
             registry=r)
         self.batch_time = Histogram(
             f"{PREFIX}_inference_batch_seconds",

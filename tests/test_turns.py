@@ -11,7 +11,7 @@ import pytest
 from listen.asr import COMPRESSION_RATIO_LIMIT, WhisperASR, compression_ratio
 from listen.smartturn import TurnModel
 from listen.transcript import Transcript
-from listen.turns import TurnDetector, ends_turn, trails_off
+from listen.turns import SURE_SILENCE_MS, TurnDetector, ends_turn, trails_off
 from listen.vad import WINDOW_SAMPLES
 from sync.gate import DROPPED, HELD, RELEASED, Gate
 from tests.support.hesitations import HESITATIONS, full_text, hesitant, trimmed
@@ -80,6 +80,36 @@ def test_incomplete_audio_and_transcript_wait_for_the_fallback_silence():
     assert push(detector, 0.1, windows - 1) == []
     [end] = push(detector, 0.1, 1)
     assert (end.kind, end.reason) == ("end", "fallback")
+
+
+def test_a_transcript_sure_of_its_end_shortens_the_wait_the_turn_model_alone_asks_for():
+    sure = Transcript("Is it possible to change my appointment to Thursday?", 0.92)  # Smart Turn: 0.24
+    windows = -(-SURE_SILENCE_MS // 32) - 5  # the silence so far is the 5 windows of the pause
+    detector = smart()
+    pause = paused(detector)
+    assert detector.text_verdict(pause, sure) == [] and detector.verdict(0.24) == []  # not at the pause
+    assert push(detector, 0.1, windows - 1) == []
+    [end] = push(detector, 0.1, 1)
+    assert (end.kind, end.reason, end.silence_ms) == ("end", "transcript", SURE_SILENCE_MS)
+    # the user goes on before it: the pause was a hesitation after all
+    detector = smart()
+    pause = paused(detector)
+    detector.text_verdict(pause, sure)
+    detector.verdict(0.24)
+    assert [e.kind for e in push(detector, 0.9, 1)] == ["resume"] and detector.in_turn
+    # merely above the guess line (Whisper's 0.79 for the half "Can you tell me where?"): the fallback
+    detector = smart()
+    pause = paused(detector)
+    detector.text_verdict(pause, Transcript("Can you tell me where?", 0.79))
+    detector.verdict(0.2)
+    assert push(detector, 0.1, -(-FALLBACK_MS // 32) - 6) == []
+    # a recogniser slower than SURE_SILENCE_MS: the verdict ends the turn when it comes
+    detector = smart()
+    pause = paused(detector)
+    detector.verdict(0.24)
+    push(detector, 0.1, windows)
+    [end] = detector.text_verdict(pause, sure)
+    assert (end.kind, end.reason) == ("end", "transcript")
 
 
 def test_a_transcript_that_trails_off_keeps_the_turn_open_however_sure_the_audio():
