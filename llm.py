@@ -140,6 +140,7 @@ class Turn:
     generated: list[str] = field(default_factory=list)
     spoken: int = 0
     interrupted: bool = False
+    tag: object | None = None  # the caller's handle on the exchange (a reply's gate), for `retract`
 
     @property
     def pending(self) -> bool:
@@ -158,8 +159,8 @@ class ChatHistory:
         self.max_chars = max_chars
         self.turns: deque[Turn] = deque(maxlen=max_turns + 1)  # + the exchange in progress
 
-    def start(self, user_text: str, image: str | None = None) -> Turn:
-        turn = Turn(user_text, image)
+    def start(self, user_text: str, image: str | None = None, tag: object | None = None) -> Turn:
+        turn = Turn(user_text, image, tag=tag)
         self.turns.append(turn)
         return turn
 
@@ -280,7 +281,7 @@ class Conversation:
         self._current: Turn | None = None  # the exchange of the newest reply
 
     async def reply(self, user_text: str, image: str | None = None,
-                    first_delta: Callable[[], None] | None = None) -> AsyncIterator[str]:
+                    first_delta: Callable[[], None] | None = None, tag: object | None = None) -> AsyncIterator[str]:
         """Sentences of the answer, each as soon as it is complete (`first_delta()` at the first text).
 
         Ends quietly, without another sentence, once `interrupt()` is called. Cancelling the
@@ -288,7 +289,7 @@ class Conversation:
         """
         if not self.client.configured:
             raise LLMError(self.client.settings.problem() or NOT_CONFIGURED, LLMErrorKind.NOT_CONFIGURED)
-        turn = self._current = self.history.start(user_text, image)
+        turn = self._current = self.history.start(user_text, image, tag)
         aggregator = SentenceAggregator(self.client.settings.min_comma_chars)
         deltas: asyncio.Queue[str | LLMError | None] = asyncio.Queue()  # holds at most one reply
         reader = asyncio.create_task(self._read_stream(self.history.messages(self.client.settings.system_prompt), deltas))
@@ -343,14 +344,18 @@ class Conversation:
                 return
         logger.debug("llm: spoken sentence not awaited by any turn: %r", sentence)
 
-    def retract(self) -> None:
-        """The reply in progress was prepared for a turn the user did not end: its exchange
-        (the user's words included) leaves the history, its HTTP stream is closed."""
-        turn, self._current = self._current, None
-        if turn is not None and turn in self.history.turns:
+    def retract(self, tag: object) -> None:
+        """The reply tagged `tag` (`reply(tag=...)`) answered a turn the user did not end, or went on
+        with: its exchange (the user's words included) leaves the history, and if it is the reply in
+        progress its HTTP stream is closed. Nothing happens if it never started."""
+        if tag is None:
+            return
+        for turn in [turn for turn in self.history.turns if turn.tag is tag]:
             self.history.turns.remove(turn)
-        for reader in self._readers:
-            reader.cancel()
+        if self._current is not None and self._current.tag is tag:
+            self._current = None
+            for reader in self._readers:
+                reader.cancel()
 
     def interrupt(self) -> None:
         """Playback was cut: sentences not yet heard leave the history; a running reply ends

@@ -199,7 +199,7 @@ class Session:
         epoch = self.engine.epoch
         first_delta = (lambda: gate.mark("llm_first_token")) if gate is not None else None
         try:
-            async with contextlib.aclosing(self.conversation.reply(text, image, first_delta)) as sentences:
+            async with contextlib.aclosing(self.conversation.reply(text, image, first_delta, tag=gate)) as sentences:
                 async for sentence in sentences:
                     if self.engine.epoch != epoch:
                         return
@@ -223,10 +223,15 @@ class Session:
             return
         for utterance_id in gate.tags:
             self._reply_sentences.pop(utterance_id, None)
+        self.withdraw_reply(gate)
+
+    def withdraw_reply(self, gate: Gate) -> None:
+        """A released reply answered a turn the user went on with: its exchange leaves the chat
+        history (the continued turn's answer replaces it); the caller silences the session."""
         if self._reply_gate is gate and self._reply_task is not None:
             self._reply_task.cancel()
             self._reply_gate = None
-            self.conversation.retract()
+        self.conversation.retract(gate)
 
     def interrupt(self) -> int:
         """Silence the avatar now: drop queued speech everywhere, keep the stream running."""

@@ -8,8 +8,9 @@
     Floor: POST /human with the same text -> first voiced frame (TTS + engine + wire, no listening).
 (b) the same in chat, with a local fake LLM whose first token takes 200 ms (the floor waits for it too).
 (h) hesitations: 12 sentences with 0.7 s of silence inside (tests/support/hesitations.py): turns
-    split, voiced reply frames while the user was still speaking, and end of speech -> first
-    voiced reply; then the same for its 12 held-out sentences (written after the turn rule was tuned).
+    split (and of those, continued: the second half went on with the first), whether the last final
+    transcript is the whole sentence, voiced reply frames while the user was still speaking, and end
+    of speech -> first voiced reply; then the same for its 12 held-out sentences (written after the turn rule was tuned).
 (c) barge-in: the user's speech onset -> the avatar's last voiced frame at the client; floor:
     POST /interrupt_talk -> last voiced frame (the same interrupt without listening).
 (d) lips: the user's audio -> the same audio back at the client (the whole clip aligned by envelope
@@ -38,11 +39,11 @@ from bench.common import ROOT, speech_bench_parser, start_server, summary_ms
 import app as server_app
 from listen.service import LISTEN_KEY
 from media import CHUNK_SAMPLES, AudioChunk
-from tests.support.hesitations import HELD_OUT, HESITATIONS, hesitant
+from tests.support.hesitations import HELD_OUT, HESITATIONS, full_text, hesitant
 from tests.support.llm_server import FakeLLMServer, Script
 from tests.support.rtc_client import ReceiverClient
 from tests.support.speech_helpers import channel_events, is_voiced, wait_voiced
-from tests.support.speech_sender import SpeechTrack, speak
+from tests.support.speech_sender import SpeechTrack, speak, word_error_rate
 
 SENTENCES = ["Please tell me the weather for tomorrow morning.", "I would like to visit the museum on Sunday.",
              "The train leaves the station at seven o'clock."]
@@ -150,6 +151,9 @@ async def hesitations(url, http, avatar, results, sentences=HESITATIONS, key="he
         results[key + "_over"].append(bool(over))
         results[key].append(reply.arrival - spoken)
         results[key + "_reasons"].append(",".join(e["reason"] for e in events if e["type"] == "user_end"))
+        results[key + "_continued"].append(any(e["type"] == "user_start" and e.get("continues") for e in events))
+        finals = [e["text"] for e in events if e["type"] == "transcript" and e["final"]]
+        results[key + "_whole"].append(bool(finals) and word_error_rate(full_text((first, second)), finals[-1]) <= 0.25)
         if split:
             results[key + "_split_at"].append(first)
         await asyncio.sleep(1.0)
@@ -278,7 +282,8 @@ async def run(args) -> dict:
         "--llm-base-url", llm.base_url, "--llm-model", "test-model", *(["--turn", args.turn] if args.turn else []))
     keys = ["echo", "echo_vad", "echo_asr", "echo_reply", "echo_floor", "chat", "chat_vad", "chat_asr",
             "chat_reply", "chat_floor", "barge_in", "barge_in_floor", "lips", "lips_onset", "lips_floor", "asr_direct_rtf",
-            *(k + part for k in ("hesitation", "held_out") for part in ("", "_split", "_over", "_reasons", "_split_at"))]
+            *(k + part for k in ("hesitation", "held_out")
+              for part in ("", "_split", "_over", "_reasons", "_split_at", "_continued", "_whole"))]
     results: dict = {k: [] for k in keys}
     clips = [trimmed(speak(s)) for s in SENTENCES]
     async with aiohttp.ClientSession() as http:
@@ -324,7 +329,8 @@ def main() -> None:
     for key, name in (("hesitation", "hesitations"), ("held_out", "held-out hesitations")):
         if r[key]:
             print(f"{name} ({len(r[key])} sentences, 0.7 s pause): split {sum(r[key + '_split'])} "
-                  f"{r[key + '_split_at']}, spoke over the user {sum(r[key + '_over'])}; end of speech -> first "
+                  f"{r[key + '_split_at']} (continued {sum(r[key + '_continued'])}), last transcript the whole "
+                  f"sentence {sum(r[key + '_whole'])}, spoke over the user {sum(r[key + '_over'])}; end of speech -> first "
                   f"voiced reply {summary_ms(r[key])}; ended by {dict(Counter(r[key + '_reasons']))}")
     if r["barge_in"]:
         print(f"barge-in: onset -> avatar silent {summary_ms(r['barge_in'])}; floor (/interrupt_talk) {summary_ms(r['barge_in_floor'])}")

@@ -4,7 +4,8 @@ The reply is started as soon as a transcript is ready, often before the turn is 
 (a speculative transcript at a pause): echo starts the TTS, chat the LLM stream and the
 TTS of its sentences (what LiveKit calls preemptive generation). Nothing reaches the engine
 before `release()`; `drop()` (the user spoke on) leaves no trace on the wire, in the chat
-history or in the events. Once released, the reply reports its turn's latency breakdown
+history or in the events; `withdraw()` (the user went on with the turn after all) takes a
+released chat reply out of the history. Once released, the reply reports its turn's latency breakdown
 as a `turn` event when its first voiced frame is handed to WebRTC.
 """
 
@@ -73,6 +74,13 @@ class Reply:
     def drop(self) -> None:
         self.session.drop_prepared(self.gate)
         self._unwatch()
+
+    def withdraw(self) -> None:
+        """Released, but the user went on with the turn it answers: it stops (the caller silences
+        the session), a chat exchange leaves the history, and its timing is never reported."""
+        self._clock = None
+        self._unwatch()
+        self.session.withdraw_reply(self.gate)
 
     def _unwatch(self) -> None:
         if self._watch in self.session.events.listeners:

@@ -9,6 +9,10 @@ The transcription starts speculatively at each short pause of a turn; when that
 pause becomes the end of the turn its result is the final transcript (published
 only after `user_end`); when the user speaks on, it is published as a partial
 transcript (`final: false`) of the turn so far.
+When the user speaks on right after a turn the models ended (`continues`, see listen.turns),
+that turn's reply is withdrawn: silenced if it had started, its exchange out of the chat
+history, its transcript (if still to come) unanswered; the continued turn's transcript and
+reply cover the whole sentence.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class ListenResources(Protocol):
 
 
 TURN_MODES = ("chat", "echo")  # the modes that detect turns and answer them
+WITHDRAWN_KEPT = 8  # turns whose answer was withdrawn are remembered this many turns (their text may still come)
 
 
 @dataclass
@@ -92,6 +97,9 @@ class SessionListening:
         self._vision: set[asyncio.Task] = set()  # camera frames being encoded for a chat turn
         self._turn = 0  # the user's turns so far; a partial transcript belongs to the current one
         self._turn_open = False
+        self._ending: tuple[int, "ASRRequest"] | None = None  # the last ended turn's transcription
+        self._answer: tuple[int, Reply] | None = None  # the last released reply, and the turn it answers
+        self._withdrawn: set[int] = set()  # turns the user went on with: their transcripts are not answered
         self.speculations_used = 0  # turns whose final transcript was started at their last pause
         self.speculations_wasted = 0  # pauses the user spoke on after (their text went out as partials)
         self._prepared: Reply | None = None  # at most one reply prepared while the turn is pending
@@ -156,8 +164,11 @@ class SessionListening:
             self._turn += 1
             self._turn_open = True
             self._drop_prepared()
-            events.publish({"type": "user_start"})
-            if self.service.settings.barge_in:
+            events.publish({"type": "user_start", "continues": True} if event.continues else {"type": "user_start"})
+            silence = self.service.settings.barge_in
+            if event.continues:
+                silence |= self._withdraw(self._turn - 1)
+            if silence:
                 self.session.interrupt()
             return
         if event.kind == "pause":
@@ -179,16 +190,32 @@ class SessionListening:
                 speculation.clock = clock
                 if speculation.request is not None:
                     self.service.asr_worker().keep(speculation.request)
+                    self._ending = (speculation.turn, speculation.request)
                 if speculation.done:
                     self._finish(speculation)
                 return
         elif speculation is not None:
             self.speculations_wasted += 1
         try:
-            self.service.asr_worker().submit(event.audio, self._text_threadsafe(mode, clock), self._error_threadsafe,
-                                             source=self.session.id)
+            request = self.service.asr_worker().submit(event.audio, self._text_threadsafe(mode, clock, self._turn),
+                                                       self._error_threadsafe, source=self.session.id)
+            if event.kind == "end":
+                self._ending = (self._turn, request)
         except ASRBusy as exc:
             events.publish({"type": "error", "source": "asr", "msg": str(exc)})
+
+    def _withdraw(self, turn: int) -> bool:
+        """The user went on with `turn` (the new turn continues it): its reply is withdrawn, and True
+        when one had been released (it must be silenced, barge-in or not)."""
+        self._withdrawn = {t for t in self._withdrawn if t > turn - WITHDRAWN_KEPT} | {turn}
+        ending, self._ending = self._ending, None
+        if ending is not None and ending[0] == turn:
+            self.service.asr_worker().cancel(ending[1])  # not started yet: the continued turn's is wanted instead
+        answer, self._answer = self._answer, None
+        if answer is None or answer[0] != turn:
+            return False
+        answer[1].withdraw()
+        return True
 
     # ---- speculative transcription (loop) ---------------------------------
     def _speculate(self, event: TurnEvent, mode: str) -> None:
@@ -305,12 +332,12 @@ class SessionListening:
         if speculation.error is not None:
             self._on_error(speculation.error)
         else:
-            self._on_text(speculation.text or "", speculation.mode, speculation.clock)
+            self._on_text(speculation.text or "", speculation.mode, speculation.turn, speculation.clock)
 
-    def _text_threadsafe(self, mode: str, clock: TurnClock | None):
+    def _text_threadsafe(self, mode: str, clock: TurnClock | None, turn: int):
         def deliver(transcript: Transcript) -> None:
             if not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._on_text, transcript.text, mode, clock)
+                self._loop.call_soon_threadsafe(self._on_text, transcript.text, mode, turn, clock)
         return deliver
 
     def _error_threadsafe(self, message: str) -> None:
@@ -322,7 +349,10 @@ class SessionListening:
             self.session.events.publish({"type": "error", "source": "asr", "msg": message})
 
     # ---- replies (loop) ---------------------------------------------------
-    def _on_text(self, text: str, mode: str, clock: TurnClock | None = None) -> None:
+    def _on_text(self, text: str, mode: str, turn: int, clock: TurnClock | None = None) -> None:
+        if turn in self._withdrawn:  # the user went on: the continued turn answers the whole of it
+            self._withdrawn.discard(turn)
+            return
         prepared, self._prepared = self._prepared, None
         if self.closed or mode != self.mode or not text:
             if prepared is not None:
@@ -337,6 +367,7 @@ class SessionListening:
             if session.probe is not None:
                 session.probe.reply_prepared(used=True)
             prepared.release(clock)  # prepared while the turn was pending: it plays now
+            self._answer = (turn, prepared)
             return
         if prepared is not None:
             self._dropped(prepared)
@@ -346,21 +377,27 @@ class SessionListening:
                 session.events.publish({"type": "error", "source": "llm", "kind": "not_configured", "msg": problem})
                 return
             if self._wants_image():
-                task = asyncio.create_task(self._chat_with_image(text), name=f"vision-{session.id[:8]}")
+                task = asyncio.create_task(self._chat_with_image(text, turn, clock), name=f"vision-{session.id[:8]}")
                 self._vision.add(task)
                 task.add_done_callback(self._vision.discard)
                 return
+        self._reply(text, mode, turn, clock, image=None)
+
+    def _reply(self, text: str, mode: str, turn: int, clock: TurnClock | None, image: str | None) -> None:
         try:
-            Reply(session, text, mode, prepared=False).release(clock)
+            reply = Reply(self.session, text, mode, prepared=False, image=image)
         except ReplyRefused as exc:
             if str(exc):
-                session.events.publish({"type": "error", "source": "tts", "msg": str(exc)})
+                self.session.events.publish({"type": "error", "source": "tts", "msg": str(exc)})
+            return
+        reply.release(clock)
+        self._answer = (turn, reply)
 
-    async def _chat_with_image(self, text: str) -> None:
+    async def _chat_with_image(self, text: str, turn: int, clock: TurnClock | None) -> None:
         """The chat turn with the latest camera frame; without it if that fails."""
         image = await self._camera_jpeg()
-        if not self.closed:
-            self.session.chat(text, self.session.tts_backend, image=image)
+        if not self.closed and turn not in self._withdrawn:
+            self._reply(text, "chat", turn, clock, image)
 
     async def _camera_jpeg(self) -> str | None:
         """The latest camera frame as a JPEG data: URL, encoded off the loop (None if it cannot be)."""

@@ -18,6 +18,15 @@ of its sentence end (LiveKit's shorter and longer endpointing delays). The
 audio of a turn (with a little audio from before its onset) is handed out at
 its end, or in pieces of `max_utterance_s` when the user talks on and on, so
 memory stays bounded however long the monologue.
+
+With a turn model, speech that resumes before the fallback silence has passed since the
+last word of an ended turn continues that turn (`continues` on its start): the models
+called a hesitation the end, and the user has just shown they were not done. The new
+turn's audio starts with the ended one's, so its pauses are judged and its transcript made
+on the whole sentence, and the reply to the first half can be withdrawn; the silence between
+is shortened to the pre-roll (Whisper tends to stop at a full stop followed by a second of
+silence, and leave out the rest). Without a turn model a pause that long is the end of a
+turn by definition.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from listen.transcript import Transcript
-from listen.vad import WINDOW_MS
+from listen.vad import WINDOW_MS, WINDOW_SAMPLES
 
 PRE_ROLL_MS = 256  # audio kept from before the onset, so the first phoneme is not clipped
 NEGATIVE_MARGIN = 0.15  # hysteresis: speech continues until the probability falls this far below the threshold
@@ -86,6 +95,7 @@ class TurnEvent:
     # "silence" (--turn silence) or "fallback" (judged incomplete)
     silence_ms: int = 0  # end: the silence heard after the last speech window when the turn ended
     pause: int = 0  # pause: its number, which `text_verdict` quotes
+    continues: bool = False  # start: the previous turn goes on (resumed within the fallback silence)
 
 
 class TurnDetector:
@@ -115,6 +125,10 @@ class TurnDetector:
         self._text: Transcript | None = None  # the transcript (`_text_back`: it came, None or not)
         self._text_back = False
         self._pauses = 0  # pauses so far (their numbers)
+        # the turn that ended last (its audio), kept while speech resuming would continue it: until the
+        # fallback silence has passed since its last speech window (`_ended_silence` windows, and counting)
+        self._ended: list[np.ndarray] | None = None
+        self._ended_silence = 0
         self.in_turn = False
 
     def push(self, window: np.ndarray, prob: float) -> list[TurnEvent]:
@@ -131,20 +145,34 @@ class TurnDetector:
             self._candidate.append(window)
             self._candidate_gap += 1
             if self._candidate_gap >= self.gap_windows:
-                self._pre_roll.extend(self._candidate)  # a cough: forgotten, kept only as pre-roll
+                self._ended_silence += len(self._candidate)  # a cough: silence to the turn before
+                self._pre_roll.extend(self._candidate)  # forgotten, kept only as pre-roll
                 self._reset_candidate()
+                self._expire_ended()
             return []
         else:
             self._pre_roll.append(window)
+            self._ended_silence += 1
+            self._expire_ended()
             return []
         if self._candidate_speech < self.min_windows:
             return []
         self.in_turn = True
-        self._utterance = [*self._pre_roll, *self._candidate]
+        continues = self._ended is not None
+        self._utterance = [*(self._ended or []), *self._pre_roll, *self._candidate]
+        self._forget_ended()
         self._pre_roll.clear()
         self._reset_candidate()
         self._silence = 0
-        return [TurnEvent("start")]
+        return [TurnEvent("start", continues=continues)]
+
+    def _expire_ended(self) -> None:
+        """The ended turn is over for good once the silence since its last speech reaches the fallback."""
+        if self._ended is not None and self._ended_silence >= self.end_windows:
+            self._forget_ended()
+
+    def _forget_ended(self) -> None:
+        self._ended, self._ended_silence = None, 0
 
     def _in_turn(self, window: np.ndarray, prob: float) -> list[TurnEvent]:
         self._utterance.append(window)
@@ -213,6 +241,10 @@ class TurnDetector:
     def _end(self, reason: str) -> TurnEvent:
         silence_ms = self._silence * WINDOW_MS
         audio = self._take(self._spoken_windows())
+        # with a turn model, speech resuming within the fallback silence continues this turn (memory: one
+        # turn's audio, below max_utterance_s)
+        if self.smart and self._silence < self.end_windows and len(audio) < self.max_windows * WINDOW_SAMPLES // 2:
+            self._ended, self._ended_silence = list(audio.reshape(-1, WINDOW_SAMPLES)), self._silence
         self.in_turn = False
         self._silence = 0
         self._forget_pause()
@@ -239,4 +271,5 @@ class TurnDetector:
         self._utterance = []
         self._silence = 0
         self._forget_pause()
+        self._forget_ended()
         self.in_turn = False

@@ -71,6 +71,9 @@ class Metrics:
         self.turns_ended = Counter(
             f"{PREFIX}_turns_ended", "User turns ended, by what ended them (model, transcript, fallback, silence)", ["reason"],
             registry=r)
+        self.turns_continued = Counter(
+            f"{PREFIX}_turns_continued", "User turns that went on with the turn before (speech resumed within the "
+            "fallback silence of a turn the models had ended): that turn's reply was withdrawn", registry=r)
         self.batch_time = Histogram(
             f"{PREFIX}_inference_batch_seconds",
             "Lip-sync inference per batch; stage=session (one session's render step) or worker (a shared GPU pass)",
@@ -175,6 +178,8 @@ class SessionProbe:  # an observers.SessionObserver
                 self._metrics.turn_stage.labels(stage, event.get("mode", "")).observe(ms / 1000)
         elif kind == "user_end" and event.get("reason"):
             self._metrics.turns_ended.labels(event["reason"]).inc()
+        elif kind == "user_start" and event.get("continues"):
+            self._metrics.turns_continued.inc()
         elif kind == "error":
             kind = "_".join(str(part) for part in (event.get("source", "session"), event.get("kind")) if part)
             self._metrics.error(kind)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import wave
 
+import aiohttp
 import numpy as np
 
 from tests.support.speech_sender import speak, word_error_rate
@@ -69,3 +70,48 @@ async def test_talk_toggle_leads_to_a_transcript_bubble_and_an_answer(server, tm
             await page.screenshot(path=str(SCREENSHOT_DIR / "listen.png"))
         finally:
             await browser.close()
+
+
+async def test_a_turn_the_user_goes_on_with_stays_one_bubble_and_one_answer(data_dir, tmp_path):
+    """A finished sentence, a pause, then more of it (see tests/test_turns.py): the page keeps one
+    user bubble, redone with the whole sentence, and only the answer to the whole."""
+    from playwright.async_api import async_playwright
+
+    from tests.conftest import server_args, start_server
+    from tests.support.hesitations import full_text, hesitant
+
+    pair = ("Good morning.", "What time does the museum open?")  # Smart Turn ~0.98 on the first half
+    wav = tmp_path / "mic.wav"
+    silence = np.zeros(16000 * 2, np.float32)
+    write_wav(wav, np.concatenate([silence, hesitant(*pair, pause_s=1.2), silence, silence]))
+    args = CHROMIUM_ARGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                            f"--use-file-for-fake-audio-capture={wav}%noloop"]
+    running = await start_server(server_args(data_dir, "--listen", "echo", "--turn-fallback-silence-ms", "3000"))
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            page = await browser.new_page()
+            await keep_offers_on_loopback(page)
+            await page.goto(running.url)
+            await page.click("#connect")
+            await page.wait_for_function("document.getElementById('state').textContent === 'connected'", timeout=20000)
+            await page.click("#mic")
+            await page.wait_for_function(
+                "[...document.querySelectorAll('.bubble.user:not(.partial)')].some(b => b.textContent.includes('museum'))",
+                timeout=40000)
+            await page.wait_for_function(
+                "[...document.querySelectorAll('.bubble.avatar')].some(b => b.textContent.includes('museum'))",
+                timeout=15000)
+            users = await page.eval_on_selector_all(".bubble.user", "items => items.map(b => b.textContent)")
+            answers = await page.eval_on_selector_all(".bubble.avatar", "items => items.map(b => b.textContent)")
+            from listen.service import LISTEN_KEY
+            [listening] = running.app[LISTEN_KEY].sessions.values()
+            assert listening.echo is not None and not listening.echo.enabled  # Chromium's own canceller
+            async with aiohttp.ClientSession() as http:
+                metrics = await (await http.get(f"{running.url}/metrics")).text()
+            assert "avatar_turns_continued_total 1.0" in metrics, [l for l in metrics.splitlines() if "turns_" in l]
+            assert len(users) == 1 and word_error_rate(full_text(pair), users[0]) <= 0.25, users
+            assert [a.strip() for a in answers] == [users[0].strip()], answers  # echo: the whole sentence, once
+        finally:
+            await browser.close()
+            await running.runner.cleanup()

@@ -44,13 +44,13 @@ def speak_all(conversation: Conversation, sentences: list[str]) -> None:
         conversation.mark_spoken(sentence)
 
 
-def start_reply(conversation: Conversation) -> tuple[asyncio.Task, list[str], asyncio.Event]:
+def start_reply(conversation: Conversation, tag: object | None = None) -> tuple[asyncio.Task, list[str], asyncio.Event]:
     """Consume a reply in a task: (task, sentences so far, set at the first sentence)."""
     got: list[str] = []
     first = asyncio.Event()
 
     async def consume():
-        async for sentence in conversation.reply("hi"):
+        async for sentence in conversation.reply("hi", tag=tag):
             got.append(sentence)
             first.set()
 
@@ -294,9 +294,12 @@ async def test_a_retracted_reply_leaves_no_trace_in_the_history(llm_server, clie
                      Script(deltas=["Ok."]))
     conversation = Conversation(client)
     speak_all(conversation, await collect(conversation, "first"))
-    task, got, first = start_reply(conversation)
+    conversation.retract(object())  # a reply that never started (it waited behind another): nothing goes
+    assert [turn.user for turn in conversation.history.turns] == ["first"]
+    tag = object()
+    task, got, first = start_reply(conversation, tag)
     await asyncio.wait_for(first.wait(), WAIT)
-    conversation.retract()
+    conversation.retract(tag)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await collect(conversation, "second")

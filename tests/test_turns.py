@@ -154,6 +154,77 @@ def test_silence_mode_ignores_verdicts_and_ends_as_before():
     assert (end.kind, end.reason) == ("end", "silence")
 
 
+def numbered(detector: TurnDetector, prob: float, windows: int, first: int) -> list:
+    """Push windows whose samples are their numbers (first, first + 1, ...): the audio says which came."""
+    return [e for n in range(first, first + windows) for e in detector.push(np.full(WINDOW_SAMPLES, n, np.float32), prob)]
+
+
+def window_numbers(audio: np.ndarray) -> list[int]:
+    return [int(w[0]) for w in audio.reshape(-1, WINDOW_SAMPLES)]
+
+
+def ended_at_the_pause(detector: TurnDetector) -> list:
+    """Windows 0-9 speech, 10-14 silence, ended there by both verdicts: the end event."""
+    assert [e.kind for e in numbered(detector, 0.9, 10, 0)] == ["start"]
+    pause = [e for e in numbered(detector, 0.1, 5, 10) if e.kind == "pause"][0].pause
+    detector.verdict(0.9)
+    return detector.text_verdict(pause, HEARD_FINISHED)
+
+
+def test_speech_resumed_within_the_fallback_silence_continues_the_turn_the_models_ended():
+    windows_to_fallback = -(-FALLBACK_MS // 32)  # 32 windows: 5 heard at the end, 27 after it
+    for gap in (0, 10, windows_to_fallback - 5 - 1):  # silence windows after the end, before speech resumes
+        detector = smart()
+        [end] = ended_at_the_pause(detector)
+        assert window_numbers(end.audio) == list(range(0, 11))  # the speech and one window of its silence
+        first_speech = 15 + gap
+        assert numbered(detector, 0.1, gap, 15) == []
+        [start] = numbered(detector, 0.9, 7, first_speech)
+        assert start.kind == "start" and start.continues, gap
+        numbered(detector, 0.9, 3, first_speech + 7)
+        [pause] = [e for e in numbered(detector, 0.1, 5, first_speech + 10) if e.kind == "pause"]
+        # the whole of it, in order: the first half, the silence between (at most the pre-roll), the rest
+        between = list(range(max(15, first_speech - 8), first_speech))
+        whole = [*range(0, 11), *between, *range(first_speech, first_speech + 11)]
+        assert window_numbers(pause.audio) == whole, gap
+        detector.verdict(0.9)
+        [end] = detector.text_verdict(pause.pause, HEARD_FINISHED)
+        assert window_numbers(end.audio) == whole
+
+
+def test_speech_after_the_fallback_silence_or_a_cough_in_between_is_a_new_turn():
+    detector = smart()
+    ended_at_the_pause(detector)
+    numbered(detector, 0.1, -(-FALLBACK_MS // 32) - 5, 15)  # the silence reaches the fallback: over for good
+    [start] = numbered(detector, 0.9, 7, 100)
+    assert start.kind == "start" and not start.continues
+    numbered(detector, 0.9, 3, 107)
+    [end] = [e for e in numbered(detector, 0.1, 40, 110) if e.kind == "end"]
+    assert window_numbers(end.audio)[:9] == [*range(34, 42), 100]  # its own pre-roll, not the turn before
+    # a turn the fallback ended is over (silence that long ends a turn whatever the models said)
+    detector = smart()
+    numbered(detector, 0.9, 10, 0)
+    [end] = [e for e in numbered(detector, 0.1, 40, 10) if e.kind == "end"]
+    assert end.reason == "fallback"
+    [start] = numbered(detector, 0.9, 7, 50)
+    assert not start.continues
+    # a cough right after the end does not start a turn, and the silence goes on counting from the end
+    detector = smart()
+    ended_at_the_pause(detector)
+    numbered(detector, 0.9, 3, 15)  # 96 ms of cough: shorter than a turn's onset
+    numbered(detector, 0.1, -(-FALLBACK_MS // 32) - 5, 18)
+    [start] = numbered(detector, 0.9, 7, 100)
+    assert not start.continues
+
+
+def test_silence_mode_never_continues_a_turn():
+    detector = TurnDetector(0.5, min_speech_ms=200, end_silence_ms=400, max_utterance_s=30)
+    numbered(detector, 0.9, 10, 0)
+    [end] = [e for e in numbered(detector, 0.1, 13, 10) if e.kind == "end"]
+    [start] = numbered(detector, 0.9, 7, 23)
+    assert not start.continues
+
+
 def test_trailing_marks_are_the_recognisers_own():
     assert trails_off("My favorite color is...") and trails_off("We went to the market and,")
     assert trails_off("Is it possible to") and trails_off("")
@@ -360,6 +431,42 @@ async def test_a_reply_prepared_during_a_hesitation_leaves_no_trace(data_dir, ll
         assert len(of_type(client, "turn")) == 1  # the dropped reply reported nothing
         metrics = await (await http.get(f"{running.url}/metrics")).text()
         assert f'avatar_turn_preparations_total{{outcome="dropped"}} {dropped}.0' in metrics  # counted, though
+    finally:
+        await client.close()
+        await running.runner.cleanup()
+
+
+async def test_speech_resumed_after_a_turn_the_models_ended_continues_it_and_one_answer_covers_both(
+        data_dir, llm_server, http):
+    """A finished sentence, a pause, then more of it: both models end the turn at the pause (Smart
+    Turn ~0.96, Whisper's full stop ~0.7), the user goes on within the fallback silence, and the
+    turn continues: one transcript and one answer for the whole sentence, and the first half's
+    reply (if it began) silenced and gone from the chat history."""
+    from tests.support.llm_server import Script
+
+    llm_server.default = Script(deltas=["Your table is booked."])
+    # a long fallback and a long pause: the first half can only end at the pause by the models' word
+    running = await start_server(server_args(
+        data_dir, "--llm-base-url", llm_server.base_url, "--llm-model", "test-model", "--listen", "chat",
+        "--turn-fallback-silence-ms", "3000"))
+    pair = ("Thank you.", "What time does the museum open?")
+    track = SpeechTrack()
+    client = await talking_client(running.url, http, track)
+    try:
+        track.play(hesitant(*pair, pause_s=1.2))
+        await wait_events(client, lambda e: e["type"] == "transcript" and "museum" in e["text"], timeout=40)
+        await wait_events(client, lambda e: e["type"] == "end" and not e.get("interrupted"), timeout=20)
+        starts = of_type(client, "user_start")
+        assert [s.get("continues", False) for s in starts] == [False, True], channel_events(client)
+        assert [e["reason"] for e in of_type(client, "user_end")][0] in ("model", "transcript")
+        final = finals(client)[-1]
+        assert word_error_rate(full_text(pair), final["text"]) <= 0.25, final  # both halves
+        history = running.context.sessions.get(client.sessionid).conversation.history.turns
+        assert [turn.user for turn in history] == [final["text"]]  # the first half's exchange is gone
+        assert llm_server.exchanges[-1].body["messages"][1:] == [{"role": "user", "content": final["text"]}]
+        assert len(llm_server.exchanges) == 2  # the first half was answered (at its end), then the whole
+        metrics = await (await http.get(f"{running.url}/metrics")).text()
+        assert "avatar_turns_continued_total 1.0" in metrics
     finally:
         await client.close()
         await running.runner.cleanup()

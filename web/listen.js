@@ -11,7 +11,7 @@ const listenPage = (() => {
   const el = (id) => document.getElementById(id);
   const MIC_CONSTRAINTS = { audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } };
   const CAMERA_CONSTRAINTS = { video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { max: 10 } } };
-  const state = { pc: null, mic: null, camera: null, avatarBubble: null, userBubble: null };
+  const state = { pc: null, mic: null, camera: null, avatarBubble: null, userBubble: null, lastUserBubble: null };
 
   function setVad(text, cls) {
     el("vad").textContent = text;
@@ -107,6 +107,12 @@ const listenPage = (() => {
       setVad("you speak", "talk");
       state.avatarBubble = null;
       state.userBubble = null;
+      if (event.continues && state.lastUserBubble && state.lastUserBubble.isConnected) {
+        // the user went on with the turn before: its reply was withdrawn, its transcript will be redone whole
+        while (state.lastUserBubble.nextElementSibling) state.lastUserBubble.nextElementSibling.remove();
+        state.userBubble = state.lastUserBubble;
+        state.userBubble.classList.add("partial");
+      }
     } else if (event.type === "user_end") {
       setTurn("thinking");
       setVad("thinking");
@@ -116,6 +122,7 @@ const listenPage = (() => {
       state.userBubble.textContent = event.text;
       if (!event.final) return;
       state.userBubble.classList.remove("partial");
+      state.lastUserBubble = state.userBubble;
       state.userBubble = null;
       setVad(state.mic ? "listening" : "mic off", state.mic ? "ok" : "");
     } else if (event.type === "start") {
