@@ -44,6 +44,7 @@ from tests.support.attacks import (
 )
 from avatars.format import METADATA_FILE
 from avatars.prepare import write_avatar
+from listen.settings import DEFAULT_TURN_FALLBACK_SILENCE_MS
 from tests.conftest import TEST_AVATAR_ID, free_port
 from tests.test_api import offer_sdp
 from tests.support.rtc_client import ReceiverClient
@@ -828,6 +829,7 @@ async def test_slow_headers_are_cut_off(header_target, http):
 
 FLOOD_ADDRESSES = ("127.0.0.1", "127.0.0.2")  # two loopback clients, each up to the per-address cap
 FLOOD_SOCKETS_PER_ADDRESS = 4  # the per-address cap: a fifth is refused
+TURN_FALLBACK_S = DEFAULT_TURN_FALLBACK_SILENCE_MS / 1000 + 0.2
 TALKER_SENTENCES = ["Please tell me the weather for tomorrow morning.",
                     "I would like to visit the museum on Sunday.",
                     "The train leaves the station at seven o'clock."]
@@ -863,6 +865,8 @@ async def test_asr_sockets_flooding_the_recogniser_do_not_lock_out_a_talker(targ
 
         waited_for = []  # flood utterances answered while each sentence of the talker waited for its text
         for index, sentence in enumerate(TALKER_SENTENCES):
+            if index:  # a new turn: after more silence than the turn model's fallback (sooner, it continues the last)
+                await asyncio.sleep(TURN_FALLBACK_S)
             track.play(speak(sentence))
             await wait_until(lambda: sum(e["type"] == "user_end" for e in channel_events(talker)) > index,
                              30, "the end of the talker's turn")

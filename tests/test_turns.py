@@ -339,7 +339,11 @@ async def turn_server(data_dir):
     await running.runner.cleanup()
 
 
-@pytest.mark.parametrize("pair", [HESITATIONS[2], HESITATIONS[11]], ids=["audio-says-wait", "transcript-trails-off"])
+# A half only the turn model holds open is not a loopback test: through Opus its probability moves a lot
+# ("Can you tell me where" 0.19 offline split one run in three; "I would like to order", 0.07 offline, had
+# 0.51 live), so the audio's verdict is the unit tests'. Here: both signals wait ("What I really want is...":
+# Smart Turn ~0.04 and Whisper's ellipsis), and the transcript alone ("We went to the market and...", 0.90).
+@pytest.mark.parametrize("pair", [HESITATIONS[7], HESITATIONS[11]], ids=["both-say-wait", "transcript-trails-off"])
 async def test_a_hesitation_is_one_turn_and_the_avatar_waits_for_its_end(turn_server, http, pair):
     track = SpeechTrack()
     client = await talking_client(turn_server.url, http, track)
