@@ -442,10 +442,10 @@ async def test_a_reply_prepared_during_a_hesitation_leaves_no_trace(data_dir, ll
 
 async def test_speech_resumed_after_a_turn_the_models_ended_continues_it_and_one_answer_covers_both(
         data_dir, llm_server, http):
-    """A finished sentence, a pause, then more of it: both models end the turn at the pause (Smart
-    Turn ~0.96, Whisper's full stop ~0.7), the user goes on within the fallback silence, and the
-    turn continues: one transcript and one answer for the whole sentence, and the first half's
-    reply (if it began) silenced and gone from the chat history."""
+    """A finished sentence, a pause, then more of it: the turn ends at the pause (Smart Turn ~0.75;
+    if it says unfinished, Whisper's full stop, ~0.96 sure, ends it after 480 ms), the user goes on
+    within the fallback silence, and the turn continues: one transcript and one answer for the
+    whole of it, and the first half's reply (if it began) silenced and gone from the chat history."""
     from tests.support.llm_server import Script
 
     llm_server.default = Script(deltas=["Your table is booked."])
@@ -453,7 +453,7 @@ async def test_speech_resumed_after_a_turn_the_models_ended_continues_it_and_one
     running = await start_server(server_args(
         data_dir, "--llm-base-url", llm_server.base_url, "--llm-model", "test-model", "--listen", "chat",
         "--turn-fallback-silence-ms", "3000"))
-    pair = ("Thank you.", "What time does the museum open?")
+    pair = ("What time is it?", "And when does the museum open?")
     track = SpeechTrack()
     client = await talking_client(running.url, http, track)
     try:
